@@ -1,0 +1,54 @@
+"""Installs pancseg_tf and its `pancseg` command."""
+
+import pathlib
+import re
+
+from setuptools import find_packages, setup
+
+HERE = pathlib.Path(__file__).parent
+VERSION = re.search(
+    r'__version__ = "([^"]+)"', (HERE / "pancseg_tf" / "_version.py").read_text()
+).group(1)
+
+setup(
+    name="pancseg-tf",
+    version=VERSION,
+    description=(
+        "Pancreas segmentation in CT and MRI with a 2D CNN and bidirectional ConvLSTM "
+        "context (Cai et al. 2017) in TensorFlow / Keras 3"
+    ),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pancseg_tf", "pancseg_tf.*"]),
+    install_requires=[
+        "tensorflow>=2.18,<3",
+        "keras>=3.6,<4",
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "nibabel>=5.0",
+        "pydicom>=2.4",
+        # JPEG 2000 and JPEG-LS decoders for compressed PACS exports.
+        "pylibjpeg>=2.0",
+        "pylibjpeg-openjpeg>=2.0",
+        "Pillow>=9.0",
+        "PyYAML>=6.0",
+        "matplotlib>=3.6",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=7.4",
+            "hypothesis>=6.80",
+            "ruff>=0.5",
+            "medpy>=0.5",
+        ],
+    },
+    entry_points={"console_scripts": ["pancseg=pancseg_tf.cli:main"]},
+    classifiers=[
+        "License :: OSI Approved :: Apache Software License",
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Medical Science Apps.",
+        "Topic :: Scientific/Engineering :: Image Recognition",
+    ],
+)

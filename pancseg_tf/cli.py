@@ -1,0 +1,208 @@
+"""The ``pancseg`` command.
+
+Each subcommand parses and validates its flags, calls the library and prints a short summary.
+Problems with the user's input end as one line, ``pancseg: error: <message>``, with exit status 2;
+``--debug`` (before the subcommand) shows the traceback as well. Commands that do not need
+TensorFlow never import it, and TensorFlow's start-up log lines are kept off the terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import pathlib
+import sys
+import traceback
+
+# Before anything can import TensorFlow: its C++ start-up lines are not for the user's terminal.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+
+from pancseg_tf._version import __version__  # noqa: E402
+from pancseg_tf.errors import PancsegError  # noqa: E402
+
+log = logging.getLogger("pancseg_tf")
+
+
+# === Subcommands ===
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from pancseg_tf.io import read_volume
+
+    volume = read_volume(
+        args.path, modality=args.modality, series=args.series, allow_uneven=args.allow_uneven
+    )
+    info = volume_summary(volume)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"path         {args.path}")
+        print(f"modality     {info['modality']}")
+        print(f"shape        {' x '.join(str(s) for s in info['shape'])}")
+        print(f"spacing_mm   {' x '.join(f'{s:.4g}' for s in info['spacing_mm'])}")
+        print(f"orientation  {''.join(info['orientation'])}")
+        print(f"dtype        {info['dtype']}")
+        print(f"range        {info['min']:.6g} .. {info['max']:.6g}")
+        print(f"sheared      {info['sheared']}")
+        print("affine")
+        for row in info["affine"]:
+            print("  " + " ".join(f"{v:12.6f}" for v in row))
+    return 0
+
+
+def volume_summary(volume) -> dict:
+    """Geometry and intensity facts of a volume, never a patient field."""
+    import numpy as np
+
+    return {
+        "modality": volume.modality,
+        "shape": list(volume.shape),
+        "spacing_mm": [round(s, 6) for s in volume.spacing],
+        "orientation": list(volume.orientation),
+        "affine": np.round(volume.affine, 6).tolist(),
+        "dtype": str(volume.array.dtype),
+        "min": float(np.min(volume.array)),
+        "max": float(np.max(volume.array)),
+        "sheared": volume.is_sheared,
+    }
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from pancseg_tf.io import read_volume, write_volume
+
+    out = pathlib.Path(args.output)
+    if not (out.name.endswith(".nii.gz") or out.name.endswith(".nii")):
+        raise PancsegError(f"output must end in .nii.gz or .nii, got {out.name!r}")
+    src = pathlib.Path(args.input)
+    if src.exists() and out.resolve() == src.resolve():
+        raise PancsegError(f"output {out} is the input: refusing to overwrite it")
+    volume = read_volume(
+        args.input, modality=args.modality, series=args.series, allow_uneven=args.allow_uneven
+    )
+    write_volume(volume, out)
+    print(f"wrote {out} ({' x '.join(str(s) for s in volume.shape)}, {volume.array.dtype})")
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from pancseg_tf.synthetic import make_cohort
+
+    if args.cases < 1:
+        raise PancsegError(f"--cases must be >= 1, got {args.cases}")
+    out = make_cohort(args.out, cases=args.cases, modality=args.modality, seed=args.seed)
+    print(f"wrote a synthetic {args.modality.upper()} cohort of {args.cases} cases to {out}")
+    return 0
+
+
+# === Parser ===
+
+
+def _add_volume_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--series",
+        type=int,
+        default=None,
+        metavar="NUMBER",
+        help="DICOM SeriesNumber to read when a folder holds several (default: most slices)",
+    )
+    p.add_argument(
+        "--allow-uneven",
+        action="store_true",
+        help="read a DICOM series with a missing slice or uneven spacing instead of failing",
+    )
+    p.add_argument(
+        "--modality",
+        choices=("ct", "mri"),
+        default=None,
+        help="modality of a NIfTI input (DICOM says its own; default ct)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pancseg",
+        description="Pancreas segmentation in CT and MRI (CNN + bidirectional ConvLSTM).",
+    )
+    parser.add_argument("--version", action="version", version=f"pancseg_tf {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks and debug logging on errors"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser(
+        "info",
+        help="shape, spacing, orientation, affine and intensity range of a volume",
+        description="Prints a volume's geometry and intensity range; never a patient field.",
+    )
+    p.add_argument("path", help="a NIfTI file (.nii, .nii.gz) or a DICOM series folder")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _add_volume_flags(p)
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser(
+        "convert",
+        help="DICOM series or NIfTI to NIfTI on the input's own grid (HU for CT)",
+        description="Writes the volume as NIfTI: same grid, same affine; HU for CT.",
+    )
+    p.add_argument("input", help="a NIfTI file or a DICOM series folder")
+    p.add_argument("output", help="the NIfTI file to write (.nii.gz or .nii)")
+    _add_volume_flags(p)
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser(
+        "synth",
+        help="write a seeded synthetic CT or MRI cohort (MSD layout)",
+        description=(
+            "Writes seeded abdominal CT- or MRI-like volumes with a pancreas and its label as an "
+            "MSD-layout cohort, and OUT/ambiguous_slices.json. Same seed, same bytes."
+        ),
+    )
+    p.add_argument("out", help="output folder (must not exist or be empty)")
+    p.add_argument("--cases", type=int, default=8, help="number of cases (default 8)")
+    p.add_argument("--modality", choices=("ct", "mri"), default="ct", help="default ct")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.set_defaults(func=_cmd_synth)
+
+    return parser
+
+
+def _configure_logging(debug: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("pancseg: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if debug else logging.INFO)
+    log.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the ``pancseg`` command; returns its exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.debug)
+    try:
+        return int(args.func(args) or 0)
+    except PancsegError as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"pancseg: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pancseg: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the one place that turns crashes into a line
+        if args.debug:
+            traceback.print_exc()
+        print(
+            f"pancseg: error: internal error: {type(err).__name__}: {err} "
+            "(rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

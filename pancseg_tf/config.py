@@ -1,0 +1,285 @@
+"""Typed configuration: dataclasses, YAML on disk, ``key=value`` overrides.
+
+One `Config` holds every setting of a run, in sections. The resolved config is written into every
+run folder, prepared data index and export, so that what produced an artefact can always be read
+back. Unknown keys and wrongly typed values are errors that name the key.
+
+Example:
+    >>> cfg = Config()
+    >>> cfg = apply_overrides(cfg, ["preprocess.spacing_mm=0.9", "data.window=7"])
+    >>> cfg.data.window
+    7
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import pathlib
+import types
+import typing
+from typing import Any
+
+from pancseg_tf.errors import PancsegError
+
+
+@dataclasses.dataclass
+class PreprocessConfig:
+    """Host geometry and in-graph intensity settings, shared by prepare, predict and export.
+
+    Attributes:
+        modality: ``"ct"`` or ``"mri"``; decides the intensity normalisation.
+        spacing_mm: in-plane spacing every volume is resampled to, so that anatomy has the same
+            size in pixels whatever the scanner's field of view.
+        slice_spacing_mm: spacing along z the volume is resampled to; ``None`` keeps the native
+            slice spacing. The ConvLSTM learns context between neighbouring slices: at one fixed
+            spacing that context means the same thing on every scanner.
+        size: in-plane size ``(H, W)`` of the model's input after crop or pad around the body.
+        hu_window: CT window in HU, scaled to [0, 1] (the NIH Pancreas-CT literature's default).
+        mri_percentiles: percentiles of the MRI robust normalisation, computed once per volume.
+        label_values: label values that mean pancreas (MSD Task07: 1 and 2; TotalSegmentator: 7).
+    """
+
+    modality: str = "ct"
+    spacing_mm: float = 0.8
+    slice_spacing_mm: float | None = 2.5
+    size: tuple[int, int] = (256, 256)
+    hu_window: tuple[float, float] = (-100.0, 240.0)
+    mri_percentiles: tuple[float, float] = (0.5, 99.5)
+    label_values: tuple[int, ...] = (1, 2)
+
+    def validate(self) -> None:
+        if self.modality not in ("ct", "mri"):
+            raise PancsegError(f"preprocess.modality must be 'ct' or 'mri', got {self.modality!r}")
+        if not self.spacing_mm > 0:
+            raise PancsegError(f"preprocess.spacing_mm must be > 0, got {self.spacing_mm}")
+        if self.slice_spacing_mm is not None and not self.slice_spacing_mm > 0:
+            raise PancsegError(
+                f"preprocess.slice_spacing_mm must be > 0 or null, got {self.slice_spacing_mm}"
+            )
+        if len(self.size) != 2 or min(self.size) < 16:
+            raise PancsegError(f"preprocess.size must be two sizes >= 16, got {list(self.size)}")
+        if not self.hu_window[0] < self.hu_window[1]:
+            raise PancsegError(f"preprocess.hu_window must be [low, high], got {self.hu_window}")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """The tf.data window pipeline (prepared shards -> training windows).
+
+    Attributes:
+        window: slices per training window ``T`` (stage 2); stage 1 uses single slices.
+        stride: step between window starts along a volume.
+        positive_fraction: share of sampled windows that contain pancreas (it is in about a third
+            of the slices and under 1 % of the voxels, so it is oversampled).
+        batch_size: windows per step in stage 2.
+        slice_batch_size: slices per step in stage 1.
+        shuffle_buffer: tf.data shuffle buffer, in windows.
+        augment: random in-plane rotation, scale and intensity jitter, identical for every slice
+            of a window and its mask.
+        rotation_deg: largest rotation, degrees.
+        scale_range: smallest and largest zoom.
+        intensity_jitter: largest shift and relative scale of normalised intensities.
+        flip_left_right: off by default: anatomy is not left-right symmetric.
+    """
+
+    window: int = 5
+    stride: int = 1
+    positive_fraction: float = 0.5
+    batch_size: int = 2
+    slice_batch_size: int = 16
+    shuffle_buffer: int = 256
+    augment: bool = True
+    rotation_deg: float = 10.0
+    scale_range: tuple[float, float] = (0.9, 1.1)
+    intensity_jitter: float = 0.05
+    flip_left_right: bool = False
+
+    def validate(self) -> None:
+        if not 1 <= self.window <= 64:
+            raise PancsegError(f"data.window must be in 1..64, got {self.window}")
+        if self.stride < 1:
+            raise PancsegError(f"data.stride must be >= 1, got {self.stride}")
+        if not 0.0 <= self.positive_fraction <= 1.0:
+            raise PancsegError(
+                f"data.positive_fraction must be in [0, 1], got {self.positive_fraction}"
+            )
+        if self.batch_size < 1 or self.slice_batch_size < 1:
+            raise PancsegError("data.batch_size and data.slice_batch_size must be >= 1")
+        if not 0 < self.scale_range[0] <= self.scale_range[1]:
+            raise PancsegError(f"data.scale_range must be [low, high] > 0, got {self.scale_range}")
+
+
+@dataclasses.dataclass
+class Config:
+    """Every setting of a run, in sections."""
+
+    preprocess: PreprocessConfig = dataclasses.field(default_factory=PreprocessConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+
+    def validate(self) -> None:
+        for field in dataclasses.fields(self):
+            section = getattr(self, field.name)
+            if hasattr(section, "validate"):
+                section.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+    def hash(self, section: str | None = None) -> str:
+        """A short stable hash of the whole config or of one section (for indexes and runs)."""
+        data = self.to_dict() if section is None else self.to_dict()[section]
+        blob = json.dumps(data, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Converts a plain YAML value to the field's annotated type, or names the key."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, vars(typing) | globals())  # noqa: S307 - our own annotations
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise PancsegError(f"config key {key!r} must be a mapping, got {value!r}")
+        return _from_dict(annotation, value, key)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except PancsegError as err:
+                errors.append(str(err))
+        raise PancsegError(errors[0] if errors else f"config key {key!r}: bad value {value!r}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise PancsegError(f"config key {key!r} must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key) for v in value)
+        if len(value) != len(args):
+            raise PancsegError(f"config key {key!r} must have {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise PancsegError(f"config key {key!r} must be a mapping, got {value!r}")
+        return dict(value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise PancsegError(f"config key {key!r} must be true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise PancsegError(f"config key {key!r} must be an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise PancsegError(f"config key {key!r} must be a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise PancsegError(f"config key {key!r} must be a string, got {value!r}")
+    return value
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise PancsegError(
+            f"unknown config key {where}{unknown[0]!r}; known keys: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(value, hints[name], key)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Builds and validates a `Config` from plain data (as YAML gives it)."""
+    data = dict(data or {})
+    data.pop("provenance", None)  # written by save_config; not a setting
+    cfg = _from_dict(Config, data)
+    cfg.validate()
+    return cfg
+
+
+def load_config(path: str | pathlib.Path | None) -> Config:
+    """Reads a YAML config; ``None`` gives the defaults.
+
+    Raises:
+        PancsegError: the file is missing, is not YAML, or has an unknown or mistyped key.
+    """
+    if path is None:
+        return Config()
+    import yaml
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise PancsegError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise PancsegError(f"config file {path} is not valid YAML: {err}") from None
+    if data is not None and not isinstance(data, dict):
+        raise PancsegError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+    return config_from_dict(data or {})
+
+
+def save_config(cfg: Config, path: str | pathlib.Path, extra: dict[str, Any] | None = None) -> None:
+    """Writes the resolved config as YAML (atomically); ``extra`` goes under ``provenance:``."""
+    import os
+
+    import yaml
+
+    path = pathlib.Path(path)
+    data = cfg.to_dict()
+    if extra:
+        data = {"provenance": dict(extra), **data}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Applies ``section.key=value`` overrides (values parsed as YAML) and validates.
+
+    Raises:
+        PancsegError: an override without ``=``, an unknown key, or a mistyped value.
+    """
+    import yaml
+
+    data = cfg.to_dict()
+    for item in overrides:
+        if "=" not in item:
+            raise PancsegError(f"override must be key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            if not isinstance(node.get(part), dict):
+                raise PancsegError(f"unknown config key {'.'.join(parts[: i + 1])!r}")
+            node = node[part]
+        if parts[-1] not in node:
+            raise PancsegError(f"unknown config key {key.strip()!r}")
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            node[parts[-1]] = raw
+    return config_from_dict(data)

@@ -1,0 +1,73 @@
+"""Typed config: YAML round trip, overrides, and errors that name the key."""
+
+import pytest
+import yaml
+
+from pancseg_tf.config import Config, apply_overrides, load_config, save_config
+from pancseg_tf.errors import PancsegError
+
+
+def test_defaults_validate_and_round_trip(tmp_path):
+    cfg = Config()
+    cfg.validate()
+    path = tmp_path / "config.yaml"
+    save_config(cfg, path, extra={"package_version": "x"})
+    assert yaml.safe_load(path.read_text())["provenance"] == {"package_version": "x"}
+    assert load_config(path) == cfg
+
+
+def test_overrides_parse_values_as_yaml():
+    cfg = apply_overrides(
+        Config(),
+        [
+            "preprocess.spacing_mm=0.9",
+            "preprocess.size=[128, 160]",
+            "data.window=7",
+            "preprocess.slice_spacing_mm=null",
+            "data.augment=false",
+        ],
+    )
+    assert cfg.preprocess.spacing_mm == 0.9
+    assert cfg.preprocess.size == (128, 160)
+    assert cfg.preprocess.slice_spacing_mm is None
+    assert cfg.data.window == 7
+    assert cfg.data.augment is False
+
+
+def test_hash_changes_with_a_setting():
+    a = Config()
+    b = apply_overrides(Config(), ["preprocess.spacing_mm=0.7"])
+    assert a.hash("preprocess") != b.hash("preprocess")
+    assert a.hash("data") == b.hash("data")
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("preprocess.spacingmm=1", "preprocess.spacingmm"),
+        ("nosection.x=1", "nosection"),
+        ("preprocess.spacing_mm=abc", "preprocess.spacing_mm"),
+        ("preprocess.spacing_mm=-1", "preprocess.spacing_mm"),
+        ("preprocess.size=[64]", "preprocess.size"),
+        ("preprocess.modality=pet", "preprocess.modality"),
+        ("data.window=0", "data.window"),
+        ("data.augment=3", "data.augment"),
+        ("data.positive_fraction=1.5", "data.positive_fraction"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, named):
+    with pytest.raises(PancsegError, match=named.replace(".", r"\.")):
+        apply_overrides(Config(), [override])
+
+
+def test_bad_files_are_clear(tmp_path):
+    with pytest.raises(PancsegError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("preprocess: [1, 2\n")
+    with pytest.raises(PancsegError, match="not valid YAML"):
+        load_config(bad)
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("preprocess:\n  spacing: 1.0\n")
+    with pytest.raises(PancsegError, match="preprocess.*spacing"):
+        load_config(unknown)

@@ -28,7 +28,7 @@ setup(
         "numpy>=1.24",
         "scipy>=1.10",
         "nibabel>=5.0",
-        "pydicom>=2.4",
+        "pydicom>=3.0",
         # JPEG 2000 and JPEG-LS decoders for compressed PACS exports.
         "pylibjpeg>=2.0",
         "pylibjpeg-openjpeg>=2.0",

@@ -1,5 +1,16 @@
 """Reading and writing volumes (NIfTI, DICOM series) with exact geometry, and cohort discovery."""
 
+from pancseg_tf.io.dicom import SeriesInfo, list_dicom_series, read_dicom_series
+from pancseg_tf.io.nifti import read_nifti, read_volume, write_nifti, write_volume
 from pancseg_tf.io.volume import Volume
 
-__all__ = ["Volume"]
+__all__ = [
+    "SeriesInfo",
+    "Volume",
+    "list_dicom_series",
+    "read_dicom_series",
+    "read_nifti",
+    "read_volume",
+    "write_nifti",
+    "write_volume",
+]

@@ -1,0 +1,416 @@
+"""NIfTI reading and atomic writing with exact geometry, and `read_volume` for any input path.
+
+A volume read here keeps its voxel order, its affine (nibabel's RAS+, sform before qform) and its
+qform / sform codes, so that an output written on the same `Volume` lands on the input's grid
+voxel for voxel. Writers never copy an input header: only geometry and the voxel data go out, so
+nothing a scanner or PACS stored (patient fields included) can leak into an output file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pathlib
+import zlib
+from collections.abc import Iterable
+
+import numpy as np
+
+from pancseg_tf.errors import PancsegError
+from pancseg_tf.io.volume import MODALITIES, Volume
+
+log = logging.getLogger("pancseg_tf.io")
+
+PathLike = str | os.PathLike
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+# === Shared helpers ===
+
+
+def rescale_to_intensity(raw: np.ndarray, slope: float, intercept: float) -> np.ndarray:
+    """``raw * slope + intercept`` as int16 when that is exact, else float32.
+
+    CT values are Hounsfield units, integers in [-1024, 3071] on every scanner; int16 keeps them
+    exactly at half the memory of float32. Anything else (fractional slope, values out of the
+    int16 range, float input) becomes float32.
+
+    Args:
+        raw: stored values, any shape, integer or float dtype.
+        slope: multiplier (DICOM RescaleSlope, NIfTI scl_slope).
+        intercept: offset (DICOM RescaleIntercept, NIfTI scl_inter).
+
+    Returns:
+        Array of the same shape, dtype int16 or float32.
+    """
+    integral = (
+        np.issubdtype(raw.dtype, np.integer)
+        and float(slope).is_integer()
+        and float(intercept).is_integer()
+    )
+    if integral:
+        if raw.size == 0:
+            return raw.astype(np.int16)
+        lo, hi = int(raw.min()), int(raw.max())
+        ends = sorted((lo * int(slope) + int(intercept), hi * int(slope) + int(intercept)))
+        if ends[0] >= np.iinfo(np.int16).min and ends[1] <= np.iinfo(np.int16).max:
+            out = raw.astype(np.int32)
+            if slope != 1:
+                out *= int(slope)
+            if intercept != 0:
+                out += int(intercept)
+            return out.astype(np.int16)
+    out = raw.astype(np.float32)
+    if slope != 1:
+        out *= np.float32(slope)
+    if intercept != 0:
+        out += np.float32(intercept)
+    return out
+
+
+def check_affine(affine: np.ndarray, source: PathLike) -> None:
+    """Raise `PancsegError` unless ``affine`` is a finite, invertible voxel-to-world map."""
+    if not np.all(np.isfinite(affine)):
+        raise PancsegError(
+            f"{source}: the voxel-to-world affine contains NaN or Inf "
+            f"(rows {np.round(affine[:3], 4).tolist()}); expected finite values in mm"
+        )
+    linear = affine[:3, :3]
+    norms = np.linalg.norm(linear, axis=0)
+    if np.any(norms == 0):
+        raise PancsegError(
+            f"{source}: the voxel-to-world affine has a zero voxel size "
+            f"(column norms {np.round(norms, 6).tolist()} mm); expected a positive size per axis"
+        )
+    # Scale-free test: the determinant of the column-normalised matrix is the volume of the
+    # unit voxel cell, 1 for orthogonal axes and 0 for degenerate ones.
+    if abs(np.linalg.det(linear / norms)) < 1e-6:
+        raise PancsegError(
+            f"{source}: the voxel-to-world affine is singular (its voxel axes are parallel); "
+            "expected three independent axes"
+        )
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
+
+
+# === Reading ===
+
+
+def _nifti_error(path: pathlib.Path, error: BaseException) -> PancsegError:
+    from nibabel.filebasedimages import ImageFileError
+    from nibabel.spatialimages import HeaderDataError
+
+    if isinstance(error, ImageFileError | HeaderDataError):
+        why = f"not a valid NIfTI file ({_one_line(error)})"
+    elif isinstance(error, EOFError):
+        why = "the file is truncated (compressed stream ended early)"
+    elif isinstance(error, zlib.error) or type(error).__name__ == "BadGzipFile":
+        why = f"the file is not valid gzip data ({_one_line(error)})"
+    else:
+        why = _one_line(error)
+    return PancsegError(f"could not read NIfTI file {path}: {why}")
+
+
+def read_nifti(path: PathLike, *, modality: str = "ct") -> Volume:
+    """Read a 3D ``.nii`` / ``.nii.gz`` image with its geometry.
+
+    The stored dtype is kept (int16 HU stays int16) unless the header sets a scaling
+    (``scl_slope`` / ``scl_inter``); then values are scaled, as int16 where that is exact and as
+    float32 otherwise. A 4D image whose trailing axes are all 1 is squeezed to 3D.
+
+    Args:
+        path: the file.
+        modality: ``"ct"`` or ``"mri"`` (NIfTI does not say).
+
+    Returns:
+        `Volume` with array ``(I, J, K)`` in file order, nibabel's affine (sform if its code is
+        positive, else qform), and the header's qform / sform codes.
+
+    Raises:
+        PancsegError: missing, unreadable, truncated or non-NIfTI file; an image that is not 3D;
+            NaN or Inf voxels; a non-finite, zero or singular affine.
+    """
+    import nibabel as nib
+    from nibabel.filebasedimages import ImageFileError
+    from nibabel.spatialimages import HeaderDataError
+
+    path = pathlib.Path(path)
+    if modality not in MODALITIES:
+        raise PancsegError(f"modality must be one of {MODALITIES}, got {modality!r}")
+    if not path.exists():
+        raise PancsegError(f"no such file: {path}")
+    if path.is_dir():
+        raise PancsegError(f"{path} is a folder: expected a .nii or .nii.gz file")
+    readable = (OSError, EOFError, ValueError, zlib.error, ImageFileError, HeaderDataError)
+    try:
+        img = nib.load(str(path))
+    except readable as error:
+        raise _nifti_error(path, error) from None
+    if not isinstance(img, nib.Nifti1Image):  # Nifti2Image is a subclass
+        raise PancsegError(
+            f"{path} is a {type(img).__name__}, not a NIfTI image: expected .nii or .nii.gz"
+        )
+    try:
+        proxy = img.dataobj
+        scaled = float(proxy.slope) != 1.0 or float(proxy.inter) != 0.0
+        raw = np.asanyarray(proxy) if not scaled else proxy.get_unscaled()
+        array = rescale_to_intensity(raw, float(proxy.slope), float(proxy.inter)) if scaled else raw
+        affine = np.array(img.affine, dtype=np.float64)
+        qform_code = int(img.header["qform_code"])
+        sform_code = int(img.header["sform_code"])
+    except readable as error:
+        raise _nifti_error(path, error) from None
+
+    array = np.asarray(array)
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 3:
+        raise PancsegError(
+            f"{path}: image has shape {tuple(img.shape)} ({len(img.shape)}D); expected a 3D volume"
+        )
+    if np.issubdtype(array.dtype, np.floating):
+        bad = ~np.isfinite(array)
+        if bad.any():
+            nan = int(np.isnan(array).sum())
+            raise PancsegError(
+                f"{path}: {int(bad.sum())} of {array.size} voxels are not finite "
+                f"({nan} NaN, {int(bad.sum()) - nan} Inf); expected finite intensities"
+            )
+    check_affine(affine, path)
+    return Volume(
+        array=array,
+        affine=affine,
+        modality=modality,
+        source=str(path),
+        qform_code=qform_code,
+        sform_code=sform_code,
+    )
+
+
+def _is_dicom_file(path: pathlib.Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def read_volume(
+    path: PathLike,
+    *,
+    modality: str | None = None,
+    series: int | None = None,
+    allow_uneven: bool = False,
+) -> Volume:
+    """Read a NIfTI file or a DICOM series folder.
+
+    Args:
+        path: a ``.nii`` / ``.nii.gz`` file, or a folder holding DICOM files (searched
+            recursively).
+        modality: ``"ct"`` or ``"mri"``; None means ``"ct"`` for NIfTI and the DICOM Modality
+            tag for a series. A value given here overrides the tag.
+        series: for a folder with several series, the SeriesNumber to read (default: the
+            series with the most slices).
+        allow_uneven: read a DICOM series with uneven slice spacing or a missing slice using
+            the mean spacing, with a logged warning, instead of refusing it.
+
+    Returns:
+        The `Volume`.
+
+    Raises:
+        PancsegError: nonexistent path, a file that is not NIfTI, an empty folder, a folder
+            without DICOM, or any problem `read_nifti` / `read_dicom_series` reports.
+    """
+    from pancseg_tf.io.dicom import read_dicom_series
+
+    path = pathlib.Path(path)
+    if modality is not None and modality not in MODALITIES:
+        raise PancsegError(f"modality must be one of {MODALITIES}, got {modality!r}")
+    if not path.exists():
+        raise PancsegError(f"no such file or folder: {path}")
+    if path.is_dir():
+        volume = read_dicom_series(path, series=series, allow_uneven=allow_uneven)
+        if modality is not None and modality != volume.modality:
+            volume = dataclasses.replace(volume, modality=modality)
+        return volume
+    if not path.name.lower().endswith(NIFTI_SUFFIXES):
+        if _is_dicom_file(path):
+            raise PancsegError(
+                f"{path} is a single DICOM file: pass the folder that holds the whole series"
+            )
+        raise PancsegError(
+            f"cannot read {path}: expected a .nii or .nii.gz file or a folder of DICOM files"
+        )
+    return read_nifti(path, modality=modality or "ct")
+
+
+# === Writing ===
+
+
+def _split_nifti_name(path: pathlib.Path) -> tuple[str, str]:
+    name = path.name
+    for suffix in NIFTI_SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)], name[-len(suffix) :]
+    raise PancsegError(f"output must end in .nii.gz or .nii, got {name!r}")
+
+
+def _writable_array(array: np.ndarray, dtype: np.dtype | type | str | None) -> np.ndarray:
+    array = np.asarray(array)
+    if dtype is not None:
+        return np.ascontiguousarray(array.astype(np.dtype(dtype), copy=False))
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8)
+    if array.dtype in (np.int64, np.uint64):
+        # Many NIfTI readers (and nibabel's own defaults) reject 64-bit integers; labels fit in
+        # int32.
+        if array.size and (array.min() < np.iinfo(np.int32).min or array.max() > 2**31 - 1):
+            raise PancsegError(
+                f"cannot write {array.dtype} values in [{array.min()}, {array.max()}]: "
+                "expected values that fit in int32, or pass dtype="
+            )
+        return array.astype(np.int32)
+    return array
+
+
+def _same_file(a: pathlib.Path, b: PathLike) -> bool:
+    if not str(b):
+        return False
+    return a.resolve() == pathlib.Path(b).resolve()
+
+
+def write_nifti(
+    array: np.ndarray,
+    reference: Volume,
+    path: PathLike,
+    *,
+    dtype: np.dtype | type | str | None = None,
+    protect: Iterable[PathLike] = (),
+) -> pathlib.Path:
+    """Write ``array`` as NIfTI on the grid of ``reference``, atomically.
+
+    The file gets the reference's affine and qform / sform codes. A sheared affine (gantry tilt)
+    or a reference without a qform is written as sform alone, because a qform cannot hold shear.
+    The header carries geometry, dtype and units (mm) only; ``descrip``, ``db_name`` and
+    ``aux_file`` stay empty. Data go to a hidden temporary file in the destination folder,
+    which is flushed to disk and then renamed over ``path``: a failed write never leaves a
+    partial file under the final name.
+
+    Args:
+        array: voxels of shape ``reference.shape`` (e.g. a uint8 mask or float32
+            probabilities). Bool becomes uint8, int64 becomes int32.
+        reference: the volume whose grid the array lives on.
+        path: the output, ending in ``.nii.gz`` (compressed) or ``.nii``. Parent folders are
+            created.
+        dtype: on-disk dtype; None keeps the array's.
+        protect: more paths that must not be overwritten (inputs besides
+            ``reference.source``).
+
+    Returns:
+        The written path.
+
+    Raises:
+        PancsegError: wrong array shape, a path that would overwrite an input, a bad suffix, or
+            an operating-system error while writing (message ends with its reason, e.g.
+            "No space left on device").
+    """
+    import nibabel as nib
+
+    path = pathlib.Path(path)
+    base, suffix = _split_nifti_name(path)
+    array = np.asarray(array)
+    if tuple(array.shape) != reference.shape:
+        raise PancsegError(
+            f"cannot write {path}: array shape {tuple(array.shape)} differs from the reference "
+            f"grid {reference.shape}"
+        )
+    for protected in (reference.source, *protect):
+        if _same_file(path, protected):
+            raise PancsegError(f"refusing to overwrite the input {protected} with an output")
+    if path.is_dir():
+        raise PancsegError(f"cannot write {path}: it is a folder")
+    data = _writable_array(array, dtype)
+
+    affine = reference.affine
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_data_dtype(data.dtype)
+    img.header.set_xyzt_units("mm", "sec")
+    if reference.is_sheared or reference.qform_code == 0:
+        sform_code = reference.sform_code
+        if reference.is_sheared and sform_code == 0:
+            sform_code = 1
+        img.set_qform(None, code=0)
+        img.set_sform(affine, code=sform_code)
+    else:
+        img.set_qform(affine, code=reference.qform_code)
+        img.set_sform(affine, code=reference.sform_code)
+    for field in ("descrip", "db_name", "aux_file", "intent_name"):
+        img.header[field] = b""
+
+    tmp = path.parent / f".{base}.tmp-{os.getpid()}{suffix}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img.to_filename(str(tmp))
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        _fsync_folder(path.parent)
+    except OSError as error:
+        _remove_quietly(tmp)
+        reason = error.strerror or _one_line(error)
+        raise PancsegError(f"could not write {path}: {reason}") from None
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    log.debug("wrote %s (%s, %s)", path, " x ".join(map(str, data.shape)), data.dtype)
+    return path
+
+
+def write_volume(volume: Volume, path: PathLike) -> pathlib.Path:
+    """Write a `Volume` as NIfTI as it is: its array, dtype, affine and codes (``pancseg convert``).
+
+    Args:
+        volume: the volume.
+        path: the output (``.nii.gz`` or ``.nii``); must not be ``volume.source``.
+
+    Returns:
+        The written path.
+
+    Raises:
+        PancsegError: as `write_nifti`.
+    """
+    return write_nifti(volume.array, volume, path)
+
+
+def _fsync_folder(folder: pathlib.Path) -> None:
+    # Makes the rename itself durable; not every platform can open a folder.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_quietly(path: pathlib.Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError:
+        log.warning("could not remove the temporary file %s", path)

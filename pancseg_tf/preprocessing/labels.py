@@ -1,0 +1,134 @@
+"""Label maps -> binary pancreas masks (uint8 {0, 1}), with presets for the public cohorts.
+
+Cohorts code the pancreas differently: MSD Task07 uses 1 (pancreas) and 2 (tumour), both part
+of the organ we segment; NIH Pancreas-CT uses 1; TotalSegmentator's multi-organ maps use 7.
+Mapping happens on the label's own grid, before `GeometryPlan.forward(..., is_label=True)`.
+
+Example:
+    >>> map_labels(np.array([0, 1, 2, 3]), "msd")
+    array([0, 1, 1, 0], dtype=uint8)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from pancseg_tf.errors import PancsegError
+
+# Preset name -> label values that mean pancreas (None: every non-zero value).
+LABEL_PRESETS: dict[str, tuple[int, ...] | None] = {
+    "msd": (1, 2),
+    "totalsegmentator": (7,),
+    "nih": (1,),
+    "nonzero": None,
+}
+
+LabelValues = str | Iterable[int] | None
+
+
+def parse_label_values(text: str) -> tuple[int, ...] | None:
+    """Parses a label-values option: a preset name or comma-separated integers.
+
+    Args:
+        text: ``"1,2"``, ``"7"``, or a preset name of `LABEL_PRESETS` (``"msd"``,
+            ``"totalsegmentator"``, ``"nih"``, ``"nonzero"``).
+
+    Returns:
+        The sorted unique values, or ``None`` for ``"nonzero"``.
+
+    Raises:
+        PancsegError: on an empty string, a non-integer item, or a value under 1 (0 is the
+            background, so it cannot mean pancreas).
+    """
+    key = text.strip().lower()
+    if key in LABEL_PRESETS:
+        return LABEL_PRESETS[key]
+    items = [item.strip() for item in key.split(",")]
+    if not key or any(not item for item in items):
+        raise PancsegError(
+            f"label values must be comma-separated integers or one of {sorted(LABEL_PRESETS)}, "
+            f"got {text!r}"
+        )
+    values = []
+    for item in items:
+        try:
+            values.append(int(item))
+        except ValueError:
+            raise PancsegError(
+                f"label values must be comma-separated integers or one of "
+                f"{sorted(LABEL_PRESETS)}, got {text!r} ({item!r} is not an integer)"
+            ) from None
+    return _checked_values(values, text)
+
+
+def map_labels(label_array: np.ndarray, values: LabelValues, *, strict: bool = False) -> np.ndarray:
+    """A binary pancreas mask from a label map.
+
+    Args:
+        label_array: label map, any shape; integer dtype, or a float dtype holding whole numbers
+            (as NIfTI labels saved with a scaling often are).
+        values: the label values that mean pancreas: a tuple of ints, a preset name of
+            `LABEL_PRESETS`, or ``None`` / ``"nonzero"`` for every non-zero value.
+        strict: also require that the map holds no value other than 0 and ``values`` (catches
+            a wrong preset, e.g. a multi-organ map read with the MSD values).
+
+    Returns:
+        uint8 array of ``label_array``'s shape: 1 where the label is one of ``values``, else 0.
+
+    Raises:
+        PancsegError: on float labels that are not whole numbers (an interpolated label map),
+            on an unknown preset, or, when ``strict``, on unexpected values (it names them).
+    """
+    label_array = np.asarray(label_array)
+    if isinstance(values, str):
+        values = parse_label_values(values)
+    elif values is not None:
+        values = _checked_values(list(values), values)
+    if label_array.dtype.kind == "f":
+        whole = np.isfinite(label_array) & (label_array == np.round(label_array))
+        if not whole.all():
+            bad = np.unique(label_array[~whole])
+            raise PancsegError(
+                f"label map holds non-integer values {_some(bad)}: expected whole-number labels "
+                "(was it resampled with interpolation? resample labels with is_label=True)"
+            )
+    elif label_array.dtype.kind not in "iub":
+        raise PancsegError(f"label map must be numeric, got dtype {label_array.dtype}")
+    if strict and values is not None:
+        # "nonzero" accepts every value, so strict checks only explicit values.
+        allowed = np.array([0, *values])
+        found = np.unique(label_array)
+        unexpected = found[~np.isin(found, allowed)]
+        if unexpected.size:
+            raise PancsegError(
+                f"label map holds values {_some(unexpected)} besides the expected "
+                f"{sorted(int(v) for v in allowed)} (label values found: {_some(found)}); "
+                "choose other label values or turn strict off"
+            )
+    if values is None:
+        return (label_array != 0).astype(np.uint8)
+    return np.isin(label_array, np.asarray(values)).astype(np.uint8)
+
+
+def _checked_values(values: list, shown: object) -> tuple[int, ...]:
+    out = []
+    for value in values:
+        try:
+            whole = not isinstance(value, bool) and float(value).is_integer()
+        except (TypeError, ValueError):
+            whole = False
+        if not whole:
+            raise PancsegError(f"label values must be integers, got {shown!r}")
+        out.append(int(value))
+    if not out or min(out) < 1:
+        raise PancsegError(f"label values must be one or more integers >= 1, got {shown!r}")
+    return tuple(sorted(set(out)))
+
+
+def _some(values: np.ndarray, limit: int = 10) -> str:
+    """Up to ``limit`` values for a message, as plain numbers."""
+    shown = [v.item() for v in values[:limit]]
+    text = ", ".join(str(int(v)) if float(v).is_integer() else repr(v) for v in shown)
+    return f"[{text}{', ...' if values.size > limit else ''}]"

@@ -24,6 +24,8 @@ setup(
     packages=find_packages(include=["pancseg_tf", "pancseg_tf.*"]),
     install_requires=[
         "tensorflow>=2.18,<3",
+        # TensorFlow 2.21 no longer pulls it in; the TensorBoard callback needs it.
+        "tensorboard>=2.18",
         "keras>=3.6,<4",
         "numpy>=1.24",
         "scipy>=1.10",

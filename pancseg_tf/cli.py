@@ -26,6 +26,28 @@ from pancseg_tf.errors import PancsegError  # noqa: E402
 log = logging.getLogger("pancseg_tf")
 
 
+def import_tensorflow_quietly() -> None:
+    """Imports TensorFlow and Keras with file descriptor 2 pointed at /dev/null.
+
+    TensorFlow's C++ start-up lines (oneDNN, CUDA stubs, CPU features) are written before its
+    logging is initialised, so ``TF_CPP_MIN_LOG_LEVEL`` does not stop them all; they are not for
+    the user's terminal. Python-level errors during the import are still raised.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 # === Subcommands ===
 
 
@@ -94,6 +116,56 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         raise PancsegError(f"--cases must be >= 1, got {args.cases}")
     out = make_cohort(args.out, cases=args.cases, modality=args.modality, seed=args.seed)
     print(f"wrote a synthetic {args.modality.upper()} cohort of {args.cases} cases to {out}")
+    return 0
+
+
+def _load_config(args: argparse.Namespace):
+    from pancseg_tf.config import apply_overrides, load_config
+
+    cfg = load_config(getattr(args, "config", None))
+    return apply_overrides(cfg, getattr(args, "set", None) or [])
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from pancseg_tf.data.prepare import prepare_cohort
+
+    if (args.num_shards is None) != (args.shard_index is None):
+        raise PancsegError("--num-shards and --shard-index go together")
+    cfg = _load_config(args)
+    index = prepare_cohort(
+        args.cohort,
+        args.out,
+        config=cfg,
+        format=args.format,
+        workers=args.workers,
+        skip_bad=args.skip_bad,
+        num_shards=args.num_shards,
+        shard_index=args.shard_index,
+    )
+    skipped = index.get("skipped", [])
+    print(
+        f"prepared {len(index.get('cases', []))} case(s) into {args.out}"
+        + (f"; skipped {len(skipped)} (see index.json)" if skipped else "")
+    )
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import_tensorflow_quietly()
+    from pancseg_tf.training.trainer import Trainer
+
+    cfg = _load_config(args)
+    trainer = Trainer(
+        args.data,
+        args.run,
+        cfg,
+        seed=args.seed,
+        deterministic=args.deterministic,
+        strategy=args.strategy,
+    )
+    result = trainer.run(args.stage)
+    best = ", ".join(f"{k} val DSC {v:.4f}" for k, v in sorted(result.best.items()))
+    print(f"run folder {result.run_dir}: {best or 'no validation score'}")
     return 0
 
 
@@ -166,6 +238,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modality", choices=("ct", "mri"), default="ct", help="default ct")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser(
+        "prepare",
+        help="turn a cohort into TFRecord shards and OUT/index.json (resumable)",
+        description=(
+            "Runs every case through the geometry (canonical orientation, fixed spacing, body "
+            "crop) into TFRecord shards; a rerun skips finished cases."
+        ),
+    )
+    p.add_argument("cohort", help="MSD folder, NIH Pancreas-CT folder or CSV manifest")
+    p.add_argument("out", help="output folder for shards and index.json")
+    p.add_argument(
+        "--format",
+        choices=("auto", "msd", "nih", "manifest"),
+        default="auto",
+        help="cohort layout (default: detected)",
+    )
+    p.add_argument("--config", help="YAML config (its preprocess section is used)")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)"
+    )
+    p.add_argument("--workers", type=int, default=1, help="cases prepared in parallel processes")
+    p.add_argument(
+        "--skip-bad", action="store_true", help="report and skip cases that cannot be read"
+    )
+    p.add_argument("--num-shards", type=int, help="prepare one slice of K of the cohort ...")
+    p.add_argument("--shard-index", type=int, help="... namely slice I (0 <= I < K)")
+    p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser(
+        "train",
+        help="two-stage training (CNN, then CNN + bidirectional ConvLSTM) into a run folder",
+        description=(
+            "Stage 1 trains the slice CNN alone; stage 2 the contextual model initialised from "
+            "the best stage-1 weights, end to end. Rerun the same command to resume."
+        ),
+    )
+    p.add_argument("data", help="a folder written by pancseg prepare")
+    p.add_argument("run", help="the run folder (created; rerun to resume)")
+    p.add_argument("--config", help="YAML config, e.g. training/configs/quick.yaml")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)"
+    )
+    p.add_argument("--stage", choices=("1", "2", "both"), default="both", help="default both")
+    p.add_argument(
+        "--strategy",
+        choices=("auto", "none", "mirrored", "multiworker"),
+        default="auto",
+        help="auto: mirrored on several GPUs, multiworker when TF_CONFIG is set, else none",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seeds split, weights and data order")
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="fixed data order and deterministic ops (slower; for exact resumption)",
+    )
+    p.set_defaults(func=_cmd_train)
 
     return parser
 

@@ -82,6 +82,9 @@ class DataConfig:
         scale_range: smallest and largest zoom.
         intensity_jitter: largest shift and relative scale of normalised intensities.
         flip_left_right: off by default: anatomy is not left-right symmetric.
+        crop_size: in-plane size ``(H, W)`` of training windows, cut at a random offset within
+            the body's box of the prepared plane (a translation augmentation that also makes
+            steps cheaper); ``None`` trains on the whole prepared plane (``preprocess.size``).
     """
 
     window: int = 5
@@ -95,6 +98,7 @@ class DataConfig:
     scale_range: tuple[float, float] = (0.9, 1.1)
     intensity_jitter: float = 0.05
     flip_left_right: bool = False
+    crop_size: tuple[int, int] | None = None
 
     def validate(self) -> None:
         if not 1 <= self.window <= 64:
@@ -109,6 +113,118 @@ class DataConfig:
             raise PancsegError("data.batch_size and data.slice_batch_size must be >= 1")
         if not 0 < self.scale_range[0] <= self.scale_range[1]:
             raise PancsegError(f"data.scale_range must be [low, high] > 0, got {self.scale_range}")
+        if self.crop_size is not None and (len(self.crop_size) != 2 or min(self.crop_size) < 16):
+            raise PancsegError(
+                f"data.crop_size must be two sizes >= 16 or null, got {list(self.crop_size)}"
+            )
+
+
+LOSSES = ("jaccard", "jaccard_per_sample", "dice", "bce", "weighted_bce", "jaccard_bce")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Which network and at what size.
+
+    Attributes:
+        preset: ``"quick"`` (2 CPU cores, minutes) or ``"paper"`` (GPUs); the sizes below
+            override the preset where set.
+        base_filters: filters of the CNN's first level.
+        depth: CNN encoder levels.
+        deep_supervision: side outputs at several scales, trained against the resized mask.
+        lstm_filters: ConvLSTM filters per direction.
+        overrides: any other keyword of `SliceCNN` / `ContextualSegmenter`, by name.
+    """
+
+    preset: str = "quick"
+    base_filters: int | None = None
+    depth: int | None = None
+    deep_supervision: bool = True
+    lstm_filters: int | None = None
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.preset not in ("quick", "paper", "tiny"):
+            raise PancsegError(
+                f"model.preset must be 'quick', 'paper' or 'tiny', got {self.preset!r}"
+            )
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Two-stage training.
+
+    Attributes:
+        stage1_epochs: epochs of the `SliceCNN` alone on single slices.
+        stage2_epochs: epochs of the whole `ContextualSegmenter`, end to end, on windows.
+        steps_per_epoch: training steps per epoch (batches), both stages.
+        learning_rate: AdamW peak learning rate, stage 1.
+        stage2_learning_rate: AdamW peak learning rate, stage 2 (fine-tuning).
+        weight_decay: AdamW decoupled weight decay.
+        warmup_epochs: epochs of linear warm-up before the cosine decay.
+        loss: one of ``LOSSES``; ``jaccard`` is the paper's loss with sums over the batch.
+        side_output_weights: weights of the deep-supervision side outputs, finest first.
+        freeze_cnn_epochs: stage-2 epochs with the CNN frozen (only the ConvLSTM learns).
+        early_stopping_patience: epochs without a better validation DSC before a stage stops;
+            0 turns early stopping off.
+        validation_fraction: share of the cases held out for validation (at least one case).
+        validation_cases: at most this many validation volumes are predicted per epoch.
+        precision: ``float32``, ``mixed_float16`` or ``mixed_bfloat16``.
+        jit_compile: XLA-compile the train step.
+    """
+
+    stage1_epochs: int = 8
+    stage2_epochs: int = 6
+    steps_per_epoch: int = 50
+    learning_rate: float = 2e-3
+    stage2_learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 1
+    loss: str = "jaccard"
+    side_output_weights: tuple[float, ...] = (0.5, 0.25, 0.125)
+    freeze_cnn_epochs: int = 0
+    early_stopping_patience: int = 0
+    validation_fraction: float = 0.2
+    validation_cases: int = 8
+    precision: str = "float32"
+    jit_compile: bool = False
+
+    def validate(self) -> None:
+        if self.stage1_epochs < 0 or self.stage2_epochs < 0:
+            raise PancsegError("train.stage1_epochs and train.stage2_epochs must be >= 0")
+        if self.steps_per_epoch < 1:
+            raise PancsegError(f"train.steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
+        if not self.learning_rate > 0 or not self.stage2_learning_rate > 0:
+            raise PancsegError("train.learning_rate and train.stage2_learning_rate must be > 0")
+        if self.loss not in LOSSES:
+            raise PancsegError(f"train.loss must be one of {', '.join(LOSSES)}; got {self.loss!r}")
+        if self.precision not in PRECISIONS:
+            raise PancsegError(
+                f"train.precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}"
+            )
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise PancsegError(
+                f"train.validation_fraction must be in (0, 1), got {self.validation_fraction}"
+            )
+
+
+@dataclasses.dataclass
+class PostprocessConfig:
+    """What happens to the thresholded probabilities.
+
+    Attributes:
+        threshold: probability at or above which a voxel is pancreas.
+        largest_component: keep the largest 3D connected component (holes are filled either
+            way). Cross-validation chooses it on validation predictions, as nnU-Net does.
+    """
+
+    threshold: float = 0.5
+    largest_component: bool = True
+
+    def validate(self) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            raise PancsegError(f"postprocess.threshold must be in (0, 1), got {self.threshold}")
 
 
 @dataclasses.dataclass
@@ -117,6 +233,9 @@ class Config:
 
     preprocess: PreprocessConfig = dataclasses.field(default_factory=PreprocessConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    postprocess: PostprocessConfig = dataclasses.field(default_factory=PostprocessConfig)
 
     def validate(self) -> None:
         for field in dataclasses.fields(self):

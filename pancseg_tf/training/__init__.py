@@ -1,0 +1,1 @@
+"""Training: two-stage fit, distribution strategies, callbacks, cross-validation."""

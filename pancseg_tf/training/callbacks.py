@@ -1,0 +1,196 @@
+"""Callbacks of the two-stage fit: whole-volume validation, a resumable log, the best model."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import pathlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+LOG_COLUMNS = ("stage", "epoch", "loss", "val_dsc", "learning_rate", "seconds")
+
+
+def write_atomic(path: pathlib.Path, text: str) -> None:
+    """Writes a small text file under a temporary name, then renames it into place."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: pathlib.Path, default: Any) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else default
+
+
+class WholeVolumeValidation(keras.callbacks.Callback):
+    """Predicts whole, unaugmented validation volumes after each epoch; logs ``val_dsc``.
+
+    The volumes go through `pancseg_tf.inference.Segmenter.predict_model_grid`, the code
+    ``pancseg predict`` runs (the CNN once per slice, the ConvLSTM over all slices in one pass),
+    then the threshold and post-processing of the run's config, and are scored by Dice on the
+    model grid (per case, then the mean), so the best checkpoint is chosen on what users get.
+
+    Args:
+        volumes: `pancseg_tf.data.pipeline.ValidationVolume` list.
+        threshold: probability threshold.
+        largest_component: post-processing as ``pancseg predict`` does it.
+        slice_batch: slices per CNN call.
+    """
+
+    def __init__(
+        self,
+        volumes: Sequence[Any],
+        *,
+        threshold: float = 0.5,
+        largest_component: bool = True,
+        slice_batch: int = 16,
+    ):
+        super().__init__()
+        self.volumes = list(volumes)
+        self.images = [v.normalized_image() for v in self.volumes]
+        self.threshold = threshold
+        self.largest_component = largest_component
+        self.slice_batch = slice_batch
+        self.last_scores: dict[str, float] = {}
+
+    def scores(self, model: keras.Model) -> dict[str, float]:
+        from pancseg_tf.evaluation.metrics import dice
+        from pancseg_tf.inference import Segmenter, postprocess_mask
+
+        segmenter = Segmenter(model, threshold=self.threshold, slice_batch=self.slice_batch)
+        out = {}
+        for volume, image in zip(self.volumes, self.images):
+            prob = segmenter.predict_model_grid(image)
+            mask = (prob >= self.threshold).astype(np.uint8)
+            mask = postprocess_mask(mask, largest_component=self.largest_component)
+            out[volume.case_id] = float(dice(mask, volume.label))
+        return out
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is None or not self.volumes:
+            return
+        self.last_scores = self.scores(self.model)
+        logs["val_dsc"] = float(np.mean(list(self.last_scores.values())))
+
+
+class RunLog(keras.callbacks.Callback):
+    """``RUN/log.csv``: one row per finished epoch, with a ``stage`` column.
+
+    The file is rewritten atomically at each epoch's end. When a stage starts (or resumes) at
+    ``initial_epoch``, rows of that stage at or after it are dropped: an epoch that was logged
+    but not backed up before a kill is run again and logged once, never twice.
+    """
+
+    def __init__(self, path: pathlib.Path, stage: int, initial_epoch: int, *, enabled=True):
+        super().__init__()
+        self.path = pathlib.Path(path)
+        self.stage = stage
+        self.initial_epoch = initial_epoch
+        self.enabled = enabled
+        self._start = 0.0
+
+    def _rows(self) -> list[dict[str, str]]:
+        if not self.path.is_file():
+            return []
+        with open(self.path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_atomic(self.path, buf.getvalue())
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if not self.enabled:
+            return
+        rows = [
+            r
+            for r in self._rows()
+            if not (int(r["stage"]) == self.stage and int(r["epoch"]) >= self.initial_epoch)
+        ]
+        self._write(rows)
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._start = time.monotonic()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if not self.enabled:
+            return
+        logs = logs or {}
+        rows = self._rows()
+        rows.append(
+            {
+                "stage": self.stage,
+                "epoch": epoch,
+                "loss": _fmt(logs.get("loss")),
+                "val_dsc": _fmt(logs.get("val_dsc")),
+                "learning_rate": _fmt(_learning_rate(self.model)),
+                "seconds": f"{time.monotonic() - self._start:.1f}",
+            }
+        )
+        self._write(rows)
+
+
+class BestModel(keras.callbacks.Callback):
+    """Saves the model whenever ``val_dsc`` improves, atomically, remembering the best across
+    resumes in ``state.json`` (Keras' ``ModelCheckpoint`` forgets it on restart).
+
+    Args:
+        path: where the best model goes (``.keras``).
+        state_path: JSON file holding ``{key: best value}``.
+        key: this stage's entry in the state file.
+        enabled: False on non-chief workers.
+    """
+
+    def __init__(self, path: pathlib.Path, state_path: pathlib.Path, key: str, *, enabled=True):
+        super().__init__()
+        self.path = pathlib.Path(path)
+        self.state_path = pathlib.Path(state_path)
+        self.key = key
+        self.enabled = enabled
+
+    @property
+    def best(self) -> float:
+        return float(read_json(self.state_path, {}).get(self.key, -math.inf))
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if not self.enabled:
+            return
+        value = (logs or {}).get("val_dsc")
+        if value is None:  # no validation cases: the last epoch is the model
+            value = float(epoch)
+        if value > self.best:
+            tmp = self.path.with_name(f".{self.path.stem}.tmp-{os.getpid()}.keras")
+            self.model.save(tmp)
+            os.replace(tmp, self.path)
+            state = read_json(self.state_path, {})
+            state[self.key] = float(value)
+            state[f"{self.key}_epoch"] = int(epoch)
+            write_atomic(self.state_path, json.dumps(state, indent=2))
+
+
+def _fmt(value: Any) -> str:
+    return "" if value is None else f"{float(value):.6g}"
+
+
+def _learning_rate(model: keras.Model) -> float | None:
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        return None
+    lr = optimizer.learning_rate
+    try:
+        return float(keras.ops.convert_to_numpy(lr))
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,220 @@
+"""``pancseg train --strategy multiworker``: both stages through `fit_distributed`.
+
+The same model builders, losses, optimizer, data pipeline, validation and run folder as the
+single-machine `Trainer`, with `pancseg_tf.training.multiworker.fit_distributed` in place of
+``model.fit`` (which fails under ``MultiWorkerMirroredStrategy`` with Keras 3). Every worker runs
+every step and saves the resume checkpoint (collectively: non-chief workers to temporary
+folders); only the chief writes the run folder's files (config, splits, log, best models).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from typing import Any
+
+from pancseg_tf.training.callbacks import RunLog, WholeVolumeValidation, read_json, write_atomic
+
+log = logging.getLogger("pancseg_tf.training")
+
+
+def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
+    """Runs ``stage`` (``"1"``, ``"2"``, ``"both"``) of ``trainer`` on a multi-worker cluster."""
+    import keras
+    import tensorflow as tf
+
+    from pancseg_tf.data.pipeline import load_validation_volumes, make_training_dataset
+    from pancseg_tf.inference import load_model
+    from pancseg_tf.models import transfer_stage1_weights
+    from pancseg_tf.training.multiworker import fit_distributed, is_chief
+    from pancseg_tf.training.trainer import (
+        TrainResult,
+        _side_weights,
+        build_contextual,
+        build_slice_cnn,
+        make_loss,
+        make_optimizer,
+    )
+
+    cfg = trainer.config
+    run = trainer.run_dir
+    chief = is_chief(strategy)
+    splits = trainer._prepare_run_dir(index, chief=chief)
+    keras.utils.set_random_seed(trainer.seed)
+    if trainer.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    state_path = run / "state.json"
+    validation = None
+    if chief:
+        volumes = load_validation_volumes(
+            trainer.data_dir, splits["validation"][: cfg.train.validation_cases]
+        )
+        validation = WholeVolumeValidation(
+            list(volumes),
+            threshold=cfg.postprocess.threshold,
+            largest_component=cfg.postprocess.largest_component,
+        )
+    steps = cfg.train.steps_per_epoch
+
+    def fit_phase(
+        stage_no,
+        phase,
+        build_model,
+        loss_keys,
+        loss_weights,
+        lr,
+        first,
+        last,
+        init,
+        targets,
+        best_name,
+    ):
+        runlog = RunLog(run / "log.csv", stage_no, first, enabled=chief)
+        backup = run / "backup" / f"multiworker_{phase}"
+        meta_epoch = _backup_epoch(backup)
+        runlog.initial_epoch = max(first, meta_epoch)
+        runlog.on_train_begin()
+
+        def dataset_fn(context, epoch):
+            ds = make_training_dataset(
+                trainer.data_dir,
+                cfg,
+                stage=stage_no,
+                seed=trainer.seed,
+                epoch=epoch,
+                deterministic=trainer.deterministic,
+                cases=splits["train"],
+                input_context=context,
+            )
+            return ds.repeat().take(steps).map(targets)
+
+        def on_epoch_end(epoch, logs, model):
+            runlog.set_model(model)
+            best_key = f"stage{stage_no}"
+            if chief:
+                scores = validation.scores(model) if validation.volumes else {}
+                if scores:
+                    logs["val_dsc"] = sum(scores.values()) / len(scores)
+                runlog.on_epoch_end(epoch, logs)
+                value = logs.get("val_dsc", float(epoch))
+                state = read_json(state_path, {})
+                if value > state.get(best_key, float("-inf")):
+                    _save_model(model, run / best_name)
+                    state[best_key] = float(value)
+                    state[f"{best_key}_epoch"] = int(epoch)
+                    write_atomic(state_path, json.dumps(state, indent=2))
+            else:
+                # Saving is collective in spirit: every worker saves, non-chief copies are dropped.
+                tmp = tempfile.mkdtemp(prefix="pancseg-worker-")
+                try:
+                    _save_model(model, __import__("pathlib").Path(tmp) / best_name)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+
+        model, _ = fit_distributed(
+            strategy,
+            build_model,
+            lambda: {k: make_loss(cfg.train.loss) for k in loss_keys},
+            lambda: make_optimizer(lr, cfg, last - first, cfg.train.warmup_epochs),
+            dataset_fn,
+            epochs=last,
+            steps_per_epoch=steps,
+            work_dir=str(backup),
+            initial_epoch=first,
+            loss_weights=loss_weights,
+            on_epoch_end=on_epoch_end,
+            init_weights=init,
+        )
+        return model
+
+    if stage in ("1", "both") and not read_json(state_path, {}).get("stage1_done"):
+        probe = build_slice_cnn(cfg)
+        keys = probe.loss_keys
+
+        def targets1(image, mask):
+            return image, probe.targets(mask)
+
+        fit_phase(
+            1,
+            "stage1",
+            lambda: build_slice_cnn(cfg),
+            keys,
+            _side_weights(keys, cfg.train.side_output_weights),
+            cfg.train.learning_rate,
+            0,
+            cfg.train.stage1_epochs,
+            None,
+            targets1,
+            "stage1.keras",
+        )
+        if chief:
+            _mark(state_path, "stage1_done")
+    if stage in ("2", "both") and not read_json(state_path, {}).get("stage2_done"):
+        stage1 = load_model(run / "stage1.keras")
+        freeze = min(cfg.train.freeze_cnn_epochs, cfg.train.stage2_epochs)
+        init = None
+
+        def targets2(image, mask):
+            return image, {"prob": mask}
+
+        for phase, first, last in (
+            ("stage2_frozen", 0, freeze),
+            ("stage2", freeze, cfg.train.stage2_epochs),
+        ):
+            if last <= first:
+                continue
+
+            def build(frozen=(phase == "stage2_frozen")):
+                model = build_contextual(cfg)
+                model(tf.zeros((1, cfg.data.window, *cfg.preprocess.size, 1)))
+                transfer_stage1_weights(stage1, model)
+                model.freeze_cnn(frozen)
+                return model
+
+            model = fit_phase(
+                2,
+                phase,
+                build,
+                ["prob"],
+                None,
+                cfg.train.stage2_learning_rate,
+                first,
+                last,
+                init,
+                targets2,
+                "model.keras",
+            )
+            init = model.get_weights()
+        if chief:
+            _mark(state_path, "stage2_done")
+    state = read_json(state_path, {})
+    return TrainResult(run, splits, {k: v for k, v in state.items() if k in ("stage1", "stage2")})
+
+
+def _backup_epoch(backup) -> int:
+    """The epoch a multi-worker backup resumes at (0 without one)."""
+    import tensorflow as tf
+
+    latest = tf.train.latest_checkpoint(str(backup / "backup"))
+    if not latest:
+        return 0
+    try:
+        return int(latest.rsplit("-", 1)[-1])
+    except ValueError:
+        return 0
+
+
+def _save_model(model, path) -> None:
+    import os
+
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def _mark(state_path, key: str) -> None:
+    state = read_json(state_path, {})
+    state[key] = True
+    write_atomic(state_path, json.dumps(state, indent=2))

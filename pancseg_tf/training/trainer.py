@@ -1,0 +1,528 @@
+"""Two-stage training: the `SliceCNN` alone on slices, then the whole `ContextualSegmenter`.
+
+Stage 1 trains the CNN from scratch on single slices with deep supervision. Stage 2 builds the
+contextual model, assigns the best stage-1 weights to its nested CNN (`transfer_stage1_weights`)
+and fine-tunes the whole end to end on windows of consecutive slices (optionally with the CNN
+frozen for the first epochs). Both stages use ``model.fit`` with the same callbacks:
+whole-volume validation (``val_dsc``), the best model, ``RUN/log.csv``, TensorBoard, early
+stopping and ``keras.callbacks.BackupAndRestore``, so that rerunning the same command after a
+kill resumes from the last finished epoch and stage.
+
+The run folder (stable; tools read it):
+
+- ``config.yaml``: the resolved config, with the package version and the data index's hash;
+- ``splits.json``: training and validation case ids (seeded, by case);
+- ``log.csv``: one row per finished epoch (``stage, epoch, loss, val_dsc, learning_rate,
+  seconds``);
+- ``tensorboard/stage1``, ``tensorboard/stage2``;
+- ``stage1.keras``: the best stage-1 CNN; ``model.keras``: the final (best) contextual model;
+- ``state.json``: best validation scores and finished stages; ``backup/``: resume state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import sys
+from typing import Any
+
+from pancseg_tf._version import __version__
+from pancseg_tf.config import Config, config_from_dict, save_config
+from pancseg_tf.errors import PancsegError
+from pancseg_tf.training.callbacks import (
+    BestModel,
+    RunLog,
+    WholeVolumeValidation,
+    read_json,
+    write_atomic,
+)
+
+log = logging.getLogger("pancseg_tf.training")
+
+STRATEGIES = ("auto", "none", "mirrored", "multiworker")
+
+
+# === Pieces ===
+
+
+def split_cases(case_ids: list[str], fraction: float, seed: int) -> dict[str, list[str]]:
+    """Seeded split by case: at least one validation case and one training case.
+
+    Raises:
+        PancsegError: fewer than two cases.
+    """
+    import numpy as np
+
+    ids = sorted(case_ids)
+    if len(ids) < 2:
+        raise PancsegError(f"training needs at least 2 prepared cases, found {len(ids)}")
+    order = np.random.default_rng(seed).permutation(len(ids))
+    n_val = min(len(ids) - 1, max(1, round(fraction * len(ids))))
+    validation = sorted(ids[i] for i in order[:n_val])
+    train = sorted(ids[i] for i in order[n_val:])
+    return {"seed": seed, "train": train, "validation": validation}
+
+
+def build_slice_cnn(cfg: Config):
+    """The stage-1 CNN of the config (input size = the preprocessing's plane size)."""
+    from pancseg_tf.models import SliceCNN
+
+    m = cfg.model
+    # Training on crops smaller than the prepared plane needs a size-agnostic network.
+    size = tuple(cfg.preprocess.size) if cfg.data.crop_size is None else None
+    kwargs: dict[str, Any] = {"input_size": size}
+    if m.base_filters is not None:
+        kwargs["base_filters"] = m.base_filters
+    if m.depth is not None:
+        kwargs["depth"] = m.depth
+    kwargs["deep_supervision"] = m.deep_supervision
+    cnn_keys = {"dropout", "aggregation_filters", "max_filters"}
+    kwargs.update({k: v for k, v in m.overrides.items() if k in cnn_keys})
+    return SliceCNN.from_preset(m.preset, **kwargs)
+
+
+def build_contextual(cfg: Config, slice_cnn=None):
+    """The stage-2 model of the config around a `SliceCNN` (a new one if not given)."""
+    from pancseg_tf.models import ContextualSegmenter
+
+    m = cfg.model
+    cnn = slice_cnn if slice_cnn is not None else build_slice_cnn(cfg)
+    kwargs: dict[str, Any] = {"slice_cnn": cnn}
+    if m.lstm_filters is not None:
+        kwargs["lstm_filters"] = m.lstm_filters
+    ctx_keys = {"context_channels", "lstm_kernel_size", "lstm_resolution", "fusion_channels"}
+    kwargs.update({k: v for k, v in m.overrides.items() if k in ctx_keys})
+    return ContextualSegmenter.from_preset(m.preset, **kwargs)
+
+
+def make_loss(name: str):
+    """The loss named in ``train.loss`` (see `pancseg_tf.losses`)."""
+    from pancseg_tf import losses
+
+    return {
+        "jaccard": lambda: losses.JaccardLoss(batch_sum=True),
+        "jaccard_per_sample": lambda: losses.JaccardLoss(batch_sum=False),
+        "dice": lambda: losses.DiceLoss(batch_sum=True),
+        "bce": lambda: losses.WeightedBCELoss(pos_weight=1.0),
+        "weighted_bce": lambda: losses.WeightedBCELoss(pos_weight=None),
+        "jaccard_bce": lambda: losses.JaccardBCELoss(),
+    }[name]()
+
+
+def make_optimizer(learning_rate: float, cfg: Config, epochs: int, warmup_epochs: int):
+    """AdamW with linear warm-up and cosine decay over the stage's steps."""
+    import keras
+
+    steps = max(1, epochs * cfg.train.steps_per_epoch)
+    warmup = min(steps - 1, warmup_epochs * cfg.train.steps_per_epoch)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=learning_rate * 0.1 if warmup else learning_rate,
+        decay_steps=max(1, steps - warmup),
+        alpha=0.05,
+        warmup_target=learning_rate if warmup else None,
+        warmup_steps=warmup,
+    )
+    return keras.optimizers.AdamW(
+        learning_rate=schedule, weight_decay=cfg.train.weight_decay, clipnorm=5.0
+    )
+
+
+def configure_devices(strategy: str) -> None:
+    """Before TensorFlow starts: split the CPU into ``PANCSEG_CPU_DEVICES`` logical devices.
+
+    Lets ``--strategy mirrored`` run (and be tested) on a machine without GPUs.
+    """
+    count = int(os.environ.get("PANCSEG_CPU_DEVICES", "0") or 0)
+    if count < 2:
+        return
+    import tensorflow as tf
+
+    cpus = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(
+        cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(count)]
+    )
+
+
+def make_strategy(name: str):
+    """A ``tf.distribute`` strategy by name (``auto``: mirrored over several GPUs, else none)."""
+    import tensorflow as tf
+
+    if name not in STRATEGIES:
+        raise PancsegError(f"--strategy must be one of {', '.join(STRATEGIES)}; got {name!r}")
+    if name == "auto":
+        if os.environ.get("TF_CONFIG"):
+            name = "multiworker"
+        else:
+            name = "mirrored" if len(tf.config.list_logical_devices("GPU")) > 1 else "none"
+    if name == "none":
+        return tf.distribute.get_strategy(), name
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+        return tf.distribute.MirroredStrategy(devices=devices), name
+    if not os.environ.get("TF_CONFIG"):
+        raise PancsegError("--strategy multiworker needs TF_CONFIG (see the README)")
+    return tf.distribute.MultiWorkerMirroredStrategy(), name
+
+
+def data_index_hash(data_dir: pathlib.Path) -> str:
+    return hashlib.sha256((data_dir / "index.json").read_bytes()).hexdigest()[:16]
+
+
+# === The run ===
+
+
+@dataclasses.dataclass
+class TrainResult:
+    run_dir: pathlib.Path
+    splits: dict[str, list[str]]
+    best: dict[str, float]
+
+
+class Trainer:
+    """Runs both stages into a run folder; rerunning the same call resumes.
+
+    Args:
+        data_dir: a folder written by ``pancseg prepare``.
+        run_dir: the run folder (created; reused to resume).
+        config: the resolved config (its ``preprocess`` must match the data's).
+        seed: seeds the split, the weights and the data order.
+        deterministic: fixed data order and deterministic TensorFlow ops (slower).
+        strategy: ``auto``, ``none``, ``mirrored`` or ``multiworker``.
+        progress: progress bars (else one line per epoch).
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        run_dir: str | os.PathLike,
+        config: Config,
+        *,
+        seed: int = 0,
+        deterministic: bool = False,
+        strategy: str = "auto",
+        progress: bool = True,
+    ):
+        self.data_dir = pathlib.Path(data_dir)
+        self.run_dir = pathlib.Path(run_dir)
+        self.config = config
+        self.seed = seed
+        self.deterministic = deterministic
+        self.strategy_name = strategy
+        self.progress = progress
+        if strategy not in STRATEGIES:
+            raise PancsegError(
+                f"--strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}"
+            )
+        if not (self.data_dir / "index.json").is_file():
+            raise PancsegError(f"{self.data_dir} holds no prepared data (no index.json)")
+
+    # --- set-up ---
+
+    def _check_data(self) -> dict:
+        from pancseg_tf.data.prepare import load_index
+
+        index = load_index(self.data_dir)
+        prepared = index.get("preprocess", {})
+        mine = self.config.to_dict()["preprocess"]
+        for key, value in mine.items():
+            if key in prepared and prepared[key] != value:
+                raise PancsegError(
+                    f"config key preprocess.{key} is {value!r} but {self.data_dir} was prepared "
+                    f"with {prepared[key]!r}; use the same preprocessing or prepare again"
+                )
+        if index["preprocess_hash"] != self.config.hash("preprocess"):
+            raise PancsegError(
+                f"the preprocessing config differs from the one {self.data_dir} was prepared with"
+            )
+        return index
+
+    def _prepare_run_dir(self, index: dict, chief: bool) -> dict[str, list[str]]:
+        run = self.run_dir
+        config_path = run / "config.yaml"
+        if config_path.is_file():
+            import yaml
+
+            previous = config_from_dict(yaml.safe_load(config_path.read_text()))
+            if previous != self.config:
+                mine, theirs = self.config.to_dict(), previous.to_dict()
+                diff = [
+                    f"{s}.{k}"
+                    for s in mine
+                    for k in mine[s]
+                    if mine[s][k] != theirs.get(s, {}).get(k)
+                ]
+                raise PancsegError(
+                    f"{run} was started with another config (differs in {', '.join(diff)}); "
+                    "use a new run folder or the same config"
+                )
+        splits_path = run / "splits.json"
+        if splits_path.is_file():
+            splits = json.loads(splits_path.read_text())
+        else:
+            case_ids = [c["case_id"] for c in index["cases"]]
+            splits = split_cases(case_ids, self.config.train.validation_fraction, self.seed)
+        if chief:
+            run.mkdir(parents=True, exist_ok=True)
+            save_config(
+                self.config,
+                config_path,
+                extra={
+                    "package": "pancseg_tf",
+                    "package_version": __version__,
+                    "data_index_hash": data_index_hash(self.data_dir),
+                    "seed": self.seed,
+                },
+            )
+            write_atomic(splits_path, json.dumps(splits, indent=2))
+        return splits
+
+    # --- one stage ---
+
+    def _fit_stage(
+        self,
+        *,
+        stage: int,
+        phase: str,
+        model,
+        loss,
+        loss_weights,
+        learning_rate: float,
+        epochs: int,
+        first_epoch: int,
+        splits: dict,
+        validation: WholeVolumeValidation,
+        best_path: pathlib.Path,
+        strategy,
+        chief: bool,
+    ) -> None:
+        import keras
+
+        from pancseg_tf.data.pipeline import make_training_dataset
+
+        cfg = self.config
+        backup_dir = self.run_dir / "backup" / phase
+        meta = read_json(backup_dir / "training_metadata.json", {})
+        initial_epoch = max(first_epoch, int(meta.get("epoch", first_epoch)))
+        if initial_epoch >= epochs:
+            log.info("stage %d (%s): already finished", stage, phase)
+            return
+        with strategy.scope():
+            model.compile(
+                optimizer=make_optimizer(
+                    learning_rate, cfg, epochs - first_epoch, cfg.train.warmup_epochs
+                ),
+                loss=loss,
+                loss_weights=loss_weights,
+                jit_compile=cfg.train.jit_compile,
+            )
+        steps = cfg.train.steps_per_epoch
+        targets = _target_fn(model, stage)
+
+        def epoch_data(epoch: int):
+            ds = make_training_dataset(
+                self.data_dir,
+                cfg,
+                stage=stage,
+                seed=self.seed,
+                epoch=epoch,
+                deterministic=self.deterministic,
+                cases=splits["train"],
+            )
+            return ds.repeat().take(steps)
+
+        dataset = epoch_data(initial_epoch)
+        for epoch in range(initial_epoch + 1, epochs):
+            dataset = dataset.concatenate(epoch_data(epoch))
+        dataset = dataset.map(targets)
+        callbacks = [
+            validation,
+            RunLog(self.run_dir / "log.csv", stage, initial_epoch, enabled=chief),
+            BestModel(best_path, self.run_dir / "state.json", f"stage{stage}", enabled=chief),
+            keras.callbacks.TensorBoard(
+                log_dir=str(self.run_dir / "tensorboard" / f"stage{stage}"),
+                write_graph=False,
+                profile_batch=0,
+            ),
+        ]
+        if cfg.train.early_stopping_patience > 0:
+            callbacks.append(
+                keras.callbacks.EarlyStopping(
+                    monitor="val_dsc", mode="max", patience=cfg.train.early_stopping_patience
+                )
+            )
+        callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False))
+        log.info(
+            "stage %d (%s): epochs %d..%d, %d steps each",
+            stage,
+            phase,
+            initial_epoch,
+            epochs - 1,
+            steps,
+        )
+        model.fit(
+            dataset,
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=steps,
+            callbacks=callbacks,
+            shuffle=False,  # the dataset is shuffled, seeded by (seed, epoch)
+            verbose=1 if self.progress and sys.stdout.isatty() else 2,
+        )
+
+    # --- both stages ---
+
+    def run(self, stage: str = "both") -> TrainResult:
+        """Trains ``stage`` (``"1"``, ``"2"`` or ``"both"``); returns the run's summary."""
+        if stage not in ("1", "2", "both"):
+            raise PancsegError(f"--stage must be 1, 2 or both; got {stage!r}")
+        self.config.validate()
+        index = self._check_data()
+        configure_devices(self.strategy_name)
+        import keras
+        import tensorflow as tf
+
+        from pancseg_tf.data.pipeline import load_validation_volumes
+        from pancseg_tf.inference import load_model
+        from pancseg_tf.models import transfer_stage1_weights
+
+        strategy, name = make_strategy(self.strategy_name)
+        if name == "multiworker":
+            from pancseg_tf.training.distributed import run_multiworker
+
+            return run_multiworker(self, strategy, stage, index)
+        splits = self._prepare_run_dir(index, chief=True)
+        keras.utils.set_random_seed(self.seed)
+        if self.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        previous_policy = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy(self.config.train.precision)
+        try:
+            cfg = self.config
+            volumes = list(
+                load_validation_volumes(
+                    self.data_dir, splits["validation"][: cfg.train.validation_cases]
+                )
+            )
+            validation = WholeVolumeValidation(
+                volumes,
+                threshold=cfg.postprocess.threshold,
+                largest_component=cfg.postprocess.largest_component,
+            )
+            state_path = self.run_dir / "state.json"
+            stage1_path = self.run_dir / "stage1.keras"
+            if stage in ("1", "both") and not read_json(state_path, {}).get("stage1_done"):
+                with strategy.scope():
+                    cnn = build_slice_cnn(cfg)
+                loss = {k: make_loss(cfg.train.loss) for k in cnn.loss_keys}
+                weights = _side_weights(cnn.loss_keys, cfg.train.side_output_weights)
+                self._fit_stage(
+                    stage=1,
+                    phase="stage1",
+                    model=cnn,
+                    loss=loss,
+                    loss_weights=weights,
+                    learning_rate=cfg.train.learning_rate,
+                    epochs=cfg.train.stage1_epochs,
+                    first_epoch=0,
+                    splits=splits,
+                    validation=validation,
+                    best_path=stage1_path,
+                    strategy=strategy,
+                    chief=True,
+                )
+                _mark(state_path, "stage1_done")
+            if stage in ("2", "both") and not read_json(state_path, {}).get("stage2_done"):
+                if not stage1_path.is_file():
+                    raise PancsegError(
+                        f"stage 2 needs the stage-1 model {stage1_path}: run --stage 1 first"
+                    )
+                stage1 = load_model(stage1_path)
+                with strategy.scope():
+                    model = build_contextual(cfg)
+                    model(tf.zeros((1, cfg.data.window, *cfg.preprocess.size, 1)))
+                transfer_stage1_weights(stage1, model)
+                del stage1
+                self._resume_stage2_weights(model)
+                freeze = min(cfg.train.freeze_cnn_epochs, cfg.train.stage2_epochs)
+                phases = [("stage2_frozen", 0, freeze), ("stage2", freeze, cfg.train.stage2_epochs)]
+                for phase, first, last in phases:
+                    if last <= first:
+                        continue
+                    model.freeze_cnn(phase == "stage2_frozen")
+                    self._fit_stage(
+                        stage=2,
+                        phase=phase,
+                        model=model,
+                        loss={"prob": make_loss(cfg.train.loss)},
+                        loss_weights=None,
+                        learning_rate=cfg.train.stage2_learning_rate,
+                        epochs=last,
+                        first_epoch=first,
+                        splits=splits,
+                        validation=validation,
+                        best_path=self.run_dir / "model.keras",
+                        strategy=strategy,
+                        chief=True,
+                    )
+                model.freeze_cnn(False)
+                _mark(state_path, "stage2_done")
+        finally:
+            keras.mixed_precision.set_global_policy(previous_policy)
+        state = read_json(self.run_dir / "state.json", {})
+        best = {k: v for k, v in state.items() if k in ("stage1", "stage2")}
+        return TrainResult(self.run_dir, splits, best)
+
+    def _resume_stage2_weights(self, model) -> None:
+        """After a kill in the unfrozen phase, `BackupAndRestore` restores it; after a kill at
+        the phase boundary, the frozen phase's backup carries the weights over."""
+        frozen = self.run_dir / "backup" / "stage2_frozen" / "latest.weights.h5"
+        unfrozen = self.run_dir / "backup" / "stage2" / "latest.weights.h5"
+        if frozen.is_file() and not unfrozen.is_file():
+            model.load_weights(str(frozen), skip_mismatch=True)
+
+
+def _side_weights(keys: list[str], side: tuple[float, ...]) -> dict[str, float]:
+    weights = {}
+    sides = [k for k in keys if k != "prob"]
+    for i, key in enumerate(sides):
+        weights[key] = float(side[i]) if i < len(side) else float(side[-1]) if side else 0.0
+    weights["prob"] = 1.0
+    return weights
+
+
+def _mark(state_path: pathlib.Path, key: str) -> None:
+    state = read_json(state_path, {})
+    state[key] = True
+    write_atomic(state_path, json.dumps(state, indent=2))
+
+
+def _target_fn(model, stage: int):
+    """Maps a batch ``(image, mask)`` to the model's targets (a dict per loss output)."""
+    if stage == 1:
+
+        def stage1(image, mask):
+            return image, model.targets(mask)
+
+        return stage1
+
+    def stage2(image, mask):
+        return image, {"prob": mask}
+
+    return stage2
+
+
+def train(
+    data_dir: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    config: Config,
+    *,
+    stage: str = "both",
+    **kwargs: Any,
+) -> TrainResult:
+    """Functional entry point: ``Trainer(data_dir, run_dir, config, **kwargs).run(stage)``."""
+    return Trainer(data_dir, run_dir, config, **kwargs).run(stage)

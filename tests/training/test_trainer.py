@@ -1,0 +1,264 @@
+"""Two-stage training from the command line: run folder, resume after a kill, mirrored, errors."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from pancseg_tf.training.trainer import split_cases
+
+TINY = {
+    "preprocess": {"spacing_mm": 3.2, "slice_spacing_mm": 2.5, "size": [48, 48]},
+    "data": {"window": 3, "batch_size": 2, "slice_batch_size": 8, "shuffle_buffer": 16},
+    "model": {
+        "preset": "quick",
+        "base_filters": 4,
+        "depth": 2,
+        "lstm_filters": 4,
+        "overrides": {"aggregation_filters": 4, "lstm_resolution": 2, "context_channels": 2},
+    },
+    "train": {
+        "stage1_epochs": 2,
+        "stage2_epochs": 2,
+        "steps_per_epoch": 3,
+        "validation_fraction": 0.34,
+        "validation_cases": 1,
+    },
+}
+
+
+def pancseg(*args, env=None, timeout=900):
+    return subprocess.run(
+        [sys.executable, "-m", "pancseg_tf.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """A 3-case synthetic CT cohort prepared with the tiny config."""
+    from pancseg_tf.synthetic import make_cohort
+
+    root = tmp_path_factory.mktemp("tiny")
+    make_cohort(root / "cohort", cases=3, seed=5, shape=(96, 96, 24))
+    config = root / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    proc = pancseg("prepare", root / "cohort", root / "data", "--config", config)
+    assert proc.returncode == 0, proc.stderr
+    return root / "data", config
+
+
+def read_log(run):
+    with open(run / "log.csv", newline="") as f:
+        return [(int(r["stage"]), int(r["epoch"])) for r in csv.DictReader(f)]
+
+
+def test_split_is_by_case_seeded_and_complete():
+    ids = [f"case_{i:02d}" for i in range(10)]
+    a, b = split_cases(ids, 0.2, seed=1), split_cases(ids, 0.2, seed=1)
+    assert a == b
+    assert len(a["validation"]) == 2
+    assert sorted(a["train"] + a["validation"]) == ids
+    assert split_cases(ids, 0.2, seed=2) != a
+
+
+@pytest.mark.large
+def test_two_stage_run_folder(tiny_data, tmp_path):
+    import keras
+
+    from pancseg_tf.inference import Segmenter, load_model
+    from pancseg_tf.models import ContextualSegmenter, SliceCNN
+
+    data, config = tiny_data
+    run = tmp_path / "run"
+    proc = pancseg("train", data, run, "--config", config, "--seed", 3)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("config.yaml", "splits.json", "log.csv", "stage1.keras", "model.keras"):
+        assert (run / name).is_file(), name
+    assert any((run / "tensorboard" / "stage1").iterdir())
+    assert read_log(run) == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["provenance"]["package_version"]
+    assert len(cfg["provenance"]["data_index_hash"]) == 16
+    assert cfg["model"]["base_filters"] == 4
+    splits = json.loads((run / "splits.json").read_text())
+    assert len(splits["validation"]) == 1 and len(splits["train"]) == 2
+    assert isinstance(load_model(run / "stage1.keras"), SliceCNN)
+    model = load_model(run)
+    assert isinstance(model, ContextualSegmenter)
+    assert model.slice_cnn.base_filters == 4
+    # The run folder drives prediction with its own preprocessing.
+    seg = Segmenter.from_path(run)
+    assert seg.preprocess.size == (48, 48)
+    prob = seg.predict_model_grid(np.zeros((48, 48, 7), np.float32))
+    assert prob.shape == (48, 48, 7) and np.all((prob >= 0) & (prob <= 1))
+    keras.backend.clear_session()
+
+
+@pytest.mark.large
+def test_resume_after_kill_keeps_the_log_intact(tiny_data, tmp_path):
+    data, config = tiny_data
+    run = tmp_path / "run"
+    args = [
+        sys.executable,
+        "-m",
+        "pancseg_tf.cli",
+        "train",
+        str(data),
+        str(run),
+        "--config",
+        str(config),
+        "--set",
+        "train.stage1_epochs=3",
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600
+    try:
+        # Kill once the first stage-1 epoch is logged and backed up, in the middle of the next.
+        while time.monotonic() < deadline:
+            if (
+                (run / "log.csv").is_file()
+                and len(read_log(run)) >= 1
+                and (run / "backup" / "stage1" / "training_metadata.json").is_file()
+            ):
+                break
+            assert proc.poll() is None, proc.stderr.read().decode()
+            time.sleep(0.2)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    logged_before = read_log(run)
+    assert 1 <= len(logged_before) < 5
+    proc = pancseg("train", data, run, "--config", config, "--set", "train.stage1_epochs=3")
+    assert proc.returncode == 0, proc.stderr
+    assert read_log(run) == [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1)]
+    assert (run / "model.keras").is_file()
+
+
+@pytest.mark.large
+def test_mirrored_on_two_logical_cpus(tiny_data, tmp_path):
+    data, config = tiny_data
+    run = tmp_path / "run"
+    proc = pancseg(
+        "train",
+        data,
+        run,
+        "--config",
+        config,
+        "--strategy",
+        "mirrored",
+        "--stage",
+        "1",
+        "--set",
+        "train.stage1_epochs=1",
+        env={"PANCSEG_CPU_DEVICES": "2"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert read_log(run) == [(1, 0)]
+    assert (run / "stage1.keras").is_file()
+    assert not (run / "model.keras").exists()
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.loss=focal", "train.loss"),
+        ("train.stage1_epochs=-1", "train.stage1_epochs"),
+        ("model.preset=huge", "model.preset"),
+        ("train.lerning_rate=0.1", "train.lerning_rate"),
+        ("preprocess.spacing_mm=1.0", "preprocess.spacing_mm"),
+    ],
+)
+def test_config_errors_name_the_key(tiny_data, tmp_path, override, key):
+    data, config = tiny_data
+    proc = pancseg("train", data, tmp_path / "run", "--config", config, "--set", override)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pancseg: error: ")
+    assert key in lines[0]
+
+
+@pytest.mark.large
+def test_rerun_with_another_config_is_refused(tiny_data, tmp_path):
+    data, config = tiny_data
+    run = tmp_path / "run"
+    assert (
+        pancseg(
+            "train", data, run, "--config", config, "--stage", "1", "--set", "train.stage1_epochs=1"
+        ).returncode
+        == 0
+    )
+    proc = pancseg("train", data, run, "--config", config, "--set", "train.stage1_epochs=4")
+    assert proc.returncode == 2
+    assert "train.stage1_epochs" in proc.stderr
+
+
+def free_ports(n):
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.mark.large
+def test_multiworker_from_the_command_line(tiny_data, tmp_path):
+    """Two `pancseg train --strategy multiworker` processes on localhost train one run."""
+    data, config = tiny_data
+    run = tmp_path / "run"
+    ports = free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for i in range(2):
+        env = {
+            **os.environ,
+            "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+        }
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "pancseg_tf.cli",
+                    "train",
+                    str(data),
+                    str(run),
+                    "--config",
+                    str(config),
+                    "--strategy",
+                    "multiworker",
+                    "--set",
+                    "train.stage2_epochs=1",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+        )
+    try:
+        outs = [p.communicate(timeout=900) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+    assert read_log(run) == [(1, 0), (1, 1), (2, 0)]
+    assert (run / "stage1.keras").is_file() and (run / "model.keras").is_file()
+    leftovers = [p for p in run.rglob("*") if ".worker-" in p.name or "tmp-" in p.name]
+    assert leftovers == []

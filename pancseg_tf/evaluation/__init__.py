@@ -19,6 +19,7 @@ from pancseg_tf.evaluation.metrics import (
     summarize,
     surface_distances,
 )
+from pancseg_tf.evaluation.report import GRID_TOLERANCE_MM, REPORT_KEYS, evaluate_predictions
 
 __all__ = [
     "CASE_KEYS",
@@ -35,4 +36,7 @@ __all__ = [
     "slice_consistency",
     "summarize",
     "surface_distances",
+    "GRID_TOLERANCE_MM",
+    "REPORT_KEYS",
+    "evaluate_predictions",
 ]

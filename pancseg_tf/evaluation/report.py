@@ -1,0 +1,951 @@
+"""`evaluate_predictions`: a folder of predicted masks against the truth, as a report folder.
+
+What ``pancseg evaluate PRED GT -o REPORT`` runs. Predictions are the masks ``pancseg predict``
+writes, one ``<case>.nii.gz`` per case (``<case>_prob.nii.gz`` probability maps beside them are
+ignored). The truth is either a folder of label files paired by file name, or a cohort (MSD /
+nnU-Net folder, NIH Pancreas-CT download, CSV manifest; see `pancseg_tf.io.discover_cohort`)
+paired by case id. The report folder gets:
+
+==============================  ===============================================================
+``metrics.csv``                 one row per evaluated case: ``case``, then `CASE_KEYS`
+``summary.json``                per metric mean / std / min / max / n, the evaluated, unpaired
+                                and failed cases (the value this function returns)
+``summary.md``                  the paper's table (metric | mean ± std | min | max | n), lists
+``dsc_boxplot.png``             per-case DSC as a box plot (when a case was evaluated)
+``cases/<case>.png``            axial montage: ground truth (green) and prediction (red)
+                                outlines, yellow where they coincide, over the image or the masks
+``index.html``                  all of the above by relative links; no external resources
+==============================  ===============================================================
+
+Nothing is dropped silently: a prediction without a truth or a truth without a prediction is
+"unpaired", and a case that cannot be scored (unreadable file, a prediction on another grid, a
+prediction that is not binary) is "failed" with its reason; both are listed in ``summary.json``,
+``summary.md`` and ``index.html`` while the other cases are evaluated. Every file is written under
+a temporary name and renamed, so a reader never sees half a file; ``index.html`` comes last.
+
+Plain numpy / scipy / nibabel / matplotlib; nothing here imports TensorFlow. matplotlib draws on
+its own Agg canvas (``matplotlib.figure.Figure`` + ``FigureCanvasAgg``) inside the functions, so
+importing this module, or calling it from a notebook, never changes the global backend.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import html
+import io
+import json
+import logging
+import math
+import os
+import pathlib
+import secrets
+import time
+import urllib.parse
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from pancseg_tf.errors import PancsegError
+from pancseg_tf.evaluation.metrics import CASE_KEYS, SUMMARY_KEYS, evaluate_case, summarize
+from pancseg_tf.io.volume import Volume
+
+log = logging.getLogger("pancseg_tf.evaluation")
+
+PathLike = str | os.PathLike
+
+__all__ = ["GRID_TOLERANCE_MM", "REPORT_KEYS", "evaluate_predictions"]
+
+# Two grids are the same when every corner voxel of the volume lands within this many mm.
+GRID_TOLERANCE_MM = 1e-4
+
+# The metrics of summary.json / summary.md: the paper's table plus the two volumes.
+REPORT_KEYS: tuple[str, ...] = (*SUMMARY_KEYS, "gt_volume_ml", "pred_volume_ml")
+
+# metric -> (label, scale, decimals) for summary.md and index.html. DSC and JI are percentages
+# as in the paper's tables ("82.4 ± 6.7"); summary.json keeps the raw fractions.
+_DISPLAY: dict[str, tuple[str, float, int]] = {
+    "dsc": ("DSC (%)", 100.0, 1),
+    "ji": ("JI (%)", 100.0, 1),
+    "precision": ("precision (%)", 100.0, 1),
+    "recall": ("recall (%)", 100.0, 1),
+    "hd95_mm": ("HD95 (mm)", 1.0, 2),
+    "assd_mm": ("ASSD (mm)", 1.0, 2),
+    "rvd": ("RVD (%)", 100.0, 1),
+    "slice_consistency": ("slice consistency", 1.0, 3),
+    "gt_volume_ml": ("ground-truth volume (ml)", 1.0, 1),
+    "pred_volume_ml": ("predicted volume (ml)", 1.0, 1),
+}
+
+_NIFTI_SUFFIXES = (".nii.gz", ".nii")
+_PROBABILITY_SUFFIX = "_prob"  # pancseg predict --probabilities writes <case>_prob.nii.gz
+_CT_WINDOW_HU = (-100.0, 240.0)  # abdominal soft tissue, as used for the model's input
+_MRI_PERCENTILES = (1.0, 99.0)
+_MAX_MONTAGE_SLICES = 12
+_MONTAGE_COLUMNS = 4
+_MAX_TILE_PIXELS = 320  # larger crops are decimated for display
+_MIN_TILE_PIXELS = 160  # smaller crops are enlarged by an integer factor
+_CROP_MARGIN_MM = 15.0
+_GT_COLOUR = (0.0, 0.85, 0.0)
+_PRED_COLOUR = (1.0, 0.1, 0.1)
+_BOTH_COLOUR = (1.0, 0.9, 0.0)
+
+
+# === Pairing ===
+
+
+@dataclasses.dataclass(frozen=True)
+class _Truth:
+    """Where one case's ground truth (and, if known, its image) comes from."""
+
+    label: pathlib.Path
+    image: pathlib.Path | None = None
+    modality: str | None = None  # None: guessed from the intensities for display
+
+
+def _nifti_stem(path: pathlib.Path) -> str | None:
+    name = path.name
+    for suffix in _NIFTI_SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def _nifti_files(folder: pathlib.Path, what: str) -> dict[str, pathlib.Path]:
+    """Case id -> file for the visible ``<case>.nii.gz`` / ``<case>.nii`` files of a folder."""
+    files: dict[str, pathlib.Path] = {}
+    for path in sorted(folder.iterdir()):
+        # Hidden files (macOS ._ files, temporary files of a running writer) are not cases.
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        stem = _nifti_stem(path)
+        if stem is None:
+            continue
+        if stem in files:
+            raise PancsegError(
+                f"{what} folder {folder} holds two files for case {stem}: {files[stem].name} and "
+                f"{path.name}; expected one per case"
+            )
+        files[stem] = path
+    return files
+
+
+def _predictions(folder: pathlib.Path) -> dict[str, pathlib.Path]:
+    if not folder.is_dir():
+        what = "no such folder" if not folder.exists() else "not a folder"
+        raise PancsegError(
+            f"predictions {folder}: {what}; expected a folder of predicted masks <case>.nii.gz"
+        )
+    files = {
+        case: path
+        for case, path in _nifti_files(folder, "predictions").items()
+        if not case.endswith(_PROBABILITY_SUFFIX)
+    }
+    if not files:
+        raise PancsegError(
+            f"no predicted masks in {folder}: expected files <case>.nii.gz (or .nii); "
+            f"<case>{_PROBABILITY_SUFFIX}.nii.gz probability maps are not masks"
+        )
+    return files
+
+
+def _ground_truth(gt: pathlib.Path) -> tuple[dict[str, _Truth], str]:
+    """Case id -> truth, and "folder" or "cohort"."""
+    if not gt.exists():
+        raise PancsegError(
+            f"no such ground-truth file or folder: {gt}; expected a folder of label files "
+            "<case>.nii.gz or a cohort (MSD folder, NIH Pancreas-CT folder, CSV manifest)"
+        )
+    if gt.is_dir():
+        labels = _nifti_files(gt, "ground-truth")
+        if labels:
+            return {case: _Truth(path) for case, path in labels.items()}, "folder"
+    from pancseg_tf.io.cohorts import discover_cohort
+
+    try:
+        cases = discover_cohort(gt, split="train")
+    except PancsegError as error:
+        raise PancsegError(
+            f"ground truth {gt} is not a folder of label files <case>.nii.gz, and reading it as "
+            f"a cohort failed: {error}"
+        ) from None
+    truths = {
+        case.case_id: _Truth(case.label, case.image, case.modality)
+        for case in cases
+        if case.label is not None
+    }
+    return truths, "cohort"
+
+
+def _image_files(folder: pathlib.Path) -> dict[str, pathlib.Path]:
+    """Case id -> image for ``<case>.nii.gz`` or nnU-Net's ``<case>_0000.nii.gz`` names."""
+    if not folder.is_dir():
+        raise PancsegError(
+            f"images {folder} is not a folder; expected a folder of images <case>.nii.gz or "
+            "<case>_0000.nii.gz"
+        )
+    files = _nifti_files(folder, "images")
+    images = dict(files)
+    for stem, path in files.items():
+        if stem.endswith("_0000"):
+            case = stem[: -len("_0000")]
+            # An exact <case>.nii.gz wins over the channel-suffixed name.
+            images.setdefault(case, path)
+    return images
+
+
+# === Reading and checking one case ===
+
+
+def _grid_difference_mm(a: Volume, b: Volume) -> float:
+    """Largest distance in mm between where the two affines put the volume's corner voxels."""
+    corners = np.array(
+        [
+            [i, j, k, 1.0]
+            for i in (0, a.shape[0] - 1)
+            for j in (0, a.shape[1] - 1)
+            for k in (0, a.shape[2] - 1)
+        ]
+    ).T
+    moved = (a.affine - b.affine) @ corners
+    return float(np.linalg.norm(moved[:3], axis=0).max())
+
+
+def _same_grid(a: Volume, b: Volume) -> str | None:
+    """None when ``a`` and ``b`` share a grid, else why not (no paths in it)."""
+    if a.shape != b.shape:
+        return f"shape {a.shape} differs from {b.shape}"
+    difference = _grid_difference_mm(a, b)
+    if difference > GRID_TOLERANCE_MM:
+        return (
+            f"affines differ: the volume's corners are up to {difference:.4g} mm apart "
+            f"(tolerance {GRID_TOLERANCE_MM:g} mm)"
+        )
+    return None
+
+
+def _binary(pred: Volume) -> np.ndarray:
+    """The prediction as a boolean mask, or PancsegError when it holds other values than 0, 1."""
+    array = pred.array
+    if array.dtype == np.bool_:
+        return array
+    if np.issubdtype(array.dtype, np.unsignedinteger):
+        ok = array.size == 0 or int(array.max()) <= 1
+    else:
+        ok = not bool(np.any((array != 0) & (array != 1)))
+    if not ok:
+        bad = np.unique(array[(array != 0) & (array != 1)])
+        shown = ", ".join(f"{v:g}" for v in bad[:5].tolist())
+        raise PancsegError(
+            f"prediction holds values [{shown}{', ...' if bad.size > 5 else ''}] besides 0 and 1; "
+            f"expected a binary mask (a probability map must be thresholded first, or be named "
+            f"<case>{_PROBABILITY_SUFFIX}.nii.gz to be skipped)"
+        )
+    return array != 0
+
+
+def _without_path(message: str, *paths: pathlib.Path | None) -> str:
+    """The message with full paths cut to their last part (folders may name a patient or date)."""
+    for path in paths:
+        if path is not None:
+            message = message.replace(str(path), path.name)
+    return message
+
+
+def _slice_axis(affine: np.ndarray) -> int:
+    """The voxel axis closest to the body's long (S) axis: the axial slice axis."""
+    linear = np.asarray(affine, dtype=np.float64)[:3, :3]
+    directions = linear / np.linalg.norm(linear, axis=0)
+    return int(np.argmax(np.abs(directions[2])))
+
+
+# === Montage ===
+
+
+@dataclasses.dataclass
+class _Canonical:
+    """A case's masks (and image) in RAS voxel order, for display only."""
+
+    gt: np.ndarray  # bool (I, J, K), i to the Right, j Anterior, k Superior
+    pred: np.ndarray
+    image: np.ndarray | None
+    spacing: tuple[float, float, float]
+    stored_axis: int  # which stored voxel axis became k
+    stored_flipped: bool  # whether k runs against the stored index
+
+
+def _canonical(gt: np.ndarray, pred: np.ndarray, image: np.ndarray | None, reference: Volume):
+    from nibabel.orientations import apply_orientation, io_orientation
+
+    ornt = io_orientation(reference.affine)
+    spacing = [0.0, 0.0, 0.0]
+    for axis, (target, _) in enumerate(ornt):
+        spacing[int(target)] = reference.spacing[axis]
+    stored_axis = int(np.flatnonzero(ornt[:, 0] == 2)[0])
+    return _Canonical(
+        gt=apply_orientation(gt, ornt),
+        pred=apply_orientation(pred, ornt),
+        image=None if image is None else apply_orientation(image, ornt),
+        spacing=(spacing[0], spacing[1], spacing[2]),
+        stored_axis=stored_axis,
+        stored_flipped=bool(ornt[stored_axis, 1] < 0),
+    )
+
+
+def _montage_layout(volume: _Canonical) -> tuple[list[int], tuple[slice, slice]]:
+    """The axial slices to show and the in-plane box (i, j) to crop them to.
+
+    Slices: up to `_MAX_MONTAGE_SLICES`, evenly spread over those where either mask has
+    foreground, superior first (the middle slice when both masks are empty). Box: both masks'
+    extent over all slices, grown by `_CROP_MARGIN_MM` or a quarter of the extent, whichever is
+    larger, so the organ fills the tile but keeps some context.
+    """
+    union = volume.gt | volume.pred
+    footprint = union.any(axis=2)  # (I, J)
+    present = np.flatnonzero(union.any(axis=(0, 1)))
+    if present.size == 0:
+        slices = [union.shape[2] // 2]
+    else:
+        picks = np.linspace(0, present.size - 1, min(present.size, _MAX_MONTAGE_SLICES))
+        slices = sorted({int(present[int(round(p))]) for p in picks}, reverse=True)
+    box = []
+    for axis in (0, 1):
+        size = union.shape[axis]
+        occupied = np.flatnonzero(footprint.any(axis=1 - axis))
+        if occupied.size == 0:
+            box.append(slice(0, size))
+            continue
+        extent = occupied[-1] + 1 - occupied[0]
+        margin = max(int(math.ceil(_CROP_MARGIN_MM / volume.spacing[axis])), extent // 4)
+        box.append(slice(max(0, occupied[0] - margin), min(size, occupied[-1] + 1 + margin)))
+    return slices, (box[0], box[1])
+
+
+def _display(plane: np.ndarray) -> np.ndarray:
+    """An axial RAS slice ``(I, J)`` as seen in radiology: anterior up, patient right on the left.
+
+    Rows run from anterior (top) to posterior and columns from the patient's right to left, so
+    ``display[row, col] = plane[I - 1 - col, J - 1 - row]``.
+    """
+    return plane[::-1, ::-1].T
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    from scipy.ndimage import binary_erosion
+
+    return mask & ~binary_erosion(mask, border_value=0)
+
+
+def _grey_levels(image: np.ndarray, modality: str) -> tuple[float, float]:
+    if modality == "ct":
+        return _CT_WINDOW_HU
+    # A strided sample is plenty for two percentiles and keeps a 512^2 x 200 MRI cheap.
+    sample = image[::4, ::4, ::2].astype(np.float32)
+    low, high = np.percentile(sample, _MRI_PERCENTILES)
+    if high <= low:  # a constant image: any window shows it
+        high = low + 1.0
+    return float(low), float(high)
+
+
+def _tile(volume: _Canonical, k: int, box: tuple[slice, slice], window, stride: int, factor: int):
+    """One RGB tile (float in [0, 1]) of slice k, with both outlines."""
+
+    def prepare(plane: np.ndarray) -> np.ndarray:
+        shown = _display(plane[box[0], box[1]])[::stride, ::stride]
+        return np.repeat(np.repeat(shown, factor, axis=0), factor, axis=1)
+
+    gt = prepare(volume.gt[:, :, k])
+    pred = prepare(volume.pred[:, :, k])
+    if volume.image is not None:
+        low, high = window
+        grey = (prepare(volume.image[:, :, k]).astype(np.float32) - low) / (high - low)
+        grey = np.clip(grey, 0.0, 1.0)
+    else:
+        # No image: the masks themselves are the background, so the regions stay visible.
+        grey = 0.2 * gt + 0.2 * pred
+    tile = np.repeat(grey[:, :, None], 3, axis=2).astype(np.float32)
+    gt_line, pred_line = _outline(gt), _outline(pred)
+    tile[gt_line & ~pred_line] = _GT_COLOUR
+    tile[pred_line & ~gt_line] = _PRED_COLOUR
+    tile[gt_line & pred_line] = _BOTH_COLOUR
+    return tile
+
+
+def _montage_png(
+    case: str,
+    volume: _Canonical,
+    window: tuple[float, float] | None,
+    row: Mapping[str, object],
+) -> bytes:
+    """The case's axial montage as PNG bytes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    slices, box = _montage_layout(volume)
+    crop = (box[1].stop - box[1].start, box[0].stop - box[0].start)  # displayed (rows, columns)
+    stride = max(1, math.ceil(max(crop) / _MAX_TILE_PIXELS))
+    shown = (math.ceil(crop[0] / stride), math.ceil(crop[1] / stride))
+    factor = max(1, _MIN_TILE_PIXELS // max(shown))
+    tiles = [_tile(volume, k, box, window, stride, factor) for k in slices]
+    height, width = tiles[0].shape[:2]
+    columns = min(_MONTAGE_COLUMNS, len(tiles))
+    rows = math.ceil(len(tiles) / columns)
+    gap = 4
+    sheet = np.ones(
+        (rows * height + (rows - 1) * gap, columns * width + (columns - 1) * gap, 3), np.float32
+    )
+    for n, tile in enumerate(tiles):
+        top, left = (n // columns) * (height + gap), (n % columns) * (width + gap)
+        sheet[top : top + height, left : left + width] = tile
+
+    # Rows are j (anterior-posterior) and columns i (right-left): one row is spacing_j tall.
+    aspect = volume.spacing[1] / volume.spacing[0]
+    dpi, header = 100, 58
+    sheet_height = sheet.shape[0] * aspect
+    fig = Figure(figsize=(max(sheet.shape[1], 480) / dpi, (sheet_height + header) / dpi), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.0, 0.0, 1.0, sheet_height / (sheet_height + header)))
+    ax.imshow(sheet, interpolation="nearest", aspect=aspect)
+    ax.set_axis_off()
+    name = "ijk"[volume.stored_axis]
+    size = volume.gt.shape[2]
+    for n, k in enumerate(slices):
+        stored = size - 1 - k if volume.stored_flipped else k
+        top, left = (n // columns) * (height + gap), (n % columns) * (width + gap)
+        ax.text(
+            left + 3,
+            top + 3,
+            f"{name}={stored}",
+            color="white",
+            fontsize=8,
+            va="top",
+            ha="left",
+            bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "linewidth": 0},
+        )
+    dsc = float(row["dsc"])
+    background = "image" if volume.image is not None else "masks (no image)"
+    fig.text(
+        0.01,
+        1.0 - 4 / (sheet_height + header),
+        f"{case}   DSC {100 * dsc:.1f} %",
+        fontsize=11,
+        va="top",
+        ha="left",
+        weight="bold",
+    )
+    fig.text(
+        0.01,
+        1.0 - 24 / (sheet_height + header),
+        "green: ground truth, red: prediction, yellow: both\n"
+        f"over the {background}; anterior up, patient right on the left",
+        fontsize=7.5,
+        va="top",
+        ha="left",
+    )
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, facecolor="white")
+    return buffer.getvalue()
+
+
+def _boxplot_png(dsc_values: Sequence[float]) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    values = 100.0 * np.asarray(dsc_values, dtype=np.float64)
+    fig = Figure(figsize=(3.6, 4.4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.boxplot(values, widths=0.5, showmeans=True)
+    # Every case as a point, spread evenly across the box (deterministic, unlike a random jitter).
+    offsets = np.linspace(-0.12, 0.12, values.size) if values.size > 1 else np.zeros(1)
+    ax.scatter(1 + offsets, values, s=10, color="tab:blue", alpha=0.6, zorder=3)
+    ax.set_xticks([1], [f"{values.size} case{'s' if values.size != 1 else ''}"])
+    ax.set_ylabel("DSC (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title(f"DSC {values.mean():.1f} ± {_std(values):.1f} %", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    fig.subplots_adjust(left=0.22, right=0.95, top=0.9, bottom=0.1)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, facecolor="white")
+    return buffer.getvalue()
+
+
+def _std(values: np.ndarray) -> float:
+    return float(values.std(ddof=1)) if values.size > 1 else 0.0
+
+
+# === Writing ===
+
+
+def _write_atomic(path: pathlib.Path, data: bytes) -> None:
+    """Writes under a hidden temporary name in the same folder, then renames over ``path``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as file:
+            file.write(data)
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise PancsegError(f"could not write {path}: {error.strerror or error}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _csv_value(value: object) -> object:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else repr(value)
+    return value
+
+
+def _metrics_csv(rows: Sequence[tuple[str, Mapping[str, object]]]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["case", *CASE_KEYS])
+    for case, row in rows:
+        writer.writerow([case, *(_csv_value(row[key]) for key in CASE_KEYS)])
+    return buffer.getvalue().encode("utf-8")
+
+
+def _json_safe(value: object) -> object:
+    """NaN becomes None (JSON has no NaN); containers are walked."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def _statistic(value: object, scale: float, decimals: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{float(value) * scale:.{decimals}f}"
+
+
+def _table_rows(metrics: Mapping[str, Mapping[str, object]]) -> list[tuple[str, ...]]:
+    """(metric, mean ± std, min, max, n) as display strings, one tuple per metric."""
+    rows = []
+    for key in REPORT_KEYS:
+        label, scale, decimals = _DISPLAY[key]
+        stats = metrics[key]
+        mean = _statistic(stats["mean"], scale, decimals)
+        std = _statistic(stats["std"], scale, decimals)
+        rows.append(
+            (
+                label,
+                "n/a" if mean == "n/a" else f"{mean} ± {std}",
+                _statistic(stats["min"], scale, decimals),
+                _statistic(stats["max"], scale, decimals),
+                str(stats["n"]),
+            )
+        )
+    return rows
+
+
+def _plural(count: int, singular: str, plural: str) -> str:
+    return f"{count} {singular if count == 1 else plural}"
+
+
+def _counts_line(summary: Mapping[str, object]) -> str:
+    counts = summary["num_cases"]
+    return (
+        f"{_plural(counts['evaluated'], 'case', 'cases')} evaluated; "
+        f"{counts['failed']} failed; "
+        f"{_plural(counts['prediction_only'], 'prediction', 'predictions')} without ground truth; "
+        f"{_plural(counts['ground_truth_only'], 'ground-truth case', 'ground-truth cases')} "
+        "without prediction."
+    )
+
+
+def _undefined_notes(metrics: Mapping[str, Mapping[str, object]]) -> list[str]:
+    notes = []
+    for key in REPORT_KEYS:
+        undefined = metrics[key]["n_undefined"]
+        if undefined:
+            notes.append(
+                f"{_DISPLAY[key][0]}: {undefined} case(s) undefined (empty ground truth), "
+                "left out of its statistics."
+            )
+    empty = max(int(metrics[key]["n_empty"]) for key in REPORT_KEYS)
+    if empty:
+        notes.append(
+            f"{empty} case(s) with an empty prediction or ground truth are included with the "
+            "worst-case values documented in pancseg_tf.evaluation.metrics."
+        )
+    return notes
+
+
+def _summary_md(summary: Mapping[str, object]) -> bytes:
+    lines = ["# Pancreas segmentation: evaluation", "", _counts_line(summary), ""]
+    lines += ["| metric | mean ± std | min | max | n |", "| --- | --- | --- | --- | --- |"]
+    lines += ["| " + " | ".join(row) + " |" for row in _table_rows(summary["metrics"])]
+    notes = _undefined_notes(summary["metrics"])
+    if notes:
+        lines += ["", *notes]
+    unpaired = summary["unpaired"]
+    if unpaired["prediction_only"] or unpaired["ground_truth_only"]:
+        lines += ["", "## Unpaired cases (not evaluated)", ""]
+        for case in unpaired["prediction_only"]:
+            lines.append(f"- {case}: prediction without ground truth")
+        for case in unpaired["ground_truth_only"]:
+            lines.append(f"- {case}: ground truth without prediction")
+    if summary["failed"]:
+        lines += ["", "## Failed cases (not evaluated)", ""]
+        for entry in summary["failed"]:
+            lines.append(f"- {entry['case']}: {entry['reason']}")
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+_CSS = """
+body { font-family: sans-serif; margin: 1.5em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f0f0f0; }
+img.thumb { width: 240px; }
+"""
+
+
+def _index_html(
+    summary: Mapping[str, object],
+    rows: Sequence[tuple[str, Mapping[str, object]]],
+    montages: Mapping[str, str],
+    boxplot: str | None,
+) -> bytes:
+    e = html.escape
+
+    def link(href: str, text: str) -> str:
+        return f'<a href="{e(urllib.parse.quote(href))}">{e(text)}</a>'
+
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        "<title>pancseg evaluation</title>",
+        f"<style>{_CSS}</style>",
+        "</head>",
+        "<body>",
+        "<h1>Pancreas segmentation: evaluation</h1>",
+        f"<p>{e(_counts_line(summary))}</p>",
+        "<p>Files: "
+        + ", ".join(link(name, name) for name in ("metrics.csv", "summary.json", "summary.md"))
+        + "</p>",
+        "<h2>Summary</h2>",
+        "<table>",
+        "<tr><th>metric</th><th>mean ± std</th><th>min</th><th>max</th><th>n</th></tr>",
+    ]
+    for row in _table_rows(summary["metrics"]):
+        parts.append("<tr>" + "".join(f"<td>{e(cell)}</td>" for cell in row) + "</tr>")
+    parts.append("</table>")
+    for note in _undefined_notes(summary["metrics"]):
+        parts.append(f"<p>{e(note)}</p>")
+    if boxplot is not None:
+        parts += [
+            "<h2>DSC per case</h2>",
+            f'<p><img src="{e(urllib.parse.quote(boxplot))}" alt="box plot of the DSC per case">'
+            "</p>",
+        ]
+    unpaired = summary["unpaired"]
+    if unpaired["prediction_only"] or unpaired["ground_truth_only"]:
+        parts += ["<h2>Unpaired cases (not evaluated)</h2>", "<ul>"]
+        for case in unpaired["prediction_only"]:
+            parts.append(f"<li>{e(case)}: prediction without ground truth</li>")
+        for case in unpaired["ground_truth_only"]:
+            parts.append(f"<li>{e(case)}: ground truth without prediction</li>")
+        parts.append("</ul>")
+    if summary["failed"]:
+        parts += ["<h2>Failed cases (not evaluated)</h2>", "<ul>"]
+        for entry in summary["failed"]:
+            parts.append(f"<li>{e(entry['case'])}: {e(entry['reason'])}</li>")
+        parts.append("</ul>")
+    if rows:
+        columns = ("dsc", "ji", "precision", "recall", "hd95_mm", "assd_mm", "rvd",
+                   "slice_consistency", "gt_volume_ml", "pred_volume_ml")  # fmt: skip
+        parts += [
+            "<h2>Cases</h2>",
+            "<p>Green: ground truth, red: prediction, yellow: both. Click an image to enlarge.</p>",
+            "<table>",
+            "<tr><th>case</th><th>axial slices</th>"
+            + "".join(f"<th>{e(_DISPLAY[key][0])}</th>" for key in columns)
+            + "</tr>",
+        ]
+        for case, row in rows:
+            href = montages.get(case)
+            image = (
+                f'<a href="{e(urllib.parse.quote(href))}"><img class="thumb" '
+                f'src="{e(urllib.parse.quote(href))}" alt="axial slices of {e(case)}"></a>'
+                if href
+                else ""
+            )
+            cells = [f"<td>{link(href, case) if href else e(case)}</td>", f"<td>{image}</td>"]
+            for key in columns:
+                _, scale, decimals = _DISPLAY[key]
+                cells.append(f"<td>{e(_statistic(row[key], scale, decimals))}</td>")
+            parts.append("<tr>" + "".join(cells) + "</tr>")
+        parts.append("</table>")
+    parts += ["</body>", "</html>"]
+    return ("\n".join(parts) + "\n").encode("utf-8")
+
+
+# === Entry point ===
+
+
+def _check_output(out: pathlib.Path, *inputs: pathlib.Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise PancsegError(f"report folder {out} exists and is not a folder")
+    for folder in inputs:
+        if folder.exists() and out.resolve() == folder.resolve():
+            raise PancsegError(
+                f"report folder {out} is an input folder; expected a separate folder"
+            )
+
+
+def _evaluate_one(
+    case: str,
+    pred_path: pathlib.Path,
+    truth: _Truth,
+    images: Mapping[str, pathlib.Path],
+    gt_labels: tuple[int, ...] | None,
+) -> tuple[dict[str, object], bytes, bool]:
+    """Reads, checks and scores one case; PancsegError if it fails.
+
+    Returns:
+        The metrics row, the montage PNG, and whether the montage shows the image.
+    """
+    from pancseg_tf.io.nifti import read_nifti
+    from pancseg_tf.preprocessing.labels import map_labels
+
+    try:
+        gt = read_nifti(truth.label, modality=truth.modality or "ct")
+        pred = read_nifti(pred_path, modality=truth.modality or "ct")
+    except PancsegError as error:
+        raise PancsegError(_without_path(str(error), truth.label, pred_path)) from None
+    mismatch = _same_grid(pred, gt)
+    if mismatch is not None:
+        raise PancsegError(
+            f"the prediction is not on the ground truth's grid: {mismatch}; expected the mask "
+            "pancseg predict writes on the input's own grid"
+        )
+    pred_mask = _binary(pred)
+    gt_mask = map_labels(gt.array, gt_labels).astype(bool, copy=False)
+    if not gt_mask.any() and gt_labels is not None and gt.array.any():
+        found = np.unique(gt.array[gt.array != 0])[:10].tolist()
+        log.warning(
+            "case %s: the ground truth holds none of the label values %s (values found: %s)",
+            case,
+            list(gt_labels),
+            found,
+        )
+    row = evaluate_case(pred_mask, gt_mask, gt.spacing, slice_axis=_slice_axis(gt.affine))
+
+    image_array, modality = None, truth.modality
+    image_path = images.get(case, truth.image)
+    if image_path is not None:
+        from pancseg_tf.io.nifti import read_volume
+
+        try:
+            image = read_volume(image_path, modality=truth.modality)
+        except PancsegError as error:
+            log.warning("case %s: image not shown: %s", case, _without_path(str(error), image_path))
+        else:
+            problem = _same_grid(image, gt)
+            if problem is None:
+                image_array = image.array
+                if modality is None:
+                    # Only display depends on it: air in HU is about -1000, MRI is never negative.
+                    modality = "ct" if float(image_array.min()) < -500 else "mri"
+            else:
+                log.warning("case %s: image not shown, it is on another grid: %s", case, problem)
+    canonical = _canonical(gt_mask, pred_mask, image_array, gt)
+    window = _grey_levels(canonical.image, modality or "ct") if image_array is not None else None
+    return row, _montage_png(case, canonical, window, row), image_array is not None
+
+
+def evaluate_predictions(
+    pred: PathLike,
+    gt: PathLike,
+    out: PathLike,
+    *,
+    gt_labels: tuple[int, ...] | None = None,
+    images: PathLike | None = None,
+    progress: bool = True,
+) -> dict:
+    """Evaluates a folder of predicted masks against the ground truth and writes a report folder.
+
+    Pairing: a prediction ``PRED/<case>.nii.gz`` (or ``.nii``; ``<case>_prob.nii.gz``
+    probability maps are ignored) goes with ``GT/<case>.nii.gz`` (or ``.nii``) when ``gt`` is a
+    folder of label files, or with the cohort case of that id when ``gt`` is a cohort. A
+    prediction must lie on its truth's grid (same shape, corners within `GRID_TOLERANCE_MM`) and
+    hold only 0 and 1. Distances use the truth's voxel spacing; slice consistency runs along the
+    voxel axis closest to the body's long axis.
+
+    Args:
+        pred: folder of predicted masks, each ``(I, J, K)`` uint8 {0, 1} on its truth's grid.
+        gt: a folder of label maps named like the predictions, or a cohort (MSD / nnU-Net
+            folder, NIH Pancreas-CT download, CSV manifest or its folder) whose labelled cases
+            are paired by case id.
+        out: the report folder (created; files of an earlier report are replaced).
+        gt_labels: the label values that mean pancreas (MSD 1, 2; NIH 1; TotalSegmentator 7);
+            None: every non-zero value.
+        images: folder of images ``<case>.nii.gz`` or ``<case>_0000.nii.gz`` for the montages;
+            it takes precedence over a cohort's images. Without images the montages show the
+            masks alone. Images never change a metric.
+        progress: log one line per case (logger ``pancseg_tf.evaluation``, level INFO; case ids
+            only).
+
+    Returns:
+        The content of ``summary.json``: ``metrics`` (per key of `REPORT_KEYS`: ``mean``,
+        ``std``, ``min``, ``max``, ``n``, ``n_undefined``, ``n_empty``, ``n_excluded``, raw
+        fractions and mm as `summarize` gives them, None where undefined), ``num_cases``
+        (``evaluated``, ``failed``, ``prediction_only``, ``ground_truth_only``), ``evaluated``
+        (case ids), ``unpaired`` (``prediction_only`` and ``ground_truth_only`` case-id lists),
+        ``failed`` (``[{"case", "reason"}]``), ``gt_labels`` (list or None),
+        ``ground_truth`` (``"folder"`` or ``"cohort"``) and ``cases_without_image`` (evaluated
+        cases whose montage shows the masks alone: no image given or found, unreadable, or on
+        another grid).
+
+    Raises:
+        PancsegError: ``pred`` is not a folder of masks; ``gt`` is neither a label folder nor a
+            cohort; ``images`` is not a folder; ``out`` is a file or an input folder; bad
+            ``gt_labels``; no prediction pairs with a ground truth; every paired case failed
+            (the report is written first, so its reasons can be read); a file cannot be
+            written.
+    """
+    from pancseg_tf.preprocessing.labels import map_labels
+
+    started = time.perf_counter()
+    pred_folder, gt_path, out = pathlib.Path(pred), pathlib.Path(gt), pathlib.Path(out)
+    if gt_labels is not None:
+        # Validates the values (integers >= 1) before any file is read.
+        map_labels(np.zeros(1, np.uint8), tuple(gt_labels))
+        gt_labels = tuple(sorted({int(v) for v in gt_labels}))
+    _check_output(out, pred_folder, gt_path)
+    predictions = _predictions(pred_folder)
+    truths, source = _ground_truth(gt_path)
+    image_files = _image_files(pathlib.Path(images)) if images is not None else {}
+
+    paired = sorted(set(predictions) & set(truths))
+    prediction_only = sorted(set(predictions) - set(truths))
+    ground_truth_only = sorted(set(truths) - set(predictions))
+    if not paired:
+        raise PancsegError(
+            f"no prediction pairs with a ground truth: {len(predictions)} predictions "
+            f"({_some(prediction_only)}) and {len(truths)} ground-truth cases "
+            f"({_some(ground_truth_only)}); expected predictions named <case>.nii.gz after the "
+            "ground truth's case ids"
+        )
+    for case in prediction_only:
+        log.warning("case %s: prediction without ground truth (not evaluated)", case)
+    for case in ground_truth_only:
+        log.warning("case %s: ground truth without prediction (not evaluated)", case)
+
+    cases_folder = out / "cases"
+    try:
+        cases_folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PancsegError(f"could not create {cases_folder}: {error.strerror or error}") from None
+
+    rows: list[tuple[str, dict[str, object]]] = []
+    failed: list[dict[str, str]] = []
+    montages: dict[str, str] = {}
+    without_image: list[str] = []
+    for number, case in enumerate(paired, start=1):
+        case_started = time.perf_counter()
+        try:
+            row, png, image_shown = _evaluate_one(
+                case, predictions[case], truths[case], image_files, gt_labels
+            )
+        except PancsegError as error:
+            failed.append({"case": case, "reason": str(error)})
+            log.warning("[%d/%d] case %s failed: %s", number, len(paired), case, error)
+            continue
+        # Outside the try: a report that cannot be written is not one case's failure.
+        _write_atomic(cases_folder / f"{case}.png", png)
+        rows.append((case, row))
+        montages[case] = f"cases/{case}.png"
+        if not image_shown:
+            without_image.append(case)
+        if progress:
+            log.info(
+                "[%d/%d] case %s: DSC %.1f %%, HD95 %.1f mm (%.1f s)",
+                number,
+                len(paired),
+                case,
+                100.0 * float(row["dsc"]),
+                float(row["hd95_mm"]),
+                time.perf_counter() - case_started,
+            )
+
+    if rows:
+        metrics = summarize([row for _, row in rows], REPORT_KEYS)
+    else:
+        metrics = {
+            key: {
+                "mean": None,
+                "std": None,
+                "min": None,
+                "max": None,
+                "n": 0,
+                "n_undefined": 0,
+                "n_empty": 0,
+                "n_excluded": 0,
+            }  # fmt: skip
+            for key in REPORT_KEYS
+        }
+    summary = _json_safe(
+        {
+            "metrics": metrics,
+            "num_cases": {
+                "evaluated": len(rows),
+                "failed": len(failed),
+                "prediction_only": len(prediction_only),
+                "ground_truth_only": len(ground_truth_only),
+            },
+            "evaluated": [case for case, _ in rows],
+            "unpaired": {
+                "prediction_only": prediction_only,
+                "ground_truth_only": ground_truth_only,
+            },
+            "failed": failed,
+            "gt_labels": None if gt_labels is None else list(gt_labels),
+            "ground_truth": source,
+            "cases_without_image": without_image,
+        }
+    )
+
+    _write_atomic(out / "metrics.csv", _metrics_csv(rows))
+    text = json.dumps(summary, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    _write_atomic(out / "summary.json", text.encode("utf-8"))
+    _write_atomic(out / "summary.md", _summary_md(summary))
+    boxplot = None
+    if rows:
+        boxplot = "dsc_boxplot.png"
+        _write_atomic(out / boxplot, _boxplot_png([float(row["dsc"]) for _, row in rows]))
+    _write_atomic(out / "index.html", _index_html(summary, rows, montages, boxplot))
+
+    if not rows:
+        raise PancsegError(
+            f"none of the {len(paired)} paired cases could be evaluated (first: case "
+            f"{failed[0]['case']}: {failed[0]['reason']}); see {out / 'summary.json'}"
+        )
+    if progress:
+        dsc = metrics["dsc"]
+        log.info(
+            "evaluated %d cases in %.1f s: DSC %.1f ± %.1f %%; report in %s",
+            len(rows),
+            time.perf_counter() - started,
+            100.0 * dsc["mean"],
+            100.0 * dsc["std"],
+            out,
+        )
+    return summary
+
+
+def _some(cases: Sequence[str], limit: int = 3) -> str:
+    if not cases:
+        return "none"
+    shown = ", ".join(cases[:limit])
+    return f"e.g. {shown}" if len(cases) > limit else shown

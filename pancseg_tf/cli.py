@@ -151,10 +151,10 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    cfg = _load_config(args)  # before TensorFlow's start-up: config errors come at once
     import_tensorflow_quietly()
     from pancseg_tf.training.trainer import Trainer
 
-    cfg = _load_config(args)
     trainer = Trainer(
         args.data,
         args.run,
@@ -167,6 +167,140 @@ def _cmd_train(args: argparse.Namespace) -> int:
     best = ", ".join(f"{k} val DSC {v:.4f}" for k, v in sorted(result.best.items()))
     print(f"run folder {result.run_dir}: {best or 'no validation score'}")
     return 0
+
+
+def _predict_inputs(inputs: list[str]) -> list[tuple[str, object]]:
+    """(case name, what to read) for each input: file, DICOM folder, NIfTI folder or cohort."""
+    from pancseg_tf.io.cohorts import discover_cohort
+
+    items: list[tuple[str, object]] = []
+    for raw in inputs:
+        path = pathlib.Path(raw)
+        if not path.exists():
+            raise PancsegError(f"input not found: {path}")
+        if path.is_file() and path.suffix == ".csv":
+            items += [(c.case_id, c) for c in discover_cohort(path, split="all")]
+        elif path.is_file():
+            items.append((_strip_nifti_suffix(path.name), path))
+        elif (
+            (path / "dataset.json").is_file()
+            or (path / "Pancreas-CT").is_dir()
+            or (path.name == "Pancreas-CT")
+        ):
+            items += [(c.case_id, c) for c in discover_cohort(path, split="all")]
+        else:
+            niftis = sorted(p for p in path.iterdir() if p.name.endswith((".nii", ".nii.gz")))
+            if niftis:
+                items += [(_strip_nifti_suffix(p.name), p) for p in niftis]
+            else:
+                items.append((path.name, path))  # a DICOM series folder
+    names = [name for name, _ in items]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise PancsegError(f"two inputs give the same case name: {', '.join(duplicates)}")
+    return items
+
+
+def _strip_nifti_suffix(name: str) -> str:
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _safe_case_name(name: str) -> str:
+    """A case name usable as a file name inside the output folder (never a path)."""
+    import re
+
+    if not name or name in (".", "..") or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise PancsegError(f"case name {name!r} cannot be used as a file name")
+    return name
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import time
+
+    items = _predict_inputs(args.inputs)
+    if not items:
+        raise PancsegError("no input volumes found")
+    if args.chunk is not None and args.chunk < 2:
+        raise PancsegError(f"--chunk must be >= 2 slices, got {args.chunk}")
+    if args.threshold is not None and not 0.0 < args.threshold < 1.0:
+        raise PancsegError(f"--threshold must be in (0, 1), got {args.threshold}")
+    import_tensorflow_quietly()
+    from pancseg_tf.inference import Segmenter, load_model, load_run_config, resolve_model_path
+    from pancseg_tf.io import read_volume, write_nifti
+
+    model_path = resolve_model_path(args.model)
+    model = load_model(model_path, unsafe=args.unsafe)
+    cfg = load_run_config(model_path)
+    postprocess = cfg.postprocess.largest_component and not args.no_postprocess
+    threshold = args.threshold if args.threshold is not None else cfg.postprocess.threshold
+    segmenter = Segmenter(
+        model,
+        cfg.preprocess,
+        threshold=threshold,
+        postprocess=postprocess,
+        chunk=args.chunk,
+        overlap=args.overlap,
+        tta=args.tta,
+    )
+    out = pathlib.Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for i, (name, source) in enumerate(items, start=1):
+        start = time.monotonic()
+        try:
+            case = _safe_case_name(name)
+            volume = source.load_image() if hasattr(source, "load_image") else read_volume(source)
+            result = segmenter.segment(volume)
+            protect = [volume.source]
+            write_nifti(result.mask, volume, out / f"{case}.nii.gz", dtype="uint8", protect=protect)
+            if args.probabilities:
+                write_nifti(
+                    result.probabilities,
+                    volume,
+                    out / f"{case}_prob.nii.gz",
+                    dtype="float32",
+                    protect=protect,
+                )
+            log.info(
+                "[%d/%d] %s: %d voxels (%.1f s)",
+                i,
+                len(items),
+                case,
+                int(result.mask.sum()),
+                time.monotonic() - start,
+            )
+        except PancsegError as err:
+            failed += 1
+            log.error("[%d/%d] %s failed: %s", i, len(items), name, err)
+    print(f"wrote {len(items) - failed} of {len(items)} mask(s) to {out}")
+    return 1 if failed else 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from pancseg_tf.evaluation.report import evaluate_predictions
+    from pancseg_tf.preprocessing.labels import parse_label_values
+
+    labels = parse_label_values(args.gt_labels) if args.gt_labels else None
+    summary = evaluate_predictions(
+        args.pred, args.gt, args.output, gt_labels=labels, images=args.images
+    )
+    dsc = summary["metrics"]["dsc"]
+    counts = summary["num_cases"]
+    print(
+        f"DSC {100 * dsc['mean']:.1f} ± {100 * (dsc['std'] or 0):.1f} % over {dsc['n']} case(s); "
+        f"report in {args.output}/index.html"
+    )
+    problems = (
+        counts.get("failed", 0)
+        + counts.get("prediction_only", 0)
+        + counts.get("ground_truth_only", 0)
+    )
+    if problems:
+        print(f"{problems} case(s) unpaired or failed: see {args.output}/summary.md")
+    return 1 if counts.get("failed", 0) else 0
 
 
 # === Parser ===
@@ -295,6 +429,76 @@ def build_parser() -> argparse.ArgumentParser:
         help="fixed data order and deterministic ops (slower; for exact resumption)",
     )
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "predict",
+        help="segment NIfTI / DICOM volumes or a cohort; masks land on each input's grid",
+        description=(
+            "Segments each input: the CNN once per slice, the bidirectional ConvLSTM over the "
+            "whole slice sequence in one pass (or in chunks), threshold, post-processing, back "
+            "to the input's own grid. Writes OUT/<case>.nii.gz (uint8). Exit status 0 when all "
+            "cases are written, 1 when some failed, 2 when nothing could run."
+        ),
+    )
+    p.add_argument("model", help="a run folder or a .keras model (a stage-1 CNN works too)")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="NIfTI file, DICOM series folder, folder of NIfTI files, or cohort (MSD, NIH, CSV)",
+    )
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--probabilities", action="store_true", help="also write OUT/<case>_prob.nii.gz")
+    p.add_argument(
+        "--threshold", type=float, default=None, help="probability threshold (default: the run's)"
+    )
+    p.add_argument(
+        "--no-postprocess",
+        action="store_true",
+        help="keep every connected component (default: the run's choice)",
+    )
+    p.add_argument(
+        "--chunk",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run the ConvLSTM over chunks of N slices, blended (default: one pass)",
+    )
+    p.add_argument(
+        "--overlap", type=int, default=None, help="slices shared by chunks (default N // 4)"
+    )
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average over in-plane shifts and scales (5x the time)",
+    )
+    p.add_argument(
+        "--unsafe",
+        action="store_true",
+        help="load models with Lambda layers or unregistered classes (runs code from the file)",
+    )
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="per-case DSC, JI, HD95, ASSD, ... against ground truth; paper-style table, report",
+        description=(
+            "Pairs predictions with ground truth (by file name, or by case id in a cohort) and "
+            "writes REPORT/metrics.csv, summary.json, summary.md, montages and index.html. "
+            "Exit status 1 when a case failed (e.g. grids differ), 2 when nothing could run."
+        ),
+    )
+    p.add_argument("pred", help="folder of predicted masks <case>.nii.gz")
+    p.add_argument("gt", help="folder of label files, or a cohort (MSD, NIH, CSV manifest)")
+    p.add_argument("-o", "--output", required=True, help="report folder")
+    p.add_argument(
+        "--gt-labels",
+        default=None,
+        help="label values that are pancreas, e.g. 1,2 (MSD) or 7 (TotalSegmentator), or a "
+        "preset (msd, nih, totalsegmentator); default every non-zero value",
+    )
+    p.add_argument("--images", help="folder of images for the montages (paired by file name)")
+    p.set_defaults(func=_cmd_evaluate)
 
     return parser
 

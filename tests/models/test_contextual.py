@@ -16,6 +16,7 @@ from pancseg_tf.models import (
     UnfoldTime,
     transfer_stage1_weights,
 )
+from pancseg_tf.models.blocks import BN_MOMENTUM
 
 # Test sizes: a 2-level CNN on 32 x 32 slices, a 4-filter ConvLSTM at 1/2 resolution.
 CNN = {"base_filters": 4, "depth": 2, "input_size": 32}
@@ -108,12 +109,15 @@ def test_cnn_runs_once_on_all_slices_of_the_batch():
             alone = numpy(cnn(images[b, t][None])["logit"])[0]
             np.testing.assert_allclose(folded[b * 5 + t], alone, rtol=1e-5, atol=1e-5)
     # Training: one call, so the first batch norm's moving mean moves once, by the mean over
-    # all 2 * 5 slices (momentum 0.99, initial mean 0).
+    # all 2 * 5 slices (initial mean 0).
     bn = cnn.get_layer("enc0_bn1")
     conv_out = numpy(cnn.get_layer("enc0_conv1")(images.reshape(10, 32, 32, 1)))
     model(images, training=True)
     np.testing.assert_allclose(
-        numpy(bn.moving_mean), 0.01 * conv_out.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-7
+        numpy(bn.moving_mean),
+        (1.0 - BN_MOMENTUM) * conv_out.mean(axis=(0, 1, 2)),
+        rtol=1e-4,
+        atol=1e-7,
     )
 
 

@@ -39,11 +39,15 @@ setup(
         "matplotlib>=3.6",
     ],
     extras_require={
+        # gRPC client for TensorFlow Serving; it requires a matching tensorflow.
+        "serving": ["tensorflow-serving-api>=2.18,<3", "grpcio>=1.60"],
         "test": [
             "pytest>=7.4",
             "hypothesis>=6.80",
             "ruff>=0.5",
             "medpy>=0.5",
+            "tensorflow-serving-api>=2.18,<3",
+            "grpcio>=1.60",
         ],
     },
     entry_points={"console_scripts": ["pancseg=pancseg_tf.cli:main"]},

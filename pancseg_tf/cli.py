@@ -303,6 +303,49 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 1 if counts.get("failed", 0) else 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    if args.chunk < 2:
+        raise PancsegError(f"--chunk must be >= 2 slices, got {args.chunk}")
+    import_tensorflow_quietly()
+    from pancseg_tf.serving.export import export_model
+
+    path = export_model(
+        args.model,
+        args.base,
+        name=args.name,
+        chunk=args.chunk,
+        overlap=args.overlap,
+        unsafe=args.unsafe,
+    )
+    print(f"exported to {path} (TF Serving model {args.name!r}, version {path.name})")
+    return 0
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    import_tensorflow_quietly()
+    from pancseg_tf.serving.client import query_file
+
+    result = query_file(
+        args.input,
+        args.output,
+        server=args.server,
+        rest=args.rest,
+        model=args.model,
+        version=args.version,
+        modality=args.modality,
+        series=args.series,
+        allow_uneven=args.allow_uneven,
+        timeout_s=args.timeout,
+        max_request_bytes=int(args.max_request_mb * 1024 * 1024),
+    )
+    print(
+        f"wrote {args.output} ({int(result.segmentation.mask.sum())} voxels; model "
+        f"{result.served.name!r} version {result.served.version}; {result.chunks} chunks in "
+        f"{result.requests} requests)"
+    )
+    return 0
+
+
 # === Parser ===
 
 
@@ -499,6 +542,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--images", help="folder of images for the montages (paired by file name)")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "export",
+        help="SavedModel for TensorFlow Serving: BASE/<name>/<version>/ (+ warm-up, config)",
+        description=(
+            "Exports a run's model with the serving contract of serving/CONTRACT.md to the next "
+            "free version folder (written under a temporary name, then renamed)."
+        ),
+    )
+    p.add_argument("model", help="a run folder or a .keras model")
+    p.add_argument("base", help="TF Serving's model base folder")
+    p.add_argument("--name", default="pancseg", help="model name (default pancseg)")
+    p.add_argument("--chunk", type=int, default=16, help="slices per chunk (default 16)")
+    p.add_argument("--overlap", type=int, default=None, help="chunk overlap (default chunk // 4)")
+    p.add_argument("--unsafe", action="store_true", help="load models with Lambda layers")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser(
+        "query",
+        help="segment a volume with a TF Serving model over gRPC (or REST)",
+        description=(
+            "Reads a NIfTI file or DICOM series, does the host geometry, sends chunks to TF "
+            "Serving, blends and writes the mask on the input's own grid: the same bytes "
+            "pancseg predict --chunk N writes."
+        ),
+    )
+    p.add_argument("input", help="NIfTI file or DICOM series folder")
+    p.add_argument("output", help="mask to write (.nii.gz)")
+    p.add_argument("--server", required=True, help="HOST:PORT (gRPC 8500, REST 8501)")
+    p.add_argument("--rest", action="store_true", help="use the REST :predict API")
+    p.add_argument("--model", default="pancseg", help="served model name (default pancseg)")
+    p.add_argument("--version", type=int, default=None, help="model version (default latest)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    p.add_argument(
+        "--max-request-mb", type=float, default=4.0, help="largest request, MiB (default 4)"
+    )
+    _add_volume_flags(p)
+    p.set_defaults(func=_cmd_query)
 
     return parser
 

@@ -8,7 +8,10 @@ One code path for ``pancseg predict``, validation during training and the servin
    training pipeline and the exported graph run);
 3. the network: for a contextual model the CNN runs once per slice, in batches of slices, and the
    bidirectional ConvLSTM runs over the whole slice sequence in one pass; or over chunks of
-   ``chunk`` slices blended by `blend_chunks` when memory requires it or the user asks;
+   ``chunk`` slices blended by `blend_chunks` when memory requires it or the user asks. Chunks
+   run through `ChunkNetwork`, the computation the exported SavedModel serves, on the request's
+   wire intensities (int16 HU for CT), so ``pancseg predict --chunk N`` and ``pancseg query``
+   against an export of ``N``-slice chunks write the same mask, bit for bit;
 4. back to the volume's own grid (linear interpolation of probabilities, then threshold);
 5. post-processing: the largest 3D connected component, holes filled.
 
@@ -102,6 +105,232 @@ def blend_chunks(
         total[:, :, span[0] : span[1]] += probs * weights
         norm[span[0] : span[1]] += weights
     return total / norm
+
+
+# === The chunk network: one computation for ``predict --chunk N`` and the served SavedModel ===
+
+
+def plan_volume(volume: Volume, preprocess: PreprocessConfig):
+    """The volume's `GeometryPlan` for the run's preprocessing (predict and the serving client)."""
+    from pancseg_tf.preprocessing.geometry import plan_geometry
+
+    return plan_geometry(
+        volume,
+        spacing_mm=preprocess.spacing_mm,
+        slice_spacing_mm=preprocess.slice_spacing_mm,
+        size=tuple(preprocess.size),
+    )
+
+
+def wire_intensities(image: np.ndarray, modality: str) -> np.ndarray:
+    """Model-grid intensities in the serving contract's dtype (``serving/CONTRACT.md``).
+
+    CT: Hounsfield units rounded to the nearest integer (ties to even) and clipped to int16;
+    MRI: float32 as they are.
+
+    Raises:
+        PancsegError: on a NaN or infinite intensity, which has no int16 value.
+    """
+    if modality != "ct":
+        return np.asarray(image, dtype=np.float32)
+    if not np.isfinite(image).all():
+        raise PancsegError("the CT volume has NaN or infinite intensities; expected finite HU")
+    return np.clip(np.rint(image), -32768, 32767).astype(np.int16)
+
+
+def request_intensities(
+    volume: Volume, plan: Any, preprocess: PreprocessConfig
+) -> tuple[np.ndarray, tuple[np.float32, np.float32] | None]:
+    """The host side of a request: model-grid ``(H, W, K)`` wire intensities, MRI percentiles.
+
+    The percentiles are computed on the volume's own grid, as `Segmenter.normalize` does.
+    """
+    from pancseg_tf.preprocessing.intensity import mri_percentiles
+
+    image = wire_intensities(plan.forward(volume.array), preprocess.modality)
+    if preprocess.modality != "mri":
+        return image, None
+    low, high = mri_percentiles(volume.array, *preprocess.mri_percentiles)
+    return image, (np.float32(low), np.float32(high))
+
+
+def stack_chunks(
+    image: np.ndarray, spans: list[tuple[int, int]], chunk: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cuts ``(H, W, K)`` into the ``(B, chunk, H, W)`` rows of a request.
+
+    A span shorter than ``chunk`` (a volume shorter than one chunk) is padded with zeros after
+    its slices; ``slice_count`` says how many are real.
+
+    Returns:
+        ``(slices, slice_count)``: ``(B, chunk, H, W)`` in ``image``'s dtype and ``(B,)`` int32.
+    """
+    height, width = image.shape[:2]
+    slices = np.zeros((len(spans), chunk, height, width), dtype=image.dtype)
+    counts = np.zeros(len(spans), dtype=np.int32)
+    for row, (start, stop) in enumerate(spans):
+        slices[row, : stop - start] = np.moveaxis(image[:, :, start:stop], 2, 0)
+        counts[row] = stop - start
+    return slices, counts
+
+
+def unstack_chunks(probabilities: np.ndarray, spans: list[tuple[int, int]]) -> list[np.ndarray]:
+    """``(B, chunk, H, W)`` rows back to `blend_chunks`'s ``(H, W, length)`` parts."""
+    return [
+        np.moveaxis(np.asarray(row, dtype=np.float32)[: stop - start], 0, 2)
+        for row, (start, stop) in zip(probabilities, spans)
+    ]
+
+
+class ChunkNetwork:
+    """The per-chunk computation of the serving contract, shared by `Segmenter` and the export.
+
+    ``serve`` is what the exported SavedModel's ``serving_default`` signature runs and what
+    `Segmenter` runs for ``chunk=N``: the same ``tf.function`` code, so ``pancseg query`` and
+    ``pancseg predict --chunk N`` get the same bits. Per call it takes ``B`` independent chunks
+    of raw intensities (``(B, chunk, H, W)``, int16 HU for CT, float32 for MRI with per-chunk
+    percentiles ``(B, 2)``) and ``slice_count`` ``(B,)``, normalises them with the shared
+    intensity module and runs the model on each chunk on its own (``tf.map_fn`` over the
+    batch axis), so a chunk's result never depends on the other chunks of the batch: TF
+    Serving's batching may join chunks of several requests (and pad with copies of the first
+    row) without changing a bit, and never runs one ConvLSTM sequence across two volumes.
+
+    Args:
+        model: a `ContextualSegmenter` or a `SliceCNN` (built).
+        preprocess: the run's preprocessing (modality, HU window, in-plane size).
+        chunk: slices per chunk ``T``, fixed for the signature.
+        threshold: probability at or above which the ``mask`` output is 1.
+
+    Raises:
+        PancsegError: a chunk under 1, or a model whose input size is not ``preprocess.size``.
+    """
+
+    def __init__(self, model, preprocess: PreprocessConfig, *, chunk: int, threshold: float = 0.5):
+        import tensorflow as tf
+
+        from pancseg_tf.serving import constants as names
+
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise PancsegError(f"chunk must be an integer >= 1 slice, got {chunk!r}")
+        if not 0.0 < threshold < 1.0:
+            raise PancsegError(f"threshold must be in (0, 1), got {threshold}")
+        height, width = (int(v) for v in preprocess.size)
+        model_size = getattr(model, "input_size", None)
+        if model_size is not None and tuple(model_size) != (height, width):
+            raise PancsegError(
+                f"the model takes {tuple(model_size)} slices but preprocess.size is "
+                f"{(height, width)}: the run's config.yaml does not belong to this model"
+            )
+        self.model = model
+        self.preprocess = preprocess
+        self.chunk = chunk
+        self.threshold = float(threshold)
+        self.size = (height, width)
+        self.contextual = len(model.inputs[0].shape) == 5
+        self._names = names
+        shape = (None, chunk, height, width)
+        wire = tf.int16 if preprocess.modality == "ct" else tf.float32
+        self.input_signature = [
+            tf.TensorSpec(shape, wire, name=names.SLICES),
+            tf.TensorSpec((None,), tf.int32, name=names.SLICE_COUNT),
+        ]
+        if preprocess.modality == "mri":
+            self.input_signature.append(
+                tf.TensorSpec((None, 2), tf.float32, name=names.PERCENTILES)
+            )
+            self.serve_fn = self._serve_mri
+        else:
+            self.serve_fn = self._serve_ct
+        #: ``serve(slices, slice_count[, percentiles]) -> {"probabilities", "mask"}``.
+        self.serve = tf.function(
+            self.serve_fn, input_signature=self.input_signature, autograph=False
+        )
+        #: ``from_normalized(x (B, chunk, H, W) in [0, 1], slice_count) -> probabilities``.
+        self.from_normalized = tf.function(
+            self._probabilities,
+            input_signature=[
+                tf.TensorSpec(shape, tf.float32, name="normalized"),
+                tf.TensorSpec((None,), tf.int32, name=names.SLICE_COUNT),
+            ],
+            autograph=False,
+        )
+
+    def _serve_ct(self, slices, slice_count):
+        return self._serve(slices, slice_count, None)
+
+    def _serve_mri(self, slices, slice_count, percentiles):
+        return self._serve(slices, slice_count, percentiles)
+
+    def _serve(self, slices, slice_count, percentiles):
+        import tensorflow as tf
+
+        from pancseg_tf.preprocessing.intensity import normalize_intensity
+
+        n = self._names
+        batch = tf.shape(slices)[0]
+        # Assert ops: a malformed request fails with INVALID_ARGUMENT, never a wrong answer.
+        checks = [
+            tf.debugging.assert_positive(
+                batch, message=f"'{n.SLICES}' must hold at least one chunk (axis 0 >= 1)"
+            ),
+            tf.debugging.assert_equal(
+                tf.shape(slice_count)[0],
+                batch,
+                message=f"'{n.SLICE_COUNT}' must have one value per chunk of '{n.SLICES}'",
+            ),
+            tf.debugging.assert_greater_equal(
+                slice_count, 1, message=f"'{n.SLICE_COUNT}' values must be >= 1"
+            ),
+            tf.debugging.assert_less_equal(
+                slice_count,
+                self.chunk,
+                message=f"'{n.SLICE_COUNT}' values must be <= the chunk length {self.chunk}",
+            ),
+        ]
+        pair = None
+        if percentiles is not None:
+            checks.append(
+                tf.debugging.assert_equal(
+                    tf.shape(percentiles)[0],
+                    batch,
+                    message=f"'{n.PERCENTILES}' must have one row per chunk of '{n.SLICES}'",
+                )
+            )
+            percentiles = tf.debugging.assert_all_finite(
+                percentiles, f"'{n.PERCENTILES}' must be finite"
+            )
+            pair = (percentiles[:, 0, None, None, None], percentiles[:, 1, None, None, None])
+        with tf.control_dependencies(checks):
+            slices = tf.identity(slices)
+        p = self.preprocess
+        normalized = normalize_intensity(slices, p.modality, window=p.hu_window, percentiles=pair)
+        probabilities = self._probabilities(normalized, slice_count)
+        mask = tf.cast(probabilities >= self.threshold, tf.uint8)
+        return {n.PROBABILITIES: probabilities, n.MASK: mask}
+
+    def _probabilities(self, normalized, slice_count):
+        import tensorflow as tf
+
+        chunk, (height, width) = self.chunk, self.size
+
+        def one_chunk(args):
+            x, count = args
+            x = x[:count]
+            if self.contextual:
+                prob = _main_output(self.model(x[None, :, :, :, None], training=False))[0]
+            else:
+                prob = _main_output(self.model(x[:, :, :, None], training=False))
+            prob = tf.cast(prob[:, :, :, 0], tf.float32)
+            return tf.pad(prob, [[0, chunk - count], [0, 0], [0, 0]])
+
+        # One chunk per iteration, in order: memory of one chunk, whatever the batch.
+        return tf.map_fn(
+            one_chunk,
+            (tf.cast(normalized, tf.float32), slice_count),
+            fn_output_signature=tf.TensorSpec((chunk, height, width), tf.float32),
+            parallel_iterations=1,
+            name="chunks",
+        )
 
 
 # === Post-processing ===
@@ -205,6 +434,20 @@ class Segmentation:
     plan: Any
 
 
+def finish_segmentation(
+    plan: Any, model_probabilities: np.ndarray, *, threshold: float, postprocess: bool
+) -> Segmentation:
+    """Model-grid probabilities -> the volume's own grid, threshold, post-processing.
+
+    The last steps of `Segmenter.segment`, shared with the serving client.
+    """
+    probs = plan.inverse(model_probabilities)
+    mask = (probs >= threshold).astype(np.uint8)
+    if postprocess:
+        mask = postprocess_mask(mask)
+    return Segmentation(mask, probs, model_probabilities, plan)
+
+
 class Segmenter:
     """Segments whole volumes with a `SliceCNN` or a `ContextualSegmenter`.
 
@@ -217,6 +460,9 @@ class Segmenter:
         chunk: slices per ConvLSTM pass; ``None`` runs the whole volume in one pass.
         overlap: slices shared by consecutive chunks (default a quarter of ``chunk``).
         slice_batch: slices per CNN call.
+        tta: test-time augmentation: the mean of the probabilities over `TTA_TRANSFORMS`, small
+            in-plane shifts and zooms of the kind training augments with (no flips: training
+            has none). Costs one network pass per transform (5x).
 
     Example:
         >>> seg = Segmenter.from_path("runs/demo")
@@ -234,6 +480,7 @@ class Segmenter:
         chunk: int | None = None,
         overlap: int | None = None,
         slice_batch: int = 16,
+        tta: bool = False,
     ) -> None:
         if not 0.0 < threshold < 1.0:
             raise PancsegError(f"threshold must be in (0, 1), got {threshold}")
@@ -248,7 +495,9 @@ class Segmenter:
         if chunk is not None:
             chunk_spans(chunk + 1, chunk, self.overlap)  # validates chunk and overlap
         self.slice_batch = slice_batch
+        self.tta = tta
         self.contextual = len(model.inputs[0].shape) == 5
+        self._chunk_network: ChunkNetwork | None = None
 
     @classmethod
     def from_path(cls, path: str | pathlib.Path, *, unsafe: bool = False, **kwargs) -> Segmenter:
@@ -261,15 +510,7 @@ class Segmenter:
     # --- host steps ---
 
     def plan(self, volume: Volume):
-        from pancseg_tf.preprocessing.geometry import plan_geometry
-
-        p = self.preprocess
-        return plan_geometry(
-            volume,
-            spacing_mm=p.spacing_mm,
-            slice_spacing_mm=p.slice_spacing_mm,
-            size=tuple(p.size),
-        )
+        return plan_volume(volume, self.preprocess)
 
     def normalize(self, image: np.ndarray, volume: Volume | None = None) -> np.ndarray:
         """Model-grid intensities -> [0, 1] float32 through the shared intensity module."""
@@ -289,17 +530,69 @@ class Segmenter:
 
     def predict_model_grid(self, image: np.ndarray) -> np.ndarray:
         """Probabilities for a normalised ``(H, W, K)`` model-grid volume, same shape, float32."""
-        num_slices = image.shape[2]
+        if not self.tta:
+            return self._predict_once(image)
+        total = np.zeros(image.shape, dtype=np.float32)
+        for zoom, shift in TTA_TRANSFORMS:
+            moved = _inplane_transform(image, zoom, shift)
+            total += _inplane_transform(self._predict_once(moved), zoom, shift, inverse=True)
+        return total / np.float32(len(TTA_TRANSFORMS))
+
+    def _predict_once(self, image: np.ndarray) -> np.ndarray:
         slices = np.ascontiguousarray(np.moveaxis(image, 2, 0)[..., None], dtype=np.float32)
         if not self.contextual:
             probs = self._run_cnn(slices)
         elif self.chunk is None:
             probs = self._run_contextual(slices)
         else:
-            spans = chunk_spans(num_slices, self.chunk, self.overlap)
-            parts = [np.moveaxis(self._run_contextual(slices[a:b]), 0, 2)[..., 0] for a, b in spans]
-            return blend_chunks(parts, spans, num_slices, self.overlap)
+            return self._run_chunks(image, normalized=True)
         return np.moveaxis(probs[..., 0], 0, 2).astype(np.float32)
+
+    @property
+    def chunk_network(self) -> ChunkNetwork:
+        """The `ChunkNetwork` of ``chunk`` slices (the served computation), built on first use."""
+        if self.chunk is None:
+            raise PancsegError("chunk_network needs a Segmenter with chunk=N")
+        if self._chunk_network is None:
+            self._chunk_network = ChunkNetwork(
+                self.model, self.preprocess, chunk=self.chunk, threshold=self.threshold
+            )
+        return self._chunk_network
+
+    def predict_chunks(
+        self, image: np.ndarray, percentiles: tuple[float, float] | None = None
+    ) -> np.ndarray:
+        """Probabilities for raw model-grid intensities, exactly as a served export computes them.
+
+        Args:
+            image: ``(H, W, K)`` model-grid intensities in the wire dtype (`wire_intensities`).
+            percentiles: the volume's MRI ``(p_low, p_high)`` (`request_intensities`); None for CT.
+
+        Returns:
+            ``(H, W, K)`` float32: `ChunkNetwork.serve` on each chunk, blended by `blend_chunks`.
+        """
+        return self._run_chunks(image, percentiles=percentiles, normalized=False)
+
+    def _run_chunks(self, image, percentiles=None, *, normalized: bool) -> np.ndarray:
+        from pancseg_tf.serving.constants import PROBABILITIES
+
+        net = self.chunk_network
+        num_slices = image.shape[2]
+        spans = chunk_spans(num_slices, self.chunk, self.overlap)
+        rows = []
+        # One chunk per call keeps memory at one chunk; each chunk's bits do not depend on the
+        # grouping (see ChunkNetwork), so this equals what a server computes for any request.
+        for span in spans:
+            slices, counts = stack_chunks(image, [span], self.chunk)
+            if normalized:
+                out = net.from_normalized(slices, counts)
+            elif percentiles is None:
+                out = net.serve(slices, counts)[PROBABILITIES]
+            else:
+                pair = np.asarray([percentiles], dtype=np.float32)
+                out = net.serve(slices, counts, pair)[PROBABILITIES]
+            rows.append(np.asarray(out)[0])
+        return blend_chunks(unstack_chunks(rows, spans), spans, num_slices, self.overlap)
 
     def _run_cnn(self, slices: np.ndarray) -> np.ndarray:
         outs = []
@@ -347,13 +640,49 @@ class Segmenter:
                 volume.modality.upper(),
             )
         plan = self.plan(volume)
-        image = self.normalize(plan.forward(volume.array), volume)
-        model_probs = self.predict_model_grid(image)
-        probs = plan.inverse(model_probs)
-        mask = (probs >= self.threshold).astype(np.uint8)
-        if self.postprocess:
-            mask = postprocess_mask(mask)
-        return Segmentation(mask, probs, model_probs, plan)
+        if self.chunk is not None and not self.tta:
+            # The served computation on the wire's intensities: what `pancseg query` gets back.
+            image, percentiles = request_intensities(volume, plan, self.preprocess)
+            model_probs = self.predict_chunks(image, percentiles)
+        else:
+            image = self.normalize(plan.forward(volume.array), volume)
+            model_probs = self.predict_model_grid(image)
+        return finish_segmentation(
+            plan, model_probs, threshold=self.threshold, postprocess=self.postprocess
+        )
+
+
+#: (zoom, (shift_h, shift_w) in pixels) of test-time augmentation: identity, two diagonal
+#: shifts and a 0.93 / 1.07 zoom, inside training's augmentation range (zoom 0.9-1.1, crops).
+TTA_TRANSFORMS = (
+    (1.0, (0.0, 0.0)),
+    (1.0, (6.0, 6.0)),
+    (1.0, (-6.0, -6.0)),
+    (0.93, (0.0, 0.0)),
+    (1.07, (0.0, 0.0)),
+)
+
+
+def _inplane_transform(
+    volume: np.ndarray, zoom: float, shift: tuple[float, float], *, inverse: bool = False
+) -> np.ndarray:
+    """Zooms about the plane's centre and shifts every slice of ``(H, W, K)`` alike (linear)."""
+    if zoom == 1.0 and shift == (0.0, 0.0):
+        return volume
+    height, width = volume.shape[:2]
+    centre = np.array([(height - 1) / 2.0, (width - 1) / 2.0])
+    shift_arr = np.asarray(shift, dtype=np.float64)
+    # Output pixel u samples input x = (u - c - t) / zoom + c (forward) or x = zoom (u - c) + c + t.
+    if inverse:
+        matrix, offset = zoom, centre - zoom * centre + shift_arr
+    else:
+        matrix, offset = 1.0 / zoom, centre - (centre + shift_arr) / zoom
+    out = np.empty_like(volume, dtype=np.float32)
+    for k in range(volume.shape[2]):
+        out[:, :, k] = ndimage.affine_transform(
+            volume[:, :, k], np.array([matrix, matrix]), offset=offset, order=1, mode="nearest"
+        )
+    return out
 
 
 def _main_output(out):

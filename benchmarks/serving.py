@@ -1,0 +1,185 @@
+"""One volume through gRPC against in-process prediction: wall time and bytes on the wire.
+
+Exports a model (chunks of ``--chunk`` slices), starts the local TF Serving stand-in
+(`pancseg_tf.serving.testserver`) in a separate process on 127.0.0.1, and segments the same
+volume twice, once in process (``Segmenter(chunk=N)``, what ``pancseg predict --chunk N`` runs)
+and once with ``pancseg query``'s gRPC client, after one untimed warm-up of each (tracing;
+TF Serving's ``--enable_model_warmup`` does that at load time). It checks that both masks are
+the same bits and prints one JSON object:
+
+- ``serving_time_ratio``: gRPC query time / in-process time (warm);
+- ``serving_bytes_per_volume``: serialised request + response payloads of one ``pancseg
+  query`` (protocol buffers of its metadata and config calls and of every chunk request and
+  response; HTTP/2 framing not counted).
+
+The server answers with ``tensor_content`` bytes (``--response-encoding content``): the stand-in
+is Python, and filling ``float_val`` in Python would time the stand-in rather than the protocol;
+TF Serving fills it in C++. Weights are random (speed does not depend on them).
+
+Usage::
+
+    python benchmarks/serving.py --quick      # tiny model, the 3 mm real CT (about a minute)
+    python benchmarks/serving.py              # "quick" preset at 256 x 256, the NIH CT case
+    python benchmarks/serving.py --model RUN --volume ct.nii.gz --chunk 16 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+QUICK_VOLUME = SHARED / "totalsegmentator_example" / "ct_3mm.nii.gz"
+FULL_VOLUME = SHARED / "nih_pancreas_ct" / "Pancreas-CT" / "PANCREAS_0002"
+
+
+def _build_run(folder: pathlib.Path, quick: bool) -> pathlib.Path:
+    """A run folder with a random-weight model: tiny at 48 x 48 or the quick preset."""
+    import keras
+
+    from pancseg_tf.config import Config, apply_overrides, save_config
+    from pancseg_tf.models import ContextualSegmenter, SliceCNN
+
+    keras.utils.set_random_seed(0)
+    if quick:
+        model = ContextualSegmenter(
+            slice_cnn=SliceCNN(base_filters=4, depth=2, input_size=(48, 48)),
+            lstm_filters=4,
+            lstm_resolution=2,
+            context_channels=2,
+        )
+        settings = ["preprocess.size=[48, 48]", "preprocess.spacing_mm=3.2"]
+    else:
+        model = ContextualSegmenter.from_preset("quick")
+        settings = []
+    size = model.input_size
+    model(np.zeros((1, 3, *size, 1), np.float32))
+    conv = model.slice_fusion.get_layer("fusion_conv")  # as training leaves it: non-zero
+    conv.kernel.assign(np.random.default_rng(0).normal(0, 0.1, conv.kernel.shape))
+    folder.mkdir(parents=True)
+    model.save(folder / "model.keras")
+    save_config(apply_overrides(Config(), settings), folder / "config.yaml")
+    return folder
+
+
+def _start_server(base: pathlib.Path) -> tuple[subprocess.Popen, str]:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        sys.executable,
+        "-m",
+        "pancseg_tf.serving.testserver",
+        str(base),
+        "--grpc-port",
+        str(port),
+        "--rest-port",
+        "0",
+        "--response-encoding",
+        "content",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return process, f"127.0.0.1:{port}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny model on a small volume")
+    parser.add_argument("--model", type=pathlib.Path, help="a run folder or .keras to export")
+    parser.add_argument("--volume", type=pathlib.Path, help="NIfTI file or DICOM series folder")
+    parser.add_argument("--chunk", type=int, default=None, help="slices per chunk (default 16)")
+    parser.add_argument("--json", type=pathlib.Path, help="also write the result here")
+    args = parser.parse_args(argv)
+
+    from pancseg_tf.inference import Segmenter, load_model, load_run_config, resolve_model_path
+    from pancseg_tf.io import read_volume
+    from pancseg_tf.serving import constants as names
+    from pancseg_tf.serving.client import GrpcClient, query_volume
+    from pancseg_tf.serving.export import export_model
+
+    chunk = args.chunk or (8 if args.quick else names.DEFAULT_CHUNK)
+    source = args.volume or (QUICK_VOLUME if args.quick else FULL_VOLUME)
+    # Named by what it is, never by a file or folder name (a case's folder may carry an ID).
+    label = "given" if args.volume else "shared 3 mm CT" if args.quick else "shared NIH CT case"
+    if source == FULL_VOLUME:
+        source = next(FULL_VOLUME.glob("*/*"))  # the series folder
+    volume = read_volume(source)
+    with tempfile.TemporaryDirectory(prefix="pancseg-serving-bench-") as tmp:
+        tmp = pathlib.Path(tmp)
+        run = args.model or _build_run(tmp / "run", args.quick)
+        export = export_model(run, tmp / "exports", chunk=chunk)
+        model_path = resolve_model_path(run)
+        cfg = load_run_config(model_path)
+        segmenter = Segmenter(
+            load_model(model_path),
+            cfg.preprocess,
+            threshold=cfg.postprocess.threshold,
+            postprocess=cfg.postprocess.largest_component,
+            chunk=chunk,
+        )
+        process, target = _start_server(export.parent.parent)
+        try:
+            with GrpcClient(target, retries=30, backoff_s=0.5, timeout_s=600) as client:
+                query_volume(volume, client)  # warm-up; waits for the server to start
+            with GrpcClient(target, timeout_s=600) as client:
+                start = time.perf_counter()
+                result = query_volume(volume, client)  # as `pancseg query` runs it
+                serving_s = time.perf_counter() - start
+            served = result.served
+            segmenter.segment(volume)  # warm-up (tracing)
+            start = time.perf_counter()
+            local = segmenter.segment(volume)
+            local_s = time.perf_counter() - start
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
+    identical = bool(
+        np.array_equal(local.mask, result.segmentation.mask)
+        and np.array_equal(local.model_probabilities, result.segmentation.model_probabilities)
+    )
+    import tensorflow as tf
+
+    report = {
+        "serving_time_ratio": round(serving_s / local_s, 3),
+        "serving_bytes_per_volume": result.bytes_sent + result.bytes_received,
+        "bytes_sent": result.bytes_sent,
+        "bytes_received": result.bytes_received,
+        "in_process_seconds": round(local_s, 3),
+        "serving_seconds": round(serving_s, 3),
+        "bit_identical": identical,
+        "volume": label,
+        "volume_shape": list(volume.shape),
+        "model_grid_shape": list(local.model_probabilities.shape),
+        "input_size": list(served.size),
+        "chunk": served.chunk,
+        "overlap": served.overlap,
+        "chunks": result.chunks,
+        "requests": result.requests,
+        "transport": "grpc",
+        "server": "pancseg_tf.serving.testserver (separate process, tensor_content responses)",
+        "tensorflow": tf.__version__,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+    }
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0 if identical else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

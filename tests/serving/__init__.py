@@ -1,0 +1,86 @@
+"""Tests of `pancseg_tf.serving`, and the tiny runs they export.
+
+A run here is what ``pancseg train`` leaves behind, in small: ``model.keras`` (a 2-level CNN on
+48 x 48 slices, a 4-filter ConvLSTM at 1/2 resolution) and a ``config.yaml`` with a provenance
+block. The fusion conv gets random weights, as training would give it, so the ConvLSTM's
+context changes the output and where chunks start and end matters.
+"""
+
+import pathlib
+
+import numpy as np
+
+SIZE = (48, 48)
+#: 3.2 mm pixels: the real 3 mm CT's body fits the 48 x 48 field (154 mm).
+SETTINGS = ["preprocess.size=[48, 48]", "preprocess.spacing_mm=3.2"]
+CHUNK = 8
+PROVENANCE = {"package": "pancseg_tf", "package_version": "test", "seed": 0}
+
+
+def tiny_model(seed: int = 0):
+    """A built `ContextualSegmenter` with an active (non-zero) fusion conv."""
+    import keras
+
+    from pancseg_tf.models import ContextualSegmenter, SliceCNN
+
+    keras.utils.set_random_seed(seed)
+    model = ContextualSegmenter(
+        slice_cnn=SliceCNN(base_filters=4, depth=2, input_size=SIZE),
+        lstm_filters=4,
+        lstm_resolution=2,
+        context_channels=2,
+    )
+    model(np.zeros((1, 3, *SIZE, 1), np.float32))
+    activate_fusion(model, seed)
+    return model
+
+
+def activate_fusion(model, seed: int = 0, scale: float = 0.5) -> None:
+    """Random fusion-conv weights, as training would leave them (it starts at zero)."""
+    conv = model.slice_fusion.get_layer("fusion_conv")
+    rng = np.random.default_rng(seed)
+    conv.kernel.assign(rng.normal(0, scale, conv.kernel.shape).astype(np.float32))
+
+
+def write_run(folder: pathlib.Path, model, *, modality: str = "ct", extra=()) -> pathlib.Path:
+    """``folder/model.keras`` + ``folder/config.yaml`` (with a provenance block)."""
+    from pancseg_tf.config import Config, apply_overrides, save_config
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "model.keras")
+    cfg = apply_overrides(Config(), [*SETTINGS, f"preprocess.modality={modality}", *extra])
+    save_config(cfg, folder / "config.yaml", extra=PROVENANCE)
+    return folder
+
+
+def predict_segmenter(run: pathlib.Path, chunk: int | None = None):
+    """The `Segmenter` ``pancseg predict RUN [--chunk N]`` builds (run's threshold and
+    post-processing, default overlap)."""
+    from pancseg_tf.inference import Segmenter, load_model, load_run_config, resolve_model_path
+
+    model_path = resolve_model_path(run)
+    cfg = load_run_config(model_path)
+    return Segmenter(
+        load_model(model_path),
+        cfg.preprocess,
+        threshold=cfg.postprocess.threshold,
+        postprocess=cfg.postprocess.largest_component,
+        chunk=chunk,
+    )
+
+
+_SHARED: dict = {}
+
+
+def shared_export(tmp_path_factory):
+    """``(model, run, export)``: one tiny run and its export (chunk 8), made once per session
+    and shared by the test modules (an export takes seconds: Keras traces the model twice)."""
+    key = str(tmp_path_factory.getbasetemp())
+    if key not in _SHARED:
+        from pancseg_tf.serving.export import export_model
+
+        root = tmp_path_factory.mktemp("serving-shared")
+        model = tiny_model(seed=0)
+        run = write_run(root / "run", model)
+        _SHARED[key] = (model, run, export_model(run, root / "exports", chunk=CHUNK))
+    return _SHARED[key]

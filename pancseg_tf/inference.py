@@ -633,12 +633,7 @@ class Segmenter:
 
     def segment(self, volume: Volume) -> Segmentation:
         """Segments one volume; the mask lands on the volume's own grid (shape and affine)."""
-        if volume.modality != self.preprocess.modality:
-            log.warning(
-                "the model was trained on %s but the volume is %s",
-                self.preprocess.modality.upper(),
-                volume.modality.upper(),
-            )
+        check_modality(volume, self.preprocess.modality)
         plan = self.plan(volume)
         if self.chunk is not None and not self.tta:
             # The served computation on the wire's intensities: what `pancseg query` gets back.
@@ -650,6 +645,27 @@ class Segmenter:
         return finish_segmentation(
             plan, model_probs, threshold=self.threshold, postprocess=self.postprocess
         )
+
+
+def check_modality(volume: Volume, modality: str) -> bool:
+    """Warns when the volume does not look like what the model was trained on; True if it does.
+
+    A NIfTI file carries no modality, so the intensity range decides: CT in Hounsfield units
+    has air near -1000 HU, MRI has no negative values to speak of.
+    """
+    low = float(np.min(volume.array))
+    looks_ct = low < -500.0
+    if volume.modality != modality or (modality == "ct") != looks_ct:
+        seen = "CT (HU)" if looks_ct else "not CT in HU (MRI?)"
+        log.warning(
+            "the model was trained on %s but %s looks %s (minimum %.0f): check the input",
+            modality.upper(),
+            pathlib.Path(volume.source).name or "the volume",
+            seen,
+            low,
+        )
+        return False
+    return True
 
 
 #: (zoom, (shift_h, shift_w) in pixels) of test-time augmentation: identity, two diagonal

@@ -146,3 +146,13 @@ def test_nih_case_predicts_on_its_grid_and_evaluates_against_its_label(
         if path.is_file():
             blob = path.read_bytes()
             assert b"20151124" not in blob and b"11-24-2015" not in blob, path
+
+
+def test_mri_given_to_a_ct_model_warns(tiny_run, tmp_path):
+    from pancseg_tf.synthetic import make_cohort
+
+    cohort = make_cohort(tmp_path / "mri", cases=1, modality="mri", seed=2, shape=(64, 64, 12))
+    image = next((cohort / "imagesTr").glob("*.nii.gz"))
+    proc = pancseg("predict", tiny_run, image, "-o", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    assert "trained on CT" in proc.stderr and "MRI" in proc.stderr

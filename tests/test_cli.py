@@ -49,8 +49,10 @@ def assert_one_line_error(status, stderr, *fragments):
 
 
 def write_nifti(path, array, affine=None):
-    nib.save(nib.Nifti1Image(array, np.diag([0.8, 0.8, 2.5, 1.0]) if affine is None else affine),
-             str(path))
+    nib.save(
+        nib.Nifti1Image(array, np.diag([0.8, 0.8, 2.5, 1.0]) if affine is None else affine),
+        str(path),
+    )
     return path
 
 
@@ -212,8 +214,12 @@ def test_no_patient_field_in_any_output(tmp_path):
     write_series(series, np.full((16, 12, 6), 40, np.int16), patient=PATIENT)
     out = tmp_path / "out.nii.gz"
     texts = []
-    for args in (("info", series), ("info", series, "--json"), ("convert", series, out),
-                 ("--debug", "info", series)):
+    for args in (
+        ("info", series),
+        ("info", series, "--json"),
+        ("convert", series, out),
+        ("--debug", "info", series),
+    ):
         status, stdout, stderr = pancseg(*args)
         assert status == 0, stderr
         texts += [stdout, stderr]
@@ -222,3 +228,33 @@ def test_no_patient_field_in_any_output(tmp_path):
         for blob in blobs:
             assert value.encode() not in blob
             assert value.split("^")[0].encode() not in blob
+
+
+def _manifest_case(tmp_path, label):
+    image = np.full((32, 32, 8), -1000, np.int16)
+    image[6:26, 6:26] = 40
+    write_nifti(tmp_path / "img.nii.gz", image, np.diag([2.0, 2.0, 2.5, 1.0]))
+    write_nifti(tmp_path / "lab.nii.gz", label, np.diag([2.0, 2.0, 2.5, 1.0]))
+    manifest = tmp_path / "cohort.csv"
+    manifest.write_text("case_id,image,label,modality\ncase_a,img.nii.gz,lab.nii.gz,ct\n")
+    return manifest
+
+
+@pytest.mark.parametrize(
+    "label, fragment",
+    [
+        (np.zeros((32, 32, 9), np.uint8), "shape"),  # image and label of different shapes
+        (np.pad(np.full((2, 2, 1), 5, np.uint8), ((10, 20), (10, 20), (3, 4))), "[0, 5]"),
+    ],
+    ids=["shape_mismatch", "unexpected_values"],
+)
+def test_prepare_refuses_a_bad_label(tmp_path, label, fragment):
+    manifest = _manifest_case(tmp_path, label)
+    out = tmp_path / "prepared"
+    status, _, err = pancseg("prepare", manifest, out)
+    assert status == 2, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("pancseg: error: ") and "case_a" in last and fragment in last, err
+    assert "Traceback" not in err
+    assert not (out / "index.json").exists()
+    assert not list(out.rglob("*.tfrecord")) if out.exists() else True

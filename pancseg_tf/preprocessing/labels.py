@@ -63,7 +63,13 @@ def parse_label_values(text: str) -> tuple[int, ...] | None:
     return _checked_values(values, text)
 
 
-def map_labels(label_array: np.ndarray, values: LabelValues, *, strict: bool = False) -> np.ndarray:
+def map_labels(
+    label_array: np.ndarray,
+    values: LabelValues,
+    *,
+    strict: bool = False,
+    require_present: bool = False,
+) -> np.ndarray:
     """A binary pancreas mask from a label map.
 
     Args:
@@ -73,13 +79,17 @@ def map_labels(label_array: np.ndarray, values: LabelValues, *, strict: bool = F
             `LABEL_PRESETS`, or ``None`` / ``"nonzero"`` for every non-zero value.
         strict: also require that the map holds no value other than 0 and ``values`` (catches
             a wrong preset, e.g. a multi-organ map read with the MSD values).
+        require_present: when the map has non-zero values but none of ``values``, raise
+            instead of returning an empty mask (a label map of another dataset, or the wrong
+            ``label_values``: training on it would teach "no pancreas").
 
     Returns:
         uint8 array of ``label_array``'s shape: 1 where the label is one of ``values``, else 0.
 
     Raises:
         PancsegError: on float labels that are not whole numbers (an interpolated label map),
-            on an unknown preset, or, when ``strict``, on unexpected values (it names them).
+            on negative values, on an unknown preset, when ``strict`` on unexpected values, and
+            when ``require_present`` on a map without any of ``values`` (each names the values).
     """
     label_array = np.asarray(label_array)
     if isinstance(values, str):
@@ -96,6 +106,19 @@ def map_labels(label_array: np.ndarray, values: LabelValues, *, strict: bool = F
             )
     elif label_array.dtype.kind not in "iub":
         raise PancsegError(f"label map must be numeric, got dtype {label_array.dtype}")
+    if label_array.size and np.min(label_array) < 0:
+        raise PancsegError(
+            f"label map holds negative values {_some(np.unique(label_array[label_array < 0]))}: "
+            "expected non-negative labels"
+        )
+    if require_present and values is not None:
+        wanted = np.isin(label_array, np.array(values))
+        if not wanted.any() and np.any(label_array != 0):
+            raise PancsegError(
+                f"label map holds values {_some(np.unique(label_array))} but none of the "
+                f"pancreas values {sorted(int(v) for v in values)}; set preprocess.label_values "
+                "(or --gt-labels) to the values that mean pancreas"
+            )
     if strict and values is not None:
         # "nonzero" accepts every value, so strict checks only explicit values.
         allowed = np.array([0, *values])

@@ -105,3 +105,25 @@ def test_totalsegmentator_labels_give_the_pancreas(ts_labels_path):
     assert mask.shape == labels.shape and mask.sum() == 644
     with pytest.raises(PancsegError, match="besides the expected \\[0, 7\\]"):
         map_labels(labels, "totalsegmentator", strict=True)
+
+
+def test_negative_labels_are_refused():
+    with pytest.raises(PancsegError, match="negative"):
+        map_labels(np.array([[0, -1], [1, 2]]), (1,))
+
+
+@pytest.mark.parametrize(
+    "label, values, ok",
+    [
+        ([[0, 5], [5, 0]], (1, 2), False),  # another dataset's labels: refused
+        ([[0, 7], [5, 0]], (7,), True),  # multi-organ map with the pancreas: fine
+        ([[0, 0], [0, 0]], (1, 2), True),  # no foreground at all: an empty mask
+    ],
+)
+def test_require_present(label, values, ok):
+    label = np.array(label, np.uint8)
+    if ok:
+        assert map_labels(label, values, require_present=True).shape == label.shape
+    else:
+        with pytest.raises(PancsegError, match="none of the pancreas values"):
+            map_labels(label, values, require_present=True)

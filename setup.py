@@ -22,6 +22,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["pancseg_tf", "pancseg_tf.*"]),
+    # The named configs (training/configs/ links to them), so `--config quick` works installed.
+    package_data={"pancseg_tf": ["configs/*.yaml"]},
     install_requires=[
         "tensorflow>=2.18,<3",
         # TensorFlow 2.21 no longer pulls it in; the TensorBoard callback needs it.
@@ -37,9 +39,12 @@ setup(
         "Pillow>=9.0",
         "PyYAML>=6.0",
         "matplotlib>=3.6",
+        # TF Serving's protos: `pancseg export` writes warm-up requests with them (and the demo
+        # exports). Small, but it requires a tensorflow of its own version or newer.
+        "tensorflow-serving-api>=2.18,<3",
     ],
     extras_require={
-        # gRPC client for TensorFlow Serving; it requires a matching tensorflow.
+        # The gRPC client for TensorFlow Serving (`pancseg query`).
         "serving": ["tensorflow-serving-api>=2.18,<3", "grpcio>=1.60"],
         "test": [
             "pytest>=7.4",

@@ -339,8 +339,13 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return cfg
 
 
+#: Named configs shipped with the package (``--config quick`` or ``--config paper``).
+NAMED_CONFIGS = pathlib.Path(__file__).parent / "configs"
+
+
 def load_config(path: str | pathlib.Path | None) -> Config:
-    """Reads a YAML config; ``None`` gives the defaults.
+    """Reads a YAML config; ``None`` gives the defaults; a bare name (``quick``, ``paper``) a
+    config shipped with the package.
 
     Raises:
         PancsegError: the file is missing, is not YAML, or has an unknown or mistyped key.
@@ -350,8 +355,17 @@ def load_config(path: str | pathlib.Path | None) -> Config:
     import yaml
 
     path = pathlib.Path(path)
+    named = NAMED_CONFIGS / f"{path}.yaml"
+    if (
+        not path.is_file()
+        and path.suffix == ""
+        and path.parent == pathlib.Path(".")
+        and named.is_file()
+    ):
+        path = named
     if not path.is_file():
-        raise PancsegError(f"config file not found: {path}")
+        known = ", ".join(sorted(p.stem for p in NAMED_CONFIGS.glob("*.yaml")))
+        raise PancsegError(f"config file not found: {path} (named configs: {known})")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:

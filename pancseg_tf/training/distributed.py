@@ -34,6 +34,7 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
         _side_weights,
         build_contextual,
         build_slice_cnn,
+        freeze_for_stage2,
         make_loss,
         make_optimizer,
     )
@@ -170,7 +171,7 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
                 model = build_contextual(cfg)
                 model(tf.zeros((1, cfg.data.window, *cfg.preprocess.size, 1)))
                 transfer_stage1_weights(stage1, model)
-                model.freeze_cnn(frozen)
+                freeze_for_stage2(model, frozen=frozen)
                 return model
 
             model = fit_phase(

@@ -46,6 +46,7 @@ import logging
 import math
 import os
 import pathlib
+import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -361,6 +362,13 @@ def make_training_dataset(
         )
     if not usable:
         raise PancsegError(f"no selected case has {window} slices or more")
+    total = sum(_case_windows(e["num_slices"], window, stride) for e in usable)
+    if total < batch:
+        # Every epoch would be empty after dropping the partial batch: an endless loop.
+        raise PancsegError(
+            f"the selected cases give {total} {'windows' if stage == 2 else 'slices'} per epoch, "
+            f"fewer than one batch of {batch}; lower the batch size or add cases"
+        )
     modality = index["modality"]
     spec = _Spec(
         window=window,
@@ -372,7 +380,9 @@ def make_training_dataset(
     do_augment = config.data.augment if augment is None else bool(augment)
     root = pathlib.Path(data_dir)
     files = tf.constant([str(root / e["shard"]) for e in usable])
-    ordinals = tf.constant([i for i, _ in enumerate(usable)], tf.int32)
+    # Each case's random draws are keyed by its id, not its position: the same case gets the
+    # same windows in an epoch whichever other cases a split puts beside it.
+    ordinals = tf.constant([zlib.crc32(e["case_id"].encode()) >> 1 for e in usable], tf.int32)
     num_files = len(usable)
     if input_context is not None:
         batch = input_context.get_per_replica_batch_size(batch)
@@ -431,6 +441,9 @@ def make_training_dataset(
     ds = ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = bool(deterministic)
+    # Each input op on one thread: parallelism comes from parallel maps and interleave, and the
+    # training step's own ops keep the intra-op thread pool (tf-models' input readers do this).
+    options.threading.max_intra_op_parallelism = 1
     return ds.with_options(options)
 
 

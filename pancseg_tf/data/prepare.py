@@ -40,9 +40,8 @@ import multiprocessing
 import os
 import pathlib
 import re
-import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Generator, Sequence
 from typing import Any
 
 import numpy as np
@@ -124,8 +123,9 @@ def prepare_case(case: Any, config: Config) -> tuple[bytes, dict[str, Any]]:
         case's JSON-able index entry (without the shard's file name and size).
 
     Raises:
-        PancsegError: the image or label cannot be read, their shapes differ, or the case's
-            modality is not the configured one.
+        PancsegError: the image or label cannot be read, the label is not on the image's grid
+            (another shape, or an affine half a voxel or more away), or the case's modality is
+            not the configured one.
     """
     from pancseg_tf.preprocessing.geometry import plan_geometry
     from pancseg_tf.preprocessing.labels import map_labels
@@ -149,7 +149,7 @@ def prepare_case(case: Any, config: Config) -> tuple[bytes, dict[str, Any]]:
     plan = plan_geometry(
         image, spacing_mm=p.spacing_mm, slice_spacing_mm=p.slice_spacing_mm, size=tuple(p.size)
     )
-    mask = plan.forward(map_labels(label, p.label_values), is_label=True)
+    mask = plan.forward(map_labels(label, p.label_values, require_present=True), is_label=True)
     del label
     scale = 1.0
     if p.modality == "ct":
@@ -250,6 +250,17 @@ class _Task:
     out: str
     config: Config
     preprocess_hash: str
+    cohort: str
+
+
+def _scrub_paths(message: str, task: _Task) -> str:
+    """A case's error without the paths of its files (folder names may hold a study date)."""
+    places = [(task.case.image, "<image>"), (task.case.label, "<label>"), (task.cohort, "<cohort>")]
+    for path, name in places:
+        if path is not None:
+            for form in {str(path), str(pathlib.Path(path).resolve())}:
+                message = message.replace(form, name)
+    return message
 
 
 def _run_task(task: _Task) -> dict[str, Any]:
@@ -263,7 +274,10 @@ def _run_task(task: _Task) -> dict[str, Any]:
     except MemoryError:
         return {"case_id": case_id, "error": "out of memory while preparing the case"}
     except Exception as err:  # noqa: BLE001 - reported per case, named, by the caller
-        return {"case_id": case_id, "error": f"{type(err).__name__}: {_one_line(err)}"}
+        message = f"{type(err).__name__}: {_one_line(err)}"
+        if isinstance(err, PancsegError):
+            message = _one_line(err)
+        return {"case_id": case_id, "error": message, "public_error": _scrub_paths(message, task)}
     shard = pathlib.Path(SHARDS_DIR) / f"{case_id}.tfrecord"
     write_tfrecord_atomic(out / shard, [record])
     entry["shard"] = shard.as_posix()
@@ -421,36 +435,37 @@ def prepare_cohort(
         out,
         len(selected) - len(todo),
     )
-    tasks = [_Task(c, str(out), config, preprocess_hash) for c in todo]
-    done = 0
-    for result in _run_tasks(tasks, workers):
-        done += 1
-        case_id = result["case_id"]
-        if "error" in result:
-            message = f"case {case_id}: {result['error']}"
-            if not skip_bad:
-                raise PancsegError(f"cannot prepare {message} (use --skip-bad to skip it)")
-            log.warning("skipping %s", message)
-            _write_atomic(
-                out / SKIPPED_DIR / f"{case_id}.json",
-                _json_bytes({"case_id": case_id, "error": result["error"]}),
+    tasks = [_Task(c, str(out), config, preprocess_hash, str(cohort)) for c in todo]
+    results = _run_tasks(tasks, workers)
+    try:
+        for done, result in enumerate(results, start=1):
+            case_id = result["case_id"]
+            if "error" in result:
+                message = f"case {case_id}: {result['error']}"
+                if not skip_bad:
+                    raise PancsegError(f"cannot prepare {message} (use --skip-bad to skip it)")
+                log.warning("skipping %s", message)
+                # The index gets the message without file paths: it may be shared.
+                skipped = {"case_id": case_id, "error": result["public_error"]}
+                _write_atomic(out / SKIPPED_DIR / f"{case_id}.json", _json_bytes(skipped))
+                continue
+            entry = result["entry"]
+            log.log(
+                level,
+                "[%d/%d] %s: %d slices, %d with pancreas (%.1f s)",
+                done,
+                len(tasks),
+                case_id,
+                entry["num_slices"],
+                len(entry["positive_slices"]),
+                result["seconds"],
             )
-            continue
-        entry = result["entry"]
-        log.log(
-            level,
-            "[%d/%d] %s: %d slices, %d with pancreas (%.1f s)",
-            done,
-            len(tasks),
-            case_id,
-            entry["num_slices"],
-            len(entry["positive_slices"]),
-            result["seconds"],
-        )
+    finally:
+        results.close()  # stops the worker pool at once on an error
     return merge_indexes(out, config=config, cohort_case_ids=[c.case_id for c in cases])
 
 
-def _run_tasks(tasks: Sequence[_Task], workers: int) -> Iterable[dict[str, Any]]:
+def _run_tasks(tasks: Sequence[_Task], workers: int) -> Generator[dict[str, Any], None, None]:
     if workers == 1 or len(tasks) <= 1:
         for task in tasks:
             yield _run_task(task)

@@ -39,7 +39,9 @@ def prepared(tmp_path_factory) -> pathlib.Path:
     return root / "out"
 
 
-def write_prepared(out: pathlib.Path, config: Config, cases: dict) -> pathlib.Path:
+def write_prepared(
+    out: pathlib.Path, config: Config, cases: dict, body_box: list[int] | None = None
+) -> pathlib.Path:
     """A prepared folder from hand-made ``(K, H, W)`` int16 HU images and uint8 labels."""
     for folder in ("shards", "cases", "skipped"):
         (out / folder).mkdir(parents=True, exist_ok=True)
@@ -52,7 +54,7 @@ def write_prepared(out: pathlib.Path, config: Config, cases: dict) -> pathlib.Pa
             label=label.astype(np.uint8),
             percentiles=config.preprocess.hu_window,
             intensity_scale=1.0,
-            body_box=[0, h, 0, w],
+            body_box=body_box or [0, h, 0, w],
             spacing=[2.5, 2.0, 2.0],
         )
         shard = write_tfrecord_atomic(out / "shards" / f"{case_id}.tfrecord", [record])
@@ -168,22 +170,13 @@ def test_positive_windows_are_oversampled_at_the_configured_rate(sparse_pancreas
 def test_crops_stay_within_the_body_box(tmp_path):
     # The body (bright) fills rows 4-27, columns 8-23 of the 32 x 32 plane; 16 x 16 crops must
     # lie inside it, wherever the pancreas is (here: none at all).
-    config = config_with(TINY, "data.crop_size=[16,16]", "data.augment=false")
+    config = config_with(
+        TINY, "data.crop_size=[16,16]", "data.augment=false", "data.slice_batch_size=2"
+    )
     image = np.full((6, 32, 32), -1000, np.int16)
     image[:, 4:28, 8:24] = 240
-    out = write_prepared(tmp_path / "out", config, {"a": (image, np.zeros_like(image))})
-    index = json.loads((out / "index.json").read_text())
-    record = encode_case(
-        case_id="a",
-        modality="ct",
-        image=image,
-        label=np.zeros(image.shape, np.uint8),
-        percentiles=config.preprocess.hu_window,
-        intensity_scale=1.0,
-        body_box=[4, 28, 8, 24],
-        spacing=[2.5, 2.0, 2.0],
-    )
-    write_tfrecord_atomic(out / index["shards"][0], [record])
+    cases = {"a": (image, np.zeros_like(image, dtype=np.uint8))}
+    out = write_prepared(tmp_path / "out", config, cases, body_box=[4, 28, 8, 24])
     ds = make_training_dataset(out, config, stage=1, seed=0)
     for image_batch, _ in batches(ds, 20):
         assert image_batch.min() == 1.0  # every pixel of every crop is body
@@ -321,6 +314,7 @@ def test_input_pipelines_read_disjoint_cases(four_levels):
         ({"stage": 2, "cases": []}, [], "no cases selected"),
         ({"stage": 2, "cases": "a"}, [], "list of case ids"),
         ({"stage": 2}, ["data.window=7"], "no selected case has 7 slices"),
+        ({"stage": 2}, ["data.batch_size=25"], "fewer than one batch of 25"),
     ],
 )
 def test_bad_requests_are_named(four_levels, kwargs, overrides, message):
@@ -368,3 +362,18 @@ def test_training_slices_equal_the_validation_normalisation(tmp_path, modality):
     images = batches(make_training_dataset(tmp_path / "out", config, stage=1, epoch=0))
     for image in np.concatenate([x for x, _ in images])[..., 0]:
         assert np.abs(reference - image).reshape(len(reference), -1).max(axis=1).min() < 1e-6
+
+
+def test_a_case_gives_the_same_windows_whatever_cases_it_is_selected_with(prepared):
+    # Draws and augmentation are keyed by case id: a split's other cases change nothing.
+    config = config_with(SMALL, "data.slice_batch_size=1")
+
+    def slices(cases):
+        ds = make_training_dataset(prepared, config, stage=1, seed=2, epoch=0, cases=cases)
+        return np.concatenate([x for x, _ in batches(ds)])
+
+    alone, together = slices(["synth_000"]), slices(["synth_000", "synth_002"])
+    assert len(alone) == 20 and len(together) == 40
+    flat = together.reshape(len(together), -1)
+    for image in alone:
+        assert np.any(np.all(flat == image.reshape(1, -1), axis=1))

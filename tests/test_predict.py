@@ -81,11 +81,16 @@ def test_predict_nifti_and_dicom_land_on_their_grids(tiny_run, ts_ct_path, ts_di
     assert "TensorFlow" not in proc.stderr and "oneDNN" not in proc.stderr
 
 
-def test_stage1_model_and_chunks(tiny_run, ts_ct_path, tmp_path):
+def test_stage1_model_chunks_and_tta(tiny_run, ts_ct_path, tmp_path):
     from pancseg_tf.io import read_volume
 
     ct = read_volume(ts_ct_path)
-    for args, name in (((tiny_run / "stage1.keras",), "s1"), ((tiny_run, "--chunk", 4), "chunk")):
+    runs = (
+        ((tiny_run / "stage1.keras",), "s1"),
+        ((tiny_run, "--chunk", 4), "chunk"),
+        ((tiny_run, "--tta"), "tta"),
+    )
+    for args, name in runs:
         out = tmp_path / name
         proc = pancseg("predict", args[0], ts_ct_path, "-o", out, *args[1:])
         assert proc.returncode == 0, proc.stderr

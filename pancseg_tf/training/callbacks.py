@@ -39,9 +39,12 @@ class WholeVolumeValidation(keras.callbacks.Callback):
     ``pancseg predict`` runs (the CNN once per slice, the ConvLSTM over all slices in one pass),
     then the threshold and post-processing of the run's config, and are scored by Dice on the
     model grid (per case, then the mean), so the best checkpoint is chosen on what users get.
+    They are read from the prepared shards one at a time each epoch, never held together (at
+    the paper's size one volume is some 400 MB).
 
     Args:
-        volumes: `pancseg_tf.data.pipeline.ValidationVolume` list.
+        data_dir: the prepared data folder.
+        cases: the validation case ids.
         threshold: probability threshold.
         largest_component: post-processing as ``pancseg predict`` does it.
         slice_batch: slices per CNN call.
@@ -49,35 +52,37 @@ class WholeVolumeValidation(keras.callbacks.Callback):
 
     def __init__(
         self,
-        volumes: Sequence[Any],
+        data_dir: Any,
+        cases: Sequence[str],
         *,
         threshold: float = 0.5,
         largest_component: bool = True,
         slice_batch: int = 16,
     ):
         super().__init__()
-        self.volumes = list(volumes)
-        self.images = [v.normalized_image() for v in self.volumes]
+        self.data_dir = data_dir
+        self.cases = list(cases)
         self.threshold = threshold
         self.largest_component = largest_component
         self.slice_batch = slice_batch
         self.last_scores: dict[str, float] = {}
 
     def scores(self, model: keras.Model) -> dict[str, float]:
+        from pancseg_tf.data.pipeline import load_validation_volumes
         from pancseg_tf.evaluation.metrics import dice
         from pancseg_tf.inference import Segmenter, postprocess_mask
 
         segmenter = Segmenter(model, threshold=self.threshold, slice_batch=self.slice_batch)
         out = {}
-        for volume, image in zip(self.volumes, self.images):
-            prob = segmenter.predict_model_grid(image)
+        for volume in load_validation_volumes(self.data_dir, self.cases):
+            prob = segmenter.predict_model_grid(volume.normalized_image())
             mask = (prob >= self.threshold).astype(np.uint8)
             mask = postprocess_mask(mask, largest_component=self.largest_component)
             out[volume.case_id] = float(dice(mask, volume.label))
         return out
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if logs is None or not self.volumes:
+        if logs is None or not self.cases:
             return
         self.last_scores = self.scores(self.model)
         logs["val_dsc"] = float(np.mean(list(self.last_scores.values())))

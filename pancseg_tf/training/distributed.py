@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pathlib
 import shutil
 import tempfile
 from typing import Any
@@ -25,7 +26,7 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
     import keras
     import tensorflow as tf
 
-    from pancseg_tf.data.pipeline import load_validation_volumes, make_training_dataset
+    from pancseg_tf.data.pipeline import make_training_dataset
     from pancseg_tf.inference import load_model
     from pancseg_tf.models import transfer_stage1_weights
     from pancseg_tf.training.multiworker import fit_distributed, is_chief
@@ -49,11 +50,9 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
     state_path = run / "state.json"
     validation = None
     if chief:
-        volumes = load_validation_volumes(
-            trainer.data_dir, splits["validation"][: cfg.train.validation_cases]
-        )
         validation = WholeVolumeValidation(
-            list(volumes),
+            trainer.data_dir,
+            splits["validation"][: cfg.train.validation_cases],
             threshold=cfg.postprocess.threshold,
             largest_component=cfg.postprocess.largest_component,
         )
@@ -95,7 +94,7 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
             runlog.set_model(model)
             best_key = f"stage{stage_no}"
             if chief:
-                scores = validation.scores(model) if validation.volumes else {}
+                scores = validation.scores(model) if validation.cases else {}
                 if scores:
                     logs["val_dsc"] = sum(scores.values()) / len(scores)
                 runlog.on_epoch_end(epoch, logs)
@@ -110,7 +109,7 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
                 # Saving is collective in spirit: every worker saves, non-chief copies are dropped.
                 tmp = tempfile.mkdtemp(prefix="pancseg-worker-")
                 try:
-                    _save_model(model, __import__("pathlib").Path(tmp) / best_name)
+                    _save_model(model, pathlib.Path(tmp) / best_name)
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)
 

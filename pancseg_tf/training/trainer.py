@@ -386,7 +386,6 @@ class Trainer:
         import keras
         import tensorflow as tf
 
-        from pancseg_tf.data.pipeline import load_validation_volumes
         from pancseg_tf.inference import load_model
         from pancseg_tf.models import transfer_stage1_weights
 
@@ -403,13 +402,9 @@ class Trainer:
         keras.mixed_precision.set_global_policy(self.config.train.precision)
         try:
             cfg = self.config
-            volumes = list(
-                load_validation_volumes(
-                    self.data_dir, splits["validation"][: cfg.train.validation_cases]
-                )
-            )
             validation = WholeVolumeValidation(
-                volumes,
+                self.data_dir,
+                splits["validation"][: cfg.train.validation_cases],
                 threshold=cfg.postprocess.threshold,
                 largest_component=cfg.postprocess.largest_component,
             )

@@ -61,7 +61,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
     else:
-        print(f"path         {args.path}")
+        # The last path component only: TCIA folder names above a series carry the study date.
+        print(f"name         {pathlib.Path(args.path).name}")
         print(f"modality     {info['modality']}")
         print(f"shape        {' x '.join(str(s) for s in info['shape'])}")
         print(f"spacing_mm   {' x '.join(f'{s:.4g}' for s in info['spacing_mm'])}")

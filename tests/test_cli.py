@@ -209,6 +209,14 @@ def test_debug_shows_the_traceback(tmp_path):
 # === Privacy ===
 
 
+def test_info_on_the_nih_series_prints_no_study_date(nih_series_dir):
+    status, out, err = pancseg("info", nih_series_dir)
+    assert status == 0, err
+    assert "512 x 512 x 195" in out
+    for value in ("11-24-2015", "20151124", "NIH"):
+        assert value not in out + err
+
+
 def test_no_patient_field_in_any_output(tmp_path):
     series = tmp_path / "PAT"
     write_series(series, np.full((16, 12, 6), 40, np.int16), patient=PATIENT)

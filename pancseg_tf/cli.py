@@ -275,7 +275,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             )
         except PancsegError as err:
             failed += 1
-            log.error("[%d/%d] %s failed: %s", i, len(items), name, err)
+            message = str(err)
+            if hasattr(source, "image"):
+                # A cohort's folders were found, not typed: TCIA's carry the study date.
+                for form in {str(source.image), str(pathlib.Path(source.image).resolve())}:
+                    message = message.replace(form, "<image>")
+            log.error("[%d/%d] %s failed: %s", i, len(items), name, message)
     print(f"wrote {len(items) - failed} of {len(items)} mask(s) to {out}")
     return 1 if failed else 0
 

@@ -171,19 +171,34 @@ class BestModel(keras.callbacks.Callback):
         return float(read_json(self.state_path, {}).get(self.key, -math.inf))
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if not self.enabled:
-            return
-        value = (logs or {}).get("val_dsc")
+        if self.enabled:
+            self.update(self.model, epoch, (logs or {}).get("val_dsc"))
+
+    def update(self, model: keras.Model, epoch: int, value: float | None) -> None:
+        """Saves ``model`` if ``value`` beats the best so far (no value: the latest epoch wins)."""
         if value is None:  # no validation cases: the last epoch is the model
             value = float(epoch)
         if value > self.best:
-            tmp = self.path.with_name(f".{self.path.stem}.tmp-{os.getpid()}.keras")
-            self.model.save(tmp)
-            os.replace(tmp, self.path)
+            save_model_atomic(model, self.path)
             state = read_json(self.state_path, {})
             state[self.key] = float(value)
             state[f"{self.key}_epoch"] = int(epoch)
             write_atomic(self.state_path, json.dumps(state, indent=2))
+
+
+def save_model_atomic(model: keras.Model, path: pathlib.Path) -> None:
+    """``model.save`` under a temporary ``.keras`` name in the same folder, then a rename."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def mark_state(state_path: pathlib.Path, key: str) -> None:
+    """Sets ``key`` to true in the run's ``state.json`` (e.g. ``stage1_done``)."""
+    state = read_json(state_path, {})
+    state[key] = True
+    write_atomic(state_path, json.dumps(state, indent=2))
 
 
 def _fmt(value: Any) -> str:

@@ -9,14 +9,20 @@ folders); only the chief writes the run folder's files (config, splits, log, bes
 
 from __future__ import annotations
 
-import json
 import logging
 import pathlib
 import shutil
 import tempfile
 from typing import Any
 
-from pancseg_tf.training.callbacks import RunLog, WholeVolumeValidation, read_json, write_atomic
+from pancseg_tf.training.callbacks import (
+    BestModel,
+    RunLog,
+    WholeVolumeValidation,
+    mark_state,
+    read_json,
+    save_model_atomic,
+)
 
 log = logging.getLogger("pancseg_tf.training")
 
@@ -76,6 +82,7 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
         meta_epoch = _backup_epoch(backup)
         runlog.initial_epoch = max(first, meta_epoch)
         runlog.on_train_begin()
+        best = BestModel(run / best_name, state_path, f"stage{stage_no}", enabled=chief)
 
         def dataset_fn(context, epoch):
             ds = make_training_dataset(
@@ -92,24 +99,17 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
 
         def on_epoch_end(epoch, logs, model):
             runlog.set_model(model)
-            best_key = f"stage{stage_no}"
             if chief:
                 scores = validation.scores(model) if validation.cases else {}
                 if scores:
                     logs["val_dsc"] = sum(scores.values()) / len(scores)
                 runlog.on_epoch_end(epoch, logs)
-                value = logs.get("val_dsc", float(epoch))
-                state = read_json(state_path, {})
-                if value > state.get(best_key, float("-inf")):
-                    _save_model(model, run / best_name)
-                    state[best_key] = float(value)
-                    state[f"{best_key}_epoch"] = int(epoch)
-                    write_atomic(state_path, json.dumps(state, indent=2))
+                best.update(model, epoch, logs.get("val_dsc"))
             else:
                 # Saving is collective in spirit: every worker saves, non-chief copies are dropped.
                 tmp = tempfile.mkdtemp(prefix="pancseg-worker-")
                 try:
-                    _save_model(model, pathlib.Path(tmp) / best_name)
+                    save_model_atomic(model, pathlib.Path(tmp) / best_name)
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -150,7 +150,7 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
             "stage1.keras",
         )
         if chief:
-            _mark(state_path, "stage1_done")
+            mark_state(state_path, "stage1_done")
     if stage in ("2", "both") and not read_json(state_path, {}).get("stage2_done"):
         stage1 = load_model(run / "stage1.keras")
         freeze = min(cfg.train.freeze_cnn_epochs, cfg.train.stage2_epochs)
@@ -188,7 +188,7 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
             )
             init = model.get_weights()
         if chief:
-            _mark(state_path, "stage2_done")
+            mark_state(state_path, "stage2_done")
     state = read_json(state_path, {})
     return TrainResult(run, splits, {k: v for k, v in state.items() if k in ("stage1", "stage2")})
 
@@ -204,17 +204,3 @@ def _backup_epoch(backup) -> int:
         return int(latest.rsplit("-", 1)[-1])
     except ValueError:
         return 0
-
-
-def _save_model(model, path) -> None:
-    import os
-
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
-
-
-def _mark(state_path, key: str) -> None:
-    state = read_json(state_path, {})
-    state[key] = True
-    write_atomic(state_path, json.dumps(state, indent=2))

@@ -37,6 +37,7 @@ from pancseg_tf.training.callbacks import (
     BestModel,
     RunLog,
     WholeVolumeValidation,
+    mark_state,
     read_json,
     write_atomic,
 )
@@ -430,7 +431,7 @@ class Trainer:
                     strategy=strategy,
                     chief=True,
                 )
-                _mark(state_path, "stage1_done")
+                mark_state(state_path, "stage1_done")
             if stage in ("2", "both") and not read_json(state_path, {}).get("stage2_done"):
                 if not stage1_path.is_file():
                     raise PancsegError(
@@ -465,7 +466,7 @@ class Trainer:
                         chief=True,
                     )
                 model.freeze_cnn(False)
-                _mark(state_path, "stage2_done")
+                mark_state(state_path, "stage2_done")
         finally:
             keras.mixed_precision.set_global_policy(previous_policy)
         state = read_json(self.run_dir / "state.json", {})
@@ -505,12 +506,6 @@ def _side_weights(keys: list[str], side: tuple[float, ...]) -> dict[str, float]:
         weights[key] = float(side[i]) if i < len(side) else float(side[-1]) if side else 0.0
     weights["prob"] = 1.0
     return weights
-
-
-def _mark(state_path: pathlib.Path, key: str) -> None:
-    state = read_json(state_path, {})
-    state[key] = True
-    write_atomic(state_path, json.dumps(state, indent=2))
 
 
 def _target_fn(model, stage: int):

@@ -48,6 +48,7 @@ import numpy as np
 
 from pancseg_tf.errors import PancsegError
 from pancseg_tf.evaluation.metrics import CASE_KEYS, SUMMARY_KEYS, evaluate_case, summarize
+from pancseg_tf.io.cohorts import check_case_id
 from pancseg_tf.io.volume import Volume
 
 log = logging.getLogger("pancseg_tf.evaluation")
@@ -121,6 +122,8 @@ def _nifti_files(folder: pathlib.Path, what: str) -> dict[str, pathlib.Path]:
         stem = _nifti_stem(path)
         if stem is None:
             continue
+        # The id names report files (cases/<id>.png) and table rows: the rule of every command.
+        check_case_id(stem, where=f"{what} folder {folder}")
         if stem in files:
             raise PancsegError(
                 f"{what} folder {folder} holds two files for case {stem}: {files[stem].name} and "
@@ -252,7 +255,7 @@ def _without_path(message: str, *paths: pathlib.Path | None) -> str:
     return message
 
 
-def _slice_axis(affine: np.ndarray) -> int:
+def axial_axis(affine: np.ndarray) -> int:
     """The voxel axis closest to the body's long (S) axis: the axial slice axis."""
     linear = np.asarray(affine, dtype=np.float64)[:3, :3]
     directions = linear / np.linalg.norm(linear, axis=0)
@@ -739,7 +742,7 @@ def _evaluate_one(
             list(gt_labels),
             found,
         )
-    row = evaluate_case(pred_mask, gt_mask, gt.spacing, slice_axis=_slice_axis(gt.affine))
+    row = evaluate_case(pred_mask, gt_mask, gt.spacing, slice_axis=axial_axis(gt.affine))
 
     image_array, modality = None, truth.modality
     image_path = images.get(case, truth.image)

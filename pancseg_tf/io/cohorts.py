@@ -13,14 +13,16 @@ Three layouts are recognised:
   (``TCIA_pancreas_labels-02-05-2017/``).
 - **CSV manifest** with the columns ``case_id,image,label,modality``.
 
-Case ids are always safe as file names (no path separators, no ``..``), so that outputs named
-after them stay inside their output folder.
+Case ids are always safe as file names (see `check_case_id`), so that outputs named after them
+stay inside their output folder. Paths in a manifest or a ``dataset.json`` are relative to the
+folder of that file, never to the working directory.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -40,7 +42,7 @@ MANIFEST_COLUMNS = ("case_id", "image", "label", "modality")
 AMBIGUOUS_SLICES_FILE = "ambiguous_slices.json"
 
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
-_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 _NIH_CASE = re.compile(r"^PANCREAS_(\d{4})$", re.IGNORECASE)
 _NIH_LABEL = re.compile(r"^label(\d{4})\.nii(\.gz)?$", re.IGNORECASE)
@@ -223,11 +225,37 @@ def _nifti_stem(path: pathlib.Path) -> str | None:
     return None
 
 
-def _check_case_id(case_id: str, where: str) -> str:
-    if not case_id or not _SAFE_ID.fullmatch(case_id) or ".." in case_id:
+def check_case_id(case_id: str, where: str = "") -> str:
+    """Returns ``case_id`` if it can name output files, else raises: the rule of every command.
+
+    A case id names files directly inside an output folder (``predict``: ``<id>.nii.gz`` and
+    ``<id>_prob.nii.gz``; ``prepare``: ``shards/<id>.tfrecord`` and ``cases/<id>.json``;
+    ``evaluate``: ``cases/<id>.png``), so it must not be able to name anything else. The rule:
+    1 to 128 characters, each a letter, digit, ``.``, ``_`` or ``-``; the first a letter or a
+    digit; no ``..`` anywhere. That leaves out path separators (``a/b``, ``a\\b``), absolute
+    paths (``/abs/x``), ``.`` and ``..`` (``../../x``), hidden names, NUL, newlines and every
+    other control character, spaces, and names too long for a file system.
+
+    An id that breaks the rule is refused with one line, never rewritten: a sanitised id could
+    collide with another case's, and would no longer match the name of its ground truth, by
+    which ``evaluate`` pairs predictions with labels.
+
+    Args:
+        case_id: the id (from a manifest, a file or folder name, or a ``dataset.json``).
+        where: what the message names as the id's origin (e.g. a manifest row); may be empty.
+
+    Returns:
+        ``case_id`` unchanged.
+
+    Raises:
+        PancsegError: the id breaks the rule; the message shows it with escapes (``'a\\nb'``),
+            on one line.
+    """
+    if not isinstance(case_id, str) or not _SAFE_ID.fullmatch(case_id) or ".." in case_id:
+        prefix = f"{where}: " if where else ""
         raise PancsegError(
-            f"{where}: case id {case_id!r} is not safe as a file name: expected letters, digits, "
-            "'.', '_' or '-', not starting with '.' and without '..' or path separators"
+            f"{prefix}case id {case_id!r} is not safe as a file name: expected 1 to 128 letters, "
+            "digits, '.', '_' or '-', not starting with '.' and without '..' or path separators"
         )
     return case_id
 
@@ -326,7 +354,7 @@ def _image_cases(
                     "CT or MRI (only _0000)"
                 )
             stem = match["case"]
-        cases.append((_check_case_id(stem, str(file)), file))
+        cases.append((check_case_id(stem, str(file)), file))
     return cases
 
 
@@ -382,7 +410,7 @@ def _discover_msd(root: pathlib.Path, split: str) -> list[Case]:
                     raise PancsegError(f"{where}: training[{n}] must be an object")
                 image = _listed_file(root, entry.get("image"), f"{where} training[{n}].image")
                 label = _listed_file(root, entry.get("label"), f"{where} training[{n}].label")
-                case_id = _check_case_id(_nifti_stem(image) or image.name, where)
+                case_id = check_case_id(_nifti_stem(image) or image.name, where)
                 image = _resolve_listed_image(image)
                 if not image.is_file():
                     raise PancsegError(f"case {case_id}: image file not found: {image}")
@@ -408,7 +436,7 @@ def _discover_msd(root: pathlib.Path, split: str) -> list[Case]:
                 if isinstance(entry, dict):  # some converters write {"image": ...}
                     entry = entry.get("image")
                 image = _listed_file(root, entry, f"{where} test[{n}]")
-                case_id = _check_case_id(_nifti_stem(image) or image.name, where)
+                case_id = check_case_id(_nifti_stem(image) or image.name, where)
                 image = _resolve_listed_image(image)
                 if not image.is_file():
                     raise PancsegError(f"case {case_id}: image file not found: {image}")
@@ -528,7 +556,9 @@ def _discover_manifest(file: pathlib.Path, split: str) -> list[Case]:
         text = file.read_text(encoding="utf-8-sig")  # spreadsheets write a byte-order mark
     except (OSError, UnicodeDecodeError) as error:
         raise PancsegError(f"cannot read manifest {file}: {error}") from None
-    reader = csv.DictReader(text.splitlines())
+    # newline="": a quoted field keeps its line breaks (which `check_case_id` then refuses)
+    # instead of losing them to a line split.
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     columns = [c.strip() for c in reader.fieldnames or []]
     unknown = [c for c in columns if c not in MANIFEST_COLUMNS]
     if "case_id" not in columns or "image" not in columns or unknown:
@@ -536,7 +566,7 @@ def _discover_manifest(file: pathlib.Path, split: str) -> list[Case]:
             f"manifest {file}: columns {columns}; expected a header "
             f"{','.join(MANIFEST_COLUMNS)} (label and modality optional)"
         )
-    root = file.parent
+    root = file.absolute().parent  # relative paths are the manifest's, whatever the cwd
     cases = []
     seen: dict[str, int] = {}
     for row_number, raw in enumerate(reader, start=2):  # line 1 is the header
@@ -546,7 +576,7 @@ def _discover_manifest(file: pathlib.Path, split: str) -> list[Case]:
         if None in raw:
             raise PancsegError(f"manifest {file} row {row_number}: more fields than columns")
         where = f"manifest {file} row {row_number}"
-        case_id = _check_case_id(row.get("case_id", ""), where)
+        case_id = check_case_id(row.get("case_id", ""), where)
         if case_id in seen:
             raise PancsegError(f"{where}: case id {case_id} is already used on row {seen[case_id]}")
         seen[case_id] = row_number

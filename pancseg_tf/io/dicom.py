@@ -12,11 +12,13 @@ or returned object holds a UID or a patient, study or institution field.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import pathlib
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -46,9 +48,23 @@ _GEOMETRY_TAGS = {
     "ImageOrientationPatient": "(0020,0037)",
     "PixelSpacing": "(0028,0030)",
 }
+_MATRIX_TAGS = {"Rows": "(0028,0010)", "Columns": "(0028,0011)"}
 
 
 # === Discovery ===
+
+
+@contextlib.contextmanager
+def _quiet_pydicom() -> Iterator[None]:
+    """Silences pydicom's warnings while a folder is read.
+
+    pydicom warns about what it tolerates in a file (a DS value it cannot parse, more pixel
+    bytes than Rows x Columns): printed, those lines would surround the command's one-line
+    error. What matters for a volume is checked by this module itself.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+        yield
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,16 +96,26 @@ class SeriesInfo:
         return " ".join(parts) if len(parts) > 1 else "series (no number or description)"
 
 
+# An image carries at least one of these; DICOMDIR, structured reports and presentation
+# states carry none. A slice that lost some of them stays in its series, whose reading then
+# names what is missing, rather than dropping out unnoticed.
+_IMAGE_TAGS = ("Rows", "Columns", "ImagePositionPatient", "PixelSpacing")
+
+
 def _is_image_header(ds) -> bool:
-    # DICOMDIR, structured reports and presentation states carry no image grid.
-    return "SeriesInstanceUID" in ds and "Rows" in ds and "Columns" in ds
+    return "SeriesInstanceUID" in ds and any(tag in ds for tag in _IMAGE_TAGS)
 
 
-def _series_number(ds) -> int | None:
+def _int_tag(ds, tag: str, default: int | None = None) -> int | None:
+    """An integer tag's value; ``default`` when absent or empty; None when not an integer."""
+    value = ds.get(tag)
+    if value is None or value == "":
+        return default
     try:
-        return int(ds.get("SeriesNumber"))
+        number = float(value)
     except (TypeError, ValueError):
         return None
+    return int(number) if number.is_integer() else None
 
 
 def _scan(folder: pathlib.Path) -> tuple[list[SeriesInfo], list[list], int]:
@@ -126,7 +152,7 @@ def _scan(folder: pathlib.Path) -> tuple[list[SeriesInfo], list[list], int]:
         first = group[0]
         infos.append(
             SeriesInfo(
-                series_number=_series_number(first),
+                series_number=_int_tag(first, "SeriesNumber"),
                 description=str(first.get("SeriesDescription", "") or "").strip(),
                 modality=str(first.get("Modality", "") or "").strip(),
                 num_slices=len(group),
@@ -160,7 +186,8 @@ def list_dicom_series(folder: PathLike) -> list[SeriesInfo]:
     Raises:
         PancsegError: ``folder`` does not exist or is not a folder.
     """
-    return _scan(pathlib.Path(folder))[0]
+    with _quiet_pydicom():
+        return _scan(pathlib.Path(folder))[0]
 
 
 def _choose(
@@ -226,14 +253,22 @@ def _floats(ds, tag: str, count: int, where: str) -> np.ndarray:
 
 
 def _geometry(headers: Sequence, where: str, allow_uneven: bool) -> _Geometry:
-    for tag, number in _GEOMETRY_TAGS.items():
+    for tag, number in {**_MATRIX_TAGS, **_GEOMETRY_TAGS}.items():
         missing = sum(1 for ds in headers if ds.get(tag) in (None, ""))
         if missing:
             raise PancsegError(
                 f"{where}: DICOM tag {tag} {number} is missing in {missing} of {len(headers)} "
                 "slices; expected it in every slice to place the image in space"
             )
-    sizes = {(int(ds.Rows), int(ds.Columns)) for ds in headers}
+    for tag, number in _MATRIX_TAGS.items():
+        for ds in headers:
+            value = _int_tag(ds, tag)
+            if value is None or value < 1:
+                raise PancsegError(
+                    f"{where}: DICOM tag {tag} {number} has value {ds.get(tag)!s:.20}; "
+                    "expected a positive whole number of pixels"
+                )
+    sizes = {(_int_tag(ds, "Rows"), _int_tag(ds, "Columns")) for ds in headers}
     if len(sizes) > 1:
         raise PancsegError(
             f"{where}: slices have different matrix sizes {sorted(sizes)} (rows, columns); "
@@ -360,16 +395,16 @@ def _decode(path: pathlib.Path, index: int, total: int, where: str, rows: int, c
         raise PancsegError(
             f"{where}: could not read slice {index + 1} of {total}: {text}"
         ) from None
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = _int_tag(ds, "NumberOfFrames", 1)
     if frames != 1:
         raise PancsegError(
-            f"{where}: multi-frame DICOM ({frames} frames in one file) is not supported; "
-            "expected one slice per file (convert with dcm2niix)"
+            f"{where}: multi-frame DICOM ({ds.get('NumberOfFrames')!s:.20} frames in one file) is "
+            "not supported; expected one slice per file (convert with dcm2niix)"
         )
-    if int(ds.get("SamplesPerPixel", 1)) != 1:
+    if _int_tag(ds, "SamplesPerPixel", 1) != 1:
         raise PancsegError(
-            f"{where}: pixel data have {ds.SamplesPerPixel} samples per pixel (colour); "
-            "expected a grey-scale image"
+            f"{where}: pixel data have {ds.get('SamplesPerPixel')!s:.20} samples per pixel "
+            "(colour?); expected a grey-scale image with 1"
         )
     uid = ds.file_meta.get("TransferSyntaxUID", "unknown")
     try:
@@ -386,9 +421,30 @@ def _decode(path: pathlib.Path, index: int, total: int, where: str, rows: int, c
             f"{where}: slice {index + 1} of {total} decodes to shape {pixels.shape}; "
             f"expected ({rows}, {columns})"
         )
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    slope = _rescale(ds, "RescaleSlope", 1.0, index, total, where)
+    intercept = _rescale(ds, "RescaleIntercept", 0.0, index, total, where)
     return pixels, slope, intercept
+
+
+def _rescale(ds, tag: str, default: float, index: int, total: int, where: str) -> float:
+    """RescaleSlope or RescaleIntercept: ``default`` when absent or empty, else a finite number.
+
+    A slope of 0 would map every pixel to the intercept: it is refused like NaN and Inf.
+    """
+    value = ds.get(tag)
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not np.isfinite(number) or (tag == "RescaleSlope" and number == 0):
+        raise PancsegError(
+            f"{where}: slice {index + 1} of {total} has {tag} {value!s:.20}; expected a finite "
+            + ("non-zero " if tag == "RescaleSlope" else "")
+            + "number"
+        )
+    return number
 
 
 # === Reading ===
@@ -422,11 +478,18 @@ def read_dicom_series(
 
     Raises:
         PancsegError: empty folder; no DICOM series; unknown series number; missing or
-            inconsistent geometry tags; duplicate slice positions; uneven spacing (unless
-            ``allow_uneven``); a transfer syntax without an installed decoder; undecodable or
-            multi-frame or colour pixel data.
+            inconsistent geometry tags or Rows / Columns; duplicate slice positions; uneven
+            spacing (unless ``allow_uneven``); a transfer syntax without an installed decoder;
+            undecodable or multi-frame or colour pixel data; a RescaleSlope or
+            RescaleIntercept that is not a finite number, a slope of 0, or rescaled values
+            beyond the float32 range.
     """
     folder = pathlib.Path(folder)
+    with _quiet_pydicom():
+        return _read_series(folder, series, allow_uneven)
+
+
+def _read_series(folder: pathlib.Path, series: int | None, allow_uneven: bool) -> Volume:
     infos, headers, num_files = _scan(folder)
     chosen = _choose(folder, infos, series, num_files)
     info, group = infos[chosen], headers[chosen]
@@ -441,10 +504,17 @@ def read_dicom_series(
         pixels, slope, intercept = _decode(
             info.files[index], k, total, where, geometry.rows, geometry.columns
         )
-        values = rescale_to_intensity(pixels, slope, intercept)
+        with np.errstate(over="ignore"):  # an overflow to Inf is reported just below
+            values = rescale_to_intensity(pixels, slope, intercept)
         if values.dtype == np.float32 and array.dtype == np.int16:
             array = array.astype(np.float32)
         array[:, :, k] = values.T
+    if array.dtype == np.float32 and not np.all(np.isfinite(array)):
+        raise PancsegError(
+            f"{where}: RescaleSlope and RescaleIntercept take "
+            f"{int((~np.isfinite(array)).sum())} of {array.size} voxels beyond the float32 "
+            "range; expected finite intensities"
+        )
 
     affine = geometry.affine
     check_affine(affine, where)

@@ -8,6 +8,7 @@ nothing a scanner or PACS stored (patient fields included) can leak into an outp
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -98,6 +99,33 @@ def _one_line(error: BaseException) -> str:
     return text or type(error).__name__
 
 
+@contextlib.contextmanager
+def _quiet_nibabel():
+    """Routes nibabel's header-check messages to our debug log while a file is read.
+
+    nibabel prints what it finds and fixes in a header ("pixdim[1,2,3] should be positive; setting
+    to abs of pixdim values") straight to stderr through its own handler, and numpy warns about
+    the NaN or Inf it computes from a broken header: both would add lines around the command's
+    one-line error. The messages still show with ``--debug``; what they report is checked and
+    refused by the reader itself.
+    """
+    from nibabel.imageglobals import logger as nib_logger
+
+    class ToDebug(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            log.debug("nibabel: %s", record.getMessage())
+
+    handlers, propagate = nib_logger.handlers[:], nib_logger.propagate
+    nib_logger.handlers[:] = [ToDebug()]
+    nib_logger.propagate = False
+    try:
+        with np.errstate(all="ignore"):
+            yield
+    finally:
+        nib_logger.handlers[:] = handlers
+        nib_logger.propagate = propagate
+
+
 # === Reading ===
 
 
@@ -121,7 +149,15 @@ def read_nifti(path: PathLike, *, modality: str = "ct") -> Volume:
 
     The stored dtype is kept (int16 HU stays int16) unless the header sets a scaling
     (``scl_slope`` / ``scl_inter``); then values are scaled, as int16 where that is exact and as
-    float32 otherwise. A 4D image whose trailing axes are all 1 is squeezed to 3D.
+    float32 otherwise. A slope of 0, NaN or Inf means no scaling (the NIfTI standard's rule). A
+    4D or 5D image whose trailing axes are all 1 is squeezed to 3D.
+
+    Voxel sizes: where the affine is built from ``pixdim`` (from the qform, or from no
+    orientation at all when both codes are 0), ``pixdim[1:4]`` must be finite and positive.
+    Tools disagree on other values (nibabel takes the absolute value of a negative size and 1
+    for a zero one; niftilib takes 1 for both), so such a file has no one grid and is refused.
+    With both codes 0 the orientation is unknown: the file is read with nibabel's fallback
+    (voxel sizes from ``pixdim``, first axis flipped) and a warning says so.
 
     Args:
         path: the file.
@@ -132,8 +168,10 @@ def read_nifti(path: PathLike, *, modality: str = "ct") -> Volume:
         positive, else qform), and the header's qform / sform codes.
 
     Raises:
-        PancsegError: missing, unreadable, truncated or non-NIfTI file; an image that is not 3D;
-            NaN or Inf voxels; a non-finite, zero or singular affine.
+        PancsegError: missing, unreadable, truncated or non-NIfTI file; an image that is not 3D
+            or has an axis of size 0; complex or RGB voxels; NaN or Inf voxels; ``pixdim``
+            voxel sizes that are zero, negative or not finite where the affine uses them; a
+            non-finite, zero or singular affine; dimensions too large for the memory.
     """
     import nibabel as nib
     from nibabel.filebasedimages import ImageFileError
@@ -147,34 +185,40 @@ def read_nifti(path: PathLike, *, modality: str = "ct") -> Volume:
     if path.is_dir():
         raise PancsegError(f"{path} is a folder: expected a .nii or .nii.gz file")
     readable = (OSError, EOFError, ValueError, zlib.error, ImageFileError, HeaderDataError)
-    try:
-        img = nib.load(str(path))
-    except readable as error:
-        raise _nifti_error(path, error) from None
-    if not isinstance(img, nib.Nifti1Image):  # Nifti2Image is a subclass
-        raise PancsegError(
-            f"{path} is a {type(img).__name__}, not a NIfTI image: expected .nii or .nii.gz"
-        )
-    try:
-        proxy = img.dataobj
-        scaled = float(proxy.slope) != 1.0 or float(proxy.inter) != 0.0
-        raw = np.asanyarray(proxy) if not scaled else proxy.get_unscaled()
-        array = rescale_to_intensity(raw, float(proxy.slope), float(proxy.inter)) if scaled else raw
-        affine = np.array(img.affine, dtype=np.float64)
-        qform_code = int(img.header["qform_code"])
-        sform_code = int(img.header["sform_code"])
-    except readable as error:
-        raise _nifti_error(path, error) from None
+    with _quiet_nibabel():
+        try:
+            img = nib.load(str(path))
+        except readable as error:
+            raise _nifti_error(path, error) from None
+        if not isinstance(img, nib.Nifti1Image):  # Nifti2Image is a subclass
+            raise PancsegError(
+                f"{path} is a {type(img).__name__}, not a NIfTI image: expected .nii or .nii.gz"
+            )
+        _check_header(path, img)
+        try:
+            proxy = img.dataobj
+            scaled = float(proxy.slope) != 1.0 or float(proxy.inter) != 0.0
+            raw = np.asanyarray(proxy) if not scaled else proxy.get_unscaled()
+            array = (
+                rescale_to_intensity(raw, float(proxy.slope), float(proxy.inter)) if scaled else raw
+            )
+            affine = np.array(img.affine, dtype=np.float64)
+            qform_code = int(img.header["qform_code"])
+            sform_code = int(img.header["sform_code"])
+        except MemoryError:
+            size = np.prod(img.shape, dtype=np.float64) * img.get_data_dtype().itemsize
+            raise PancsegError(
+                f"could not read NIfTI file {path}: its header asks for "
+                f"{' x '.join(map(str, img.shape))} voxels ({size / 2**30:.3g} GiB), more than "
+                "the memory holds (a damaged header?)"
+            ) from None
+        except readable as error:
+            raise _nifti_error(path, error) from None
 
     array = np.asarray(array)
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
-    while array.ndim > 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim != 3:
-        raise PancsegError(
-            f"{path}: image has shape {tuple(img.shape)} ({len(img.shape)}D); expected a 3D volume"
-        )
+    array = array.reshape(_squeezed_shape(img.shape))
     if np.issubdtype(array.dtype, np.floating):
         bad = ~np.isfinite(array)
         if bad.any():
@@ -184,6 +228,13 @@ def read_nifti(path: PathLike, *, modality: str = "ct") -> Volume:
                 f"({nan} NaN, {int(bad.sum()) - nan} Inf); expected finite intensities"
             )
     check_affine(affine, path)
+    if qform_code == 0 and sform_code == 0:
+        log.warning(
+            "%s has neither a qform nor an sform (both codes 0): its orientation is unknown; "
+            "reading it with voxel sizes from pixdim and the first axis flipped (%s)",
+            path,
+            "".join(nib.aff2axcodes(affine)),
+        )
     return Volume(
         array=array,
         affine=affine,
@@ -192,6 +243,54 @@ def read_nifti(path: PathLike, *, modality: str = "ct") -> Volume:
         qform_code=qform_code,
         sform_code=sform_code,
     )
+
+
+def _squeezed_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """``shape`` without trailing axes of size 1 beyond the third."""
+    shape = tuple(int(s) for s in shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape
+
+
+def _check_header(path: pathlib.Path, img) -> None:
+    """Refuses, before any voxel is read, what the header alone shows cannot be a CT or MRI.
+
+    Raises:
+        PancsegError: not 3D (after squeezing), an axis of size 0, voxels that are not real
+            numbers, or unusable ``pixdim`` voxel sizes where the affine takes them.
+    """
+    from nibabel.openers import ImageOpener
+
+    shape = _squeezed_shape(img.shape)
+    if len(shape) != 3:
+        raise PancsegError(
+            f"{path}: image has shape {tuple(img.shape)} ({len(img.shape)}D); expected a 3D volume"
+        )
+    if min(shape) < 1:
+        raise PancsegError(
+            f"{path}: image has shape {shape}, an axis of size 0; expected at least one voxel "
+            "along each axis"
+        )
+    dtype = img.get_data_dtype()
+    if dtype.kind not in "iuf":
+        kind = {"c": "complex numbers", "V": "colour (RGB) triples"}.get(dtype.kind, str(dtype))
+        raise PancsegError(
+            f"{path}: voxels are stored as {kind} ({dtype}); expected real intensities "
+            "(an integer or float datatype)"
+        )
+    if int(img.header["sform_code"]) > 0:
+        return  # the sform is the affine: pixdim plays no part
+    # nibabel has already "fixed" the header it returns; the sizes as stored decide.
+    with ImageOpener(str(path)) as f:
+        stored = type(img.header).from_fileobj(f, check=False)
+    sizes = np.asarray(stored["pixdim"][1:4], dtype=np.float64)
+    if not (np.all(np.isfinite(sizes)) and np.all(sizes > 0)):
+        source = "qform" if int(img.header["qform_code"]) > 0 else "header (no qform or sform)"
+        raise PancsegError(
+            f"{path}: voxel sizes pixdim[1:4] = {sizes.tolist()}; expected three finite sizes "
+            f"> 0 mm, from which the {source} builds the voxel-to-world affine"
+        )
 
 
 def _is_dicom_file(path: pathlib.Path) -> bool:

@@ -16,8 +16,9 @@ Writes ``BASE/<name>/<version>/`` (TF Serving's layout) through Keras 3's
 
 The version is the next free integer. The export is written to a hidden, non-numeric folder
 beside the versions (TF Serving ignores it), checked (core TensorFlow ops only; the saved
-signature reproduces the in-process computation), then renamed into place; an existing version
-is never overwritten.
+signature reproduces the in-process computation), flushed to disk, then renamed into place; an
+existing version is never overwritten. A failed export (a full disk included: a `PancsegError`
+naming the system's reason) removes its hidden folder and publishes nothing.
 
 Example:
     >>> path = export_model("runs/demo", "exports")      # exports/pancseg/1
@@ -342,13 +343,72 @@ def export_model(
         raise PancsegError(f"cannot create {model_dir}: {err.strerror}") from None
     tmp = model_dir / f"{_TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
     try:
-        _write_export(tmp, model, net, settings, name, model_path, cfg)
+        try:
+            _write_export(tmp, model, net, settings, name, model_path, cfg)
+            # On disk before the rename: a published version is never a half-flushed one.
+            _fsync_tree(tmp)
+        except OSError as err:
+            raise PancsegError(
+                f"could not write the export into {model_dir}: {err.strerror or _one_line(err)}"
+                " (nothing was published)"
+            ) from err
+        except Exception as err:
+            reason = _storage_error_text(err)
+            if reason is None:
+                raise
+            raise PancsegError(
+                f"could not write the export into {model_dir}: {reason} (nothing was published)"
+            ) from err
         final = _publish(tmp, model_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("exported %s to %s", model_path.name, final)
     return final
+
+
+#: What TensorFlow's file system says (it raises its own errors, without ``errno``) when the
+#: disk is full, a quota or a file size limit is reached: ``strerror`` of ENOSPC, EDQUOT, EFBIG.
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _storage_error_text(err: BaseException) -> str | None:
+    """The system's reason when ``err`` (e.g. a ``tf.errors.OpError``) reports a full disk."""
+    text = str(err)
+    for number in _STORAGE_ERRNOS:
+        reason = os.strerror(number)
+        if reason in text:
+            return reason
+    return None
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _fsync_tree(folder: pathlib.Path) -> None:
+    """Flushes every file under ``folder`` to disk (a full disk may only say so here), then the
+    folders' entries where the platform can open a folder.
+
+    Raises:
+        OSError: a file could not be flushed.
+    """
+    paths = sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True)
+    for path in [*paths, folder]:
+        is_dir = path.is_dir()
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            if is_dir:
+                continue
+            raise
+        try:
+            os.fsync(fd)
+        except OSError:
+            if not is_dir:
+                raise
+        finally:
+            os.close(fd)
 
 
 def _write_export(tmp, model, net, settings, name, model_path, cfg) -> None:

@@ -7,7 +7,8 @@ the ``SignatureDef``'s names) and answers on 127.0.0.1 only:
 - gRPC ``tensorflow.serving.PredictionService``: ``Predict`` and ``GetModelMetadata``
   (``signature_def``), with TF Serving's checks and status codes: unknown model or version
   ``NOT_FOUND``; unknown signature ``FAILED_PRECONDITION``; missing, extra or unknown inputs,
-  wrong dtypes, unparsable tensors and unknown output filters ``INVALID_ARGUMENT``; errors raised
+  wrong dtypes, unparsable tensors and unknown output filters ``INVALID_ARGUMENT``; a tensor
+  that declares more than ``max_tensor_bytes`` ``RESOURCE_EXHAUSTED``; errors raised
   by the graph (its assertions, shape mismatches) with the graph's own code;
 - the REST API: ``GET /v1/models/<name>[/versions/<n>]`` (status), ``.../metadata`` and
   ``POST .../<name>[/versions/<n>]:predict`` (columnar ``"inputs"`` or row ``"instances"``),
@@ -30,6 +31,7 @@ import concurrent.futures
 import http.server
 import json
 import logging
+import math
 import pathlib
 import re
 import threading
@@ -273,6 +275,36 @@ def _tensor_proto(array: np.ndarray, as_field: bool):
     return proto
 
 
+def _check_declared_size(alias: str, proto, limit: int) -> None:
+    """Refuses a ``TensorProto`` whose declared shape is negative or over ``limit`` bytes.
+
+    Checked before decoding: `tf.make_ndarray` repeats the last value (or zeros) to fill the
+    declared shape, so a request of a few bytes could make the server allocate gigabytes.
+
+    Raises:
+        ServingError: ``INVALID_ARGUMENT`` for a negative dimension, ``RESOURCE_EXHAUSTED``
+            for a tensor over the limit.
+    """
+    import tensorflow as tf
+
+    dims = [int(d.size) for d in proto.tensor_shape.dim]
+    if any(d < 0 for d in dims):
+        raise ServingError("INVALID_ARGUMENT", f"input '{alias}' declares shape {dims}")
+    try:
+        dtype = tf.dtypes.as_dtype(proto.dtype)
+    except TypeError:
+        return  # an unknown dtype: decoding refuses it with INVALID_ARGUMENT
+    if dtype == tf.string:
+        return  # strings take their own room in the message
+    declared = math.prod(dims) * dtype.size  # Python integers: no overflow
+    if declared > limit:
+        raise ServingError(
+            "RESOURCE_EXHAUSTED",
+            f"input '{alias}' declares shape {dims} ({declared} bytes), over this server's "
+            f"limit of {limit} bytes per tensor",
+        )
+
+
 def _make_servicer(server: LocalModelServer):
     import grpc
     from tensorflow_serving.apis import (
@@ -409,6 +441,12 @@ class LocalModelServer:
         rest_port: REST port; 0 picks a free one, ``None`` serves no REST.
         max_message_bytes: largest gRPC message received or sent (TF Serving: 2 GiB; a stock
             gRPC server receives 4 MiB).
+        max_tensor_bytes: largest input tensor, decoded, that a gRPC request may declare;
+            default ``2 * max_message_bytes`` (typed-field encodings may take less room than
+            the decoded values, e.g. one-byte varints of int16). A ``TensorProto`` holds its
+            shape apart from its values, and a short value list is repeated to fill the
+            shape, so a few bytes can ask for gigabytes: such a request is refused with
+            ``RESOURCE_EXHAUSTED`` before anything is allocated.
         max_rest_body_bytes: largest REST request body (JSON is several times the size of the
             same tensors in a protocol buffer).
         workers: threads answering gRPC calls.
@@ -429,6 +467,7 @@ class LocalModelServer:
         grpc_port: int = 0,
         rest_port: int | None = 0,
         max_message_bytes: int = TF_SERVING_MAX_MESSAGE_BYTES,
+        max_tensor_bytes: int | None = None,
         max_rest_body_bytes: int = 1024**3,
         workers: int = 16,
         response_encoding: str = "field",
@@ -443,6 +482,9 @@ class LocalModelServer:
         self.repository = ModelRepository(base, name, versions)
         self.name = name
         self.max_message_bytes = int(max_message_bytes)
+        self.max_tensor_bytes = int(
+            2 * self.max_message_bytes if max_tensor_bytes is None else max_tensor_bytes
+        )
         self.max_rest_body_bytes = int(max_rest_body_bytes)
         self.as_field = response_encoding == "field"
         self._grpc_port = grpc_port
@@ -549,6 +591,7 @@ class LocalModelServer:
             servable = self._servable(request.model_spec)
             inputs = {}
             for alias, proto in request.inputs.items():
+                _check_declared_size(alias, proto, self.max_tensor_bytes)
                 try:
                     inputs[alias] = tf.make_ndarray(proto)
                 except Exception as err:  # noqa: BLE001 - any unparsable TensorProto

@@ -1,8 +1,9 @@
 """The ``pancseg`` command.
 
 Each subcommand parses and validates its flags, calls the library and prints a short summary.
-Problems with the user's input end as one line, ``pancseg: error: <message>``, with exit status 2;
-``--debug`` (before the subcommand) shows the traceback as well. Commands that do not need
+Problems with the user's input, and a full disk, end as one line, ``pancseg: error: <message>``,
+with exit status 2; ``--debug`` (before the subcommand) shows the traceback as well. Messages
+show an input path by its last component only (`InputPathDisplay`). Commands that do not need
 TensorFlow never import it, and TensorFlow's start-up log lines are kept off the terminal.
 """
 
@@ -170,6 +171,37 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cv(args: argparse.Namespace) -> int:
+    from pancseg_tf.training.cv import CrossValidation, write_summary
+
+    cfg = _load_config(args)
+    losses = tuple(x.strip() for x in args.losses.split(",") if x.strip()) if args.losses else None
+    cv = CrossValidation(
+        pathlib.Path(args.cohort),
+        pathlib.Path(args.out),
+        cfg,
+        folds=args.folds,
+        losses=losses,
+        stages=args.stages,
+        seed=args.seed,
+        strategy=args.strategy,
+        folds_file=pathlib.Path(args.folds_file) if args.folds_file else None,
+        workers=args.workers,
+    )
+    if args.summary_only:
+        summary = write_summary(cv.out)
+    else:
+        cv.setup(args.fold)  # before TensorFlow starts: prepare's worker processes
+        if args.prepare_only:
+            print(f"prepared {cv.out / 'data'}; folds in {cv.out / 'folds.json'}")
+            return 0
+        import_tensorflow_quietly()
+        summary = cv.run(args.fold)
+    print((cv.out / "cv_summary.md").read_text().strip())
+    print(f"\n{len(summary.get('experiments', {}))} experiment(s); everything is in {cv.out}")
+    return 0
+
+
 def _predict_inputs(inputs: list[str]) -> list[tuple[str, object]]:
     """(case name, what to read) for each input: file, DICOM folder, NIfTI folder or cohort."""
     from pancseg_tf.io.cohorts import discover_cohort
@@ -209,13 +241,20 @@ def _strip_nifti_suffix(name: str) -> str:
     return name
 
 
-def _safe_case_name(name: str) -> str:
-    """A case name usable as a file name inside the output folder (never a path)."""
-    import re
+def one_line(text: str) -> str:
+    """``text`` with newlines and other control characters escaped (``\\n``, ``\\x00``).
 
-    if not name or name in (".", "..") or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise PancsegError(f"case name {name!r} cannot be used as a file name")
-    return name
+    Error messages name paths and values as given; a file name holding a newline would
+    otherwise split the one ``pancseg: error:`` line.
+    """
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def _safe_case_name(name: str) -> str:
+    """A case name usable as a file name inside the output folder: the rule of `check_case_id`."""
+    from pancseg_tf.io.cohorts import check_case_id
+
+    return check_case_id(name)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -251,12 +290,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     failed = 0
     for i, (name, source) in enumerate(items, start=1):
         start = time.monotonic()
+        written: list[pathlib.Path] = []
         try:
             case = _safe_case_name(name)
             volume = source.load_image() if hasattr(source, "load_image") else read_volume(source)
             result = segmenter.segment(volume)
             protect = [volume.source]
-            write_nifti(result.mask, volume, out / f"{case}.nii.gz", dtype="uint8", protect=protect)
+            written.append(
+                write_nifti(
+                    result.mask, volume, out / f"{case}.nii.gz", dtype="uint8", protect=protect
+                )
+            )
             if args.probabilities:
                 write_nifti(
                     result.probabilities,
@@ -275,13 +319,28 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             )
         except PancsegError as err:
             failed += 1
+            # A case is written whole or not at all: no mask without the probabilities asked for.
+            for path in written:
+                path.unlink(missing_ok=True)
             message = str(err)
             if hasattr(source, "image"):
                 # A cohort's folders were found, not typed: TCIA's carry the study date.
                 for form in {str(source.image), str(pathlib.Path(source.image).resolve())}:
                     message = message.replace(form, "<image>")
-            log.error("[%d/%d] %s failed: %s", i, len(items), name, message)
-    print(f"wrote {len(items) - failed} of {len(items)} mask(s) to {out}")
+            full = storage_full_error(err)
+            if full is not None and failed == i:
+                raise PancsegError(f"{message} (no mask written)") from None
+            shown = name if name.isprintable() else repr(name)  # a newline would split the line
+            log.error("[%d/%d] %s failed: %s", i, len(items), shown, message)
+            if full is not None:
+                # Every later case would fail the same way, after its whole computation.
+                log.error(
+                    "error: the output is full (%s): stopped with %d case(s) not attempted",
+                    full.strerror,
+                    len(items) - i,
+                )
+                break
+    print(f"wrote {i - failed} of {len(items)} mask(s) to {out}")
     return 1 if failed else 0
 
 
@@ -490,13 +549,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(
+        "cv",
+        help="k-fold cross-validation: both stages per fold, held-out scores, the paper's table",
+        description=(
+            "Assigns folds (OUT/folds.json: NIH Pancreas-CT with 4 folds by case number 1-20, "
+            "21-40, 41-61, 62-82; otherwise seeded by case id), prepares the cohort once, and "
+            "for each fold trains on the others, chooses post-processing on validation, "
+            "segments and scores the held-out cases. Folds are numbered from 0; finished "
+            "folds are skipped on a rerun; OUT/cv_summary.md is rebuilt from the folds done."
+        ),
+    )
+    p.add_argument("cohort", help="labelled cohort: MSD / nnU-Net folder, NIH download, CSV")
+    p.add_argument("out", help="the output folder (rerun to resume)")
+    p.add_argument("--folds", type=int, default=4, help="number of folds (default 4)")
+    p.add_argument("--fold", type=int, help="run only this fold (0-based), e.g. in a job array")
+    p.add_argument("--folds-file", help='a JSON fold assignment to use ({"folds": [[ids]]})')
+    p.add_argument("--config", help="YAML config or a named one (quick, paper)")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)"
+    )
+    p.add_argument(
+        "--losses",
+        help="compare these losses, comma-separated (bce, weighted_bce, dice, "
+        "jaccard_per_sample, jaccard, jaccard_bce); default the config's train.loss",
+    )
+    p.add_argument(
+        "--stages",
+        choices=("1", "both"),
+        default="both",
+        help="both (default) or 1: stage 1 alone, e.g. for a loss ablation on the CNN",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seeds the folds, splits and training")
+    p.add_argument(
+        "--strategy",
+        choices=("auto", "none", "mirrored", "multiworker"),
+        default="auto",
+        help="training strategy, as for pancseg train",
+    )
+    p.add_argument("--workers", type=int, default=2, help="processes preparing cases")
+    p.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="write folds.json and prepare the cohort, then stop (before a job array)",
+    )
+    p.add_argument(
+        "--summary-only", action="store_true", help="rebuild the summary from the folds done"
+    )
+    p.set_defaults(func=_cmd_cv)
+
+    p = sub.add_parser(
         "predict",
         help="segment NIfTI / DICOM volumes or a cohort; masks land on each input's grid",
         description=(
             "Segments each input: the CNN once per slice, the bidirectional ConvLSTM over the "
             "whole slice sequence in one pass (or in chunks), threshold, post-processing, back "
             "to the input's own grid. Writes OUT/<case>.nii.gz (uint8). Exit status 0 when all "
-            "cases are written, 1 when some failed, 2 when nothing could run."
+            "cases are written, 1 when some failed, 2 when nothing could run. A full disk "
+            "stops the run (status 2 if no mask was written yet); a case is written whole "
+            "(mask and probabilities) or not at all."
         ),
     )
     p.add_argument("model", help="a run folder or a .keras model (a stage-1 CNN works too)")
@@ -615,9 +725,136 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(debug: bool) -> None:
+# === Errors and paths in messages ===
+
+#: Arguments that name data to read (a volume, a DICOM series folder, a cohort, ground truth).
+_INPUT_ARGS = ("path", "input", "inputs", "cohort", "gt", "images")
+#: Arguments that name where a command writes, in the order a message should name them.
+_OUTPUT_ARGS = ("output", "out", "base", "run")
+# Characters a path shown in a message runs on with (it ends at a space, quote, comma or colon).
+_PATH_TAIL = r"[^\s'\",;:]*"
+
+
+class InputPathDisplay:
+    """Shows the input paths of a command the way every message of pancseg shows them.
+
+    The rule: an input path the user typed is shown by its last component only, and a path
+    found below it (a slice file, a cohort's patient, study and series folders) is shown as
+    that component followed by ``/…``. Archive exports name the folders above and below a
+    series after the patient (TCIA: ``PANCREAS_0002/11-24-2015-PANCREAS0002-.../``, with the
+    study date); the last component is the user's own handle on the input, the same name
+    ``pancseg predict`` gives its output. Output paths (where a command writes) are shown as
+    typed. ``--debug`` tracebacks are shown as they are.
+
+    Args:
+        inputs: the input paths as typed.
+
+    Example:
+        >>> show = InputPathDisplay(["/data/PAT/11-24-2015-X/series1"])
+        >>> show("could not read /data/PAT/11-24-2015-X/series1/IM0001.dcm: truncated")
+        'could not read series1/…: truncated'
+    """
+
+    def __init__(self, inputs: list[str]) -> None:
+        import re
+
+        shown: dict[str, str] = {}
+        for raw in inputs:
+            path = pathlib.Path(raw)
+            name = path.name if path.name not in ("", ".", "..") else str(raw)
+            forms = {str(raw), str(path), os.path.abspath(raw)}
+            try:
+                forms.add(str(path.resolve()))
+            except (OSError, RuntimeError):  # a symlink loop: the other forms remain
+                pass
+            for form in forms:
+                form = form.rstrip(os.sep) or form
+                if form not in ("", ".", "..", os.sep):
+                    shown[form] = name
+        self._shown = shown
+        self._pattern = None
+        if shown:
+            # Longest first: an input inside another input's folder is matched whole.
+            alternatives = "|".join(re.escape(f) for f in sorted(shown, key=len, reverse=True))
+            self._pattern = re.compile(
+                rf"(?P<quote>['\"])(?P<qpath>{alternatives})(?P<qbelow>/[^'\"]*)?(?P=quote)"
+                rf"|(?<![\w.\-/~])(?P<path>{alternatives})(?P<below>/{_PATH_TAIL})?(?![\w\-])"
+            )
+
+    def __call__(self, text: str) -> str:
+        """``text`` with every input path (and anything below one) in its shown form."""
+        if self._pattern is None:
+            return text
+
+        def replace(match) -> str:
+            quote = match["quote"] or ""
+            path = match["qpath"] or match["path"]
+            below = match["qbelow"] if quote else match["below"]
+            tail = "/…" if below and below.strip("/") else ""
+            return f"{quote}{self._shown[path]}{tail}{quote}"
+
+        return self._pattern.sub(replace, text)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> InputPathDisplay:
+        """The display of a parsed command's input arguments (`_INPUT_ARGS`)."""
+        inputs: list[str] = []
+        for key in _INPUT_ARGS:
+            value = getattr(args, key, None)
+            if isinstance(value, str):
+                inputs.append(value)
+            elif isinstance(value, list):
+                inputs += [v for v in value if isinstance(v, str)]
+        return cls(inputs)
+
+
+class _ShowInputs(logging.Filter):
+    """Rewrites each log record's message with `InputPathDisplay` (the CLI's handler only)."""
+
+    def __init__(self, display: InputPathDisplay) -> None:
+        super().__init__()
+        self.display = display
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self.display(record.getMessage())
+        record.args = None
+        return True
+
+
+def storage_full_error(err: BaseException | None) -> OSError | None:
+    """The `OSError` behind ``err`` that says the output's storage is full, else None.
+
+    Looks at ``err`` itself, then its ``__cause__`` / ``__context__`` chain (a `PancsegError`
+    raised while handling an `OSError` keeps it as its context). Full means: no space left on
+    the device (``ENOSPC``), the disk quota is exceeded (``EDQUOT``), or a file grew past the
+    largest size allowed (``EFBIG``: ``ulimit -f``, or the file system's largest file).
+    """
+    import errno
+
+    full = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in full:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _storage_full_message(error: OSError, args: argparse.Namespace) -> str:
+    """One line for a full disk: which file (or output) and the system's reason."""
+    reason = error.strerror or os.strerror(error.errno or 0)
+    if error.filename:
+        return f"could not write {error.filename}: {reason}"
+    outputs = [getattr(args, key) for key in _OUTPUT_ARGS if getattr(args, key, None)]
+    return f"could not write into {outputs[0]}: {reason}" if outputs else f"{reason}"
+
+
+def _configure_logging(debug: bool, display: InputPathDisplay | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("pancseg: %(message)s"))
+    if display is not None:
+        handler.addFilter(_ShowInputs(display))
     log.handlers[:] = [handler]
     log.setLevel(logging.DEBUG if debug else logging.INFO)
     log.propagate = False
@@ -627,13 +864,14 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the ``pancseg`` command; returns its exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(args.debug)
+    show = InputPathDisplay.from_args(args)
+    _configure_logging(args.debug, show)
     try:
         return int(args.func(args) or 0)
     except PancsegError as err:
         if args.debug:
             traceback.print_exc()
-        print(f"pancseg: error: {err}", file=sys.stderr)
+        print(f"pancseg: error: {one_line(show(str(err)))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("pancseg: interrupted", file=sys.stderr)
@@ -641,8 +879,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - the one place that turns crashes into a line
         if args.debug:
             traceback.print_exc()
+        full = storage_full_error(err)
+        if full is not None:
+            # A full disk is the user's to fix, not a bug: one line, status 2.
+            print(f"pancseg: error: {show(_storage_full_message(full, args))}", file=sys.stderr)
+            return 2
         print(
-            f"pancseg: error: internal error: {type(err).__name__}: {err} "
+            f"pancseg: error: internal error: {type(err).__name__}: {one_line(show(str(err)))} "
             "(rerun with --debug for the traceback)",
             file=sys.stderr,
         )

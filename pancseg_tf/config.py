@@ -166,6 +166,9 @@ class TrainConfig:
         loss: one of ``LOSSES``; ``jaccard`` is the paper's loss with sums over the batch.
         side_output_weights: weights of the deep-supervision side outputs, finest first.
         freeze_cnn_epochs: stage-2 epochs with the CNN frozen (only the ConvLSTM learns).
+        context_learning_rate: AdamW peak learning rate of those frozen-CNN epochs, where the
+            new ConvLSTM and fusion layers learn from scratch; default ``learning_rate``.
+            ``stage2_learning_rate`` then fine-tunes everything.
         early_stopping_patience: epochs without a better validation DSC before a stage stops;
             0 turns early stopping off.
         validation_fraction: share of the cases held out for validation (at least one case).
@@ -184,6 +187,7 @@ class TrainConfig:
     loss: str = "jaccard"
     side_output_weights: tuple[float, ...] = (0.5, 0.25, 0.125)
     freeze_cnn_epochs: int = 0
+    context_learning_rate: float | None = None
     early_stopping_patience: int = 0
     validation_fraction: float = 0.2
     validation_cases: int = 8
@@ -197,6 +201,8 @@ class TrainConfig:
             raise PancsegError(f"train.steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
         if not self.learning_rate > 0 or not self.stage2_learning_rate > 0:
             raise PancsegError("train.learning_rate and train.stage2_learning_rate must be > 0")
+        if self.context_learning_rate is not None and not self.context_learning_rate > 0:
+            raise PancsegError("train.context_learning_rate must be > 0 (or null: learning_rate)")
         if self.loss not in LOSSES:
             raise PancsegError(f"train.loss must be one of {', '.join(LOSSES)}; got {self.loss!r}")
         if self.precision not in PRECISIONS:
@@ -377,7 +383,6 @@ def load_config(path: str | pathlib.Path | None) -> Config:
 
 def save_config(cfg: Config, path: str | pathlib.Path, extra: dict[str, Any] | None = None) -> None:
     """Writes the resolved config as YAML (atomically); ``extra`` goes under ``provenance:``."""
-    import os
 
     import yaml
 
@@ -385,9 +390,9 @@ def save_config(cfg: Config, path: str | pathlib.Path, extra: dict[str, Any] | N
     data = cfg.to_dict()
     if extra:
         data = {"provenance": dict(extra), **data}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    os.replace(tmp, path)
+    from pancseg_tf.atomic import write_text
+
+    write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:

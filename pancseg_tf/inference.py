@@ -340,6 +340,9 @@ def postprocess_mask(mask: np.ndarray, *, largest_component: bool = True) -> np.
     """Keeps the largest 3D connected component (26-connected) and fills its holes.
 
     Works on the mask's bounding box only, so a 512 x 512 x 600 mask costs little memory.
+    Components tied for the largest size are all kept: picking one would depend on the order
+    in which the voxel axes are scanned, so the same anatomy stored in another orientation
+    could keep another one.
 
     Args:
         mask: binary array of any shape (3D).
@@ -357,8 +360,9 @@ def postprocess_mask(mask: np.ndarray, *, largest_component: bool = True) -> np.
     if largest_component:
         labels, count = ndimage.label(sub, structure=np.ones((3, 3, 3), bool))
         if count > 1:
-            sizes = np.bincount(labels.ravel())[1:]
-            sub = labels == (int(np.argmax(sizes)) + 1)
+            sizes = np.bincount(labels.ravel())
+            sizes[0] = 0
+            sub = sizes[labels] == sizes.max()
     sub = ndimage.binary_fill_holes(sub)
     out[box] = sub
     return out
@@ -385,11 +389,26 @@ def resolve_model_path(path: str | pathlib.Path) -> pathlib.Path:
 def load_model(path: str | pathlib.Path, *, unsafe: bool = False):
     """Loads a SliceCNN or ContextualSegmenter saved as ``.keras``.
 
-    ``safe_mode`` is on unless ``unsafe``: a file with a ``Lambda`` layer or an unregistered
-    class is refused rather than executing code from the file.
+    Safe by default: before Keras reads the file, its ``config.json`` is searched for what would
+    run code from outside Keras and this package, and such a file is refused with one line
+    naming it: a ``Lambda`` layer holding a Python lambda (its bytecode is in the file), or a
+    class that neither Keras nor pancseg_tf registers (Keras could only get it by importing the
+    module the file names). Keras' own ``safe_mode`` stays on as a second guard.
+
+    With ``unsafe`` (``--unsafe``) both load: lambdas are deserialised and the modules the file
+    names are imported, so the module must be importable here. Only for files you trust.
+
+    Args:
+        path: a run folder or a ``.keras`` file (see `resolve_model_path`).
+        unsafe: load Lambda layers and unregistered classes.
+
+    Returns:
+        The Keras model, uncompiled.
 
     Raises:
-        PancsegError: the path is not a model this package can load.
+        PancsegError: the path is not a model this package can load, holds a Lambda layer or
+            an unregistered class (unless ``unsafe``), or names a module that cannot be
+            imported (with ``unsafe``).
     """
     import keras
 
@@ -398,11 +417,104 @@ def load_model(path: str | pathlib.Path, *, unsafe: bool = False):
     import pancseg_tf.models  # noqa: F401
 
     path = resolve_model_path(path)
+    foreign = _code_from_outside(path)
+    custom_objects = None
+    if foreign and not unsafe:
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise PancsegError(
+            f"refusing to load {path}: {foreign[0][0]}{more}; loading it would run code from "
+            "outside Keras and pancseg_tf: pass --unsafe (unsafe=True) only for a file you trust"
+        )
+    if foreign:
+        custom_objects = _import_classes(path, foreign)
     try:
-        return keras.saving.load_model(str(path), safe_mode=not unsafe, compile=False)
+        return keras.saving.load_model(
+            str(path), safe_mode=not unsafe, compile=False, custom_objects=custom_objects
+        )
     except Exception as err:  # keras raises many types for a bad file
         reason = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
         raise PancsegError(f"cannot load a model from {path}: {reason}") from None
+
+
+# Packages whose classes Keras imports by itself when a file names them.
+_KERAS_PACKAGES = ("keras", "keras_hub", "keras_cv", "keras_nlp")
+
+
+def _code_from_outside(path: pathlib.Path) -> list[tuple[str, str | None, str | None]]:
+    """What in a ``.keras`` file would run code from outside Keras and pancseg_tf.
+
+    Returns:
+        ``(description, module, class name)`` per finding: module and class name for an
+        unregistered class, None for a lambda. Empty for a file that is not a readable
+        ``.keras`` archive (Keras reports those itself).
+    """
+    import json
+    import zipfile
+
+    import keras
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return []
+    found: list[tuple[str, str | None, str | None]] = []
+
+    def visit(node: Any, layer: str | None) -> None:
+        if isinstance(node, list):
+            for item in node:
+                visit(item, layer)
+            return
+        if not isinstance(node, dict):
+            return
+        class_name, module = node.get("class_name"), node.get("module")
+        inner = node.get("config")
+        if isinstance(inner, dict) and isinstance(inner.get("name"), str):
+            layer = inner["name"]
+        if class_name == "__lambda__":
+            found.append((f"its Lambda layer {layer!r} holds Python code", None, None))
+        elif (
+            isinstance(class_name, str)
+            and isinstance(module, str)
+            and module.split(".")[0] not in (*_KERAS_PACKAGES, "builtins")
+            and keras.saving.get_registered_object(node.get("registered_name") or class_name)
+            is None
+        ):
+            found.append(
+                (
+                    f"its class {class_name!r} comes from module {module!r}, which neither Keras "
+                    "nor pancseg_tf registers",
+                    module,
+                    class_name,
+                )
+            )
+        for key, value in node.items():
+            if key != "class_name":
+                visit(value, layer)
+
+    visit(config, None)
+    return found
+
+
+def _import_classes(
+    path: pathlib.Path, foreign: list[tuple[str, str | None, str | None]]
+) -> dict[str, Any]:
+    """The unregistered classes a file names, imported from their modules (``--unsafe``)."""
+    import importlib
+
+    classes: dict[str, Any] = {}
+    for _, module, class_name in foreign:
+        if module is None or class_name is None:
+            continue
+        try:
+            found = getattr(importlib.import_module(module), class_name)
+        except (ImportError, AttributeError) as err:
+            raise PancsegError(
+                f"cannot load a model from {path}: its class {class_name!r} of module "
+                f"{module!r} cannot be imported here ({err})"
+            ) from None
+        classes[class_name] = found
+    return classes
 
 
 def load_run_config(model_path: pathlib.Path) -> Config:
@@ -501,10 +613,14 @@ class Segmenter:
 
     @classmethod
     def from_path(cls, path: str | pathlib.Path, *, unsafe: bool = False, **kwargs) -> Segmenter:
-        """A run folder or ``.keras`` file, with the run's preprocessing and post-processing."""
+        """A run folder or ``.keras`` file, with the run's preprocessing, threshold and
+        post-processing (``postprocess.threshold`` and ``postprocess.largest_component`` of its
+        config) unless ``kwargs`` gives them."""
         model_path = resolve_model_path(path)
         cfg = load_run_config(model_path)
         model = load_model(model_path, unsafe=unsafe)
+        kwargs.setdefault("threshold", cfg.postprocess.threshold)
+        kwargs.setdefault("postprocess", cfg.postprocess.largest_component)
         return cls(model, cfg.preprocess, **kwargs)
 
     # --- host steps ---

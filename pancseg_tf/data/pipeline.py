@@ -465,6 +465,8 @@ class ValidationVolume:
         hu_window: the CT window of the preprocessing config.
         entry: the case's index entry (original shape, spacing and affine, the geometry plan
             dict, body box, slices with pancreas).
+        original_label: ``(I, J, K)`` uint8 {0, 1} on the original volume's grid, or ``None``
+            for data prepared before version 0.1's records stored it.
     """
 
     case_id: str
@@ -474,6 +476,7 @@ class ValidationVolume:
     percentiles: tuple[float, float] | None
     hu_window: tuple[float, float]
     entry: dict[str, Any]
+    original_label: np.ndarray | None = None
 
     @property
     def plan(self) -> Any:
@@ -528,4 +531,5 @@ def load_validation_volumes(
             percentiles=percentiles,
             hu_window=(float(hu[0]), float(hu[1])),
             entry=entry,
+            original_label=case["original_label"],
         )

@@ -39,7 +39,6 @@ import math
 import multiprocessing
 import os
 import pathlib
-import re
 import time
 from collections.abc import Generator, Sequence
 from typing import Any
@@ -61,7 +60,6 @@ SKIPPED_DIR = "skipped"
 
 # float16 holds values up to 65504; MRI volumes with larger values are scaled to fit.
 _FLOAT16_LIMIT = 60000.0
-_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 # === One case ===
@@ -149,8 +147,9 @@ def prepare_case(case: Any, config: Config) -> tuple[bytes, dict[str, Any]]:
     plan = plan_geometry(
         image, spacing_mm=p.spacing_mm, slice_spacing_mm=p.slice_spacing_mm, size=tuple(p.size)
     )
-    mask = plan.forward(map_labels(label, p.label_values, require_present=True), is_label=True)
+    original_label = map_labels(label, p.label_values, require_present=True)
     del label
+    mask = plan.forward(original_label, is_label=True)
     scale = 1.0
     if p.modality == "ct":
         percentiles = [float(v) for v in p.hu_window]
@@ -179,7 +178,10 @@ def prepare_case(case: Any, config: Config) -> tuple[bytes, dict[str, Any]]:
         intensity_scale=scale,
         body_box=box,
         spacing=[spacing_hwk[2], spacing_hwk[0], spacing_hwk[1]],
+        # Validation scores on the scan's own grid, as `pancseg evaluate` does.
+        original_label=original_label,
     )
+    del original_label
     voxels = mask.reshape(mask.shape[0], -1).sum(axis=1)
     entry = {
         "case_id": case.case_id,
@@ -225,12 +227,9 @@ def _json_bytes(obj: Any) -> bytes:
 
 
 def _write_atomic(path: pathlib.Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    from pancseg_tf.atomic import write_bytes
+
+    write_bytes(path, data)
 
 
 def _remove_temporaries(out: pathlib.Path, case_id: str) -> None:
@@ -325,14 +324,11 @@ def _select(case_ids: Sequence[str], num_shards: int | None, shard_index: int | 
 
 
 def _check_case_ids(cases: Sequence[Any]) -> None:
+    from pancseg_tf.io.cohorts import check_case_id
+
     seen: set[str] = set()
     for case in cases:
-        case_id = case.case_id
-        if not isinstance(case_id, str) or not _CASE_ID.match(case_id):
-            raise PancsegError(
-                f"case id {case_id!r} cannot name a shard file: expected letters, digits, "
-                "'.', '_' or '-' (at most 128 characters)"
-            )
+        case_id = check_case_id(case.case_id)
         if case_id in seen:
             raise PancsegError(f"case id {case_id!r} appears twice in the cohort")
         seen.add(case_id)

@@ -39,6 +39,13 @@ key                           kind       value
                                          model grid (half-open), from the image alone
 ``spacing``                   float x3   model grid spacing in mm ``(K, H, W)`` order:
                                          ``(slice, H, W)``
+``original_shape``            int64 x3   optional: the original volume's ``(I, J, K)``
+``original_label_box``        int64 x6   optional: ``(i0, i1, j0, j1, k0, k1)``, the
+                                         pancreas box on the original grid (half-open)
+``original_label``            bytes      optional: the binary pancreas label inside that box,
+                                         on the original grid, ``np.packbits`` of its C-order
+                                         bits; validation scores on it, as ``pancseg
+                                         evaluate`` does
 ============================  =========  ==================================================
 
 The model grid's axes are the geometry module's: ``H`` runs left to right, ``W`` posterior to
@@ -284,7 +291,7 @@ def write_tfrecord_atomic(path: str | os.PathLike, records: Sequence[bytes]) -> 
     """Writes records to a TFRecord file atomically: a temporary name, fsync, then rename.
 
     A run killed half way leaves only a ``.tmp`` file, never a truncated shard under the final
-    name; a rerun overwrites the temporary file.
+    name; a failed write (a full disk) removes it.
 
     Args:
         path: the shard's final path.
@@ -293,14 +300,14 @@ def write_tfrecord_atomic(path: str | os.PathLike, records: Sequence[bytes]) -> 
     Returns:
         The final path.
     """
+    from pancseg_tf.atomic import replacing
+
     path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
+    with replacing(path) as tmp, open(tmp, "wb") as handle:
         for record in records:
             handle.write(frame_record(record))
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(tmp, path)
     return path
 
 
@@ -359,6 +366,7 @@ def encode_case(
     intensity_scale: float,
     body_box: Sequence[int],
     spacing: Sequence[float],
+    original_label: np.ndarray | None = None,
 ) -> bytes:
     """Serialises one prepared case as a ``tf.train.Example`` (see the module's table).
 
@@ -371,6 +379,8 @@ def encode_case(
         intensity_scale: stored = original x scale.
         body_box: ``(h0, h1, w0, w1)`` on the model grid.
         spacing: ``(slice, H, W)`` spacing in mm.
+        original_label: ``(I, J, K)`` {0, 1} on the original volume's grid, or ``None``; stored
+            as its pancreas box, bit-packed (a few kB even at 512 x 512 x 600).
 
     Returns:
         The serialised Example.
@@ -380,8 +390,19 @@ def encode_case(
     if image.dtype not in (np.int16, np.float16) or label.dtype != np.uint8:
         raise ValueError(f"image must be int16 or float16 and label uint8, got {image.dtype}")
     dtype = image.dtype.name
+    extra: dict[str, object] = {}
+    if original_label is not None:
+        binary = np.asarray(original_label) != 0
+        box = _nonzero_box(binary)
+        crop = binary[box[0] : box[1], box[2] : box[3], box[4] : box[5]]
+        extra = {
+            "original_shape": np.asarray(binary.shape, np.int64),
+            "original_label_box": np.asarray(box, np.int64),
+            "original_label": np.packbits(crop, axis=None).tobytes(),
+        }
     return encode_example(
         {
+            **extra,
             "body_box": np.asarray(body_box, np.int64),
             "case_id": case_id,
             "image": np.ascontiguousarray(image, dtype=image.dtype.newbyteorder("<")).tobytes(),
@@ -403,7 +424,8 @@ def decode_case(data: bytes) -> dict[str, object]:
     Returns:
         ``case_id`` and ``modality`` (str), ``image`` ``(K, H, W)`` int16 or float16, ``label``
         ``(K, H, W)`` uint8, ``pancreas_voxels`` (K,) int64, ``percentiles`` (2,) float32,
-        ``intensity_scale`` float, ``body_box`` (4,) int64, ``spacing`` (3,) float32.
+        ``intensity_scale`` float, ``body_box`` (4,) int64, ``spacing`` (3,) float32,
+        ``original_label`` ``(I, J, K)`` uint8 on the original grid or ``None`` (not stored).
     """
     raw = decode_example(data)
     missing = [key for key in RECORD_FEATURES if key not in raw]
@@ -421,4 +443,29 @@ def decode_case(data: bytes) -> dict[str, object]:
         "intensity_scale": float(raw["intensity_scale"][0]),  # type: ignore[index]
         "body_box": np.asarray(raw["body_box"]),
         "spacing": np.asarray(raw["spacing"]),
+        "original_label": _original_label(raw),
     }
+
+
+def _nonzero_box(mask: np.ndarray) -> list[int]:
+    """Half-open ``(i0, i1, j0, j1, k0, k1)`` around the non-zero voxels (empty: all zero)."""
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        box += [int(hits[0]), int(hits[-1]) + 1] if hits.size else [0, 0]
+    return box
+
+
+def _original_label(raw: Mapping[str, object]) -> np.ndarray | None:
+    """The full original-grid label from its stored box, or ``None`` when not stored."""
+    if "original_label_box" not in raw:
+        return None
+    shape = tuple(int(v) for v in raw["original_shape"])  # type: ignore[union-attr]
+    i0, i1, j0, j1, k0, k1 = (int(v) for v in raw["original_label_box"])  # type: ignore[union-attr]
+    crop_shape = (i1 - i0, j1 - j0, k1 - k0)
+    bits = np.frombuffer(raw["original_label"][0], dtype=np.uint8)  # type: ignore[index]
+    crop = np.unpackbits(bits, count=int(np.prod(crop_shape))).reshape(crop_shape)
+    out = np.zeros(shape, np.uint8)
+    out[i0:i1, j0:j1, k0:k1] = crop
+    return out

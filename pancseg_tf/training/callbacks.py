@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
-import os
 import pathlib
 import time
 from collections.abc import Sequence
@@ -15,17 +15,16 @@ from typing import Any
 import keras
 import numpy as np
 
+log = logging.getLogger("pancseg_tf.training")
+
 LOG_COLUMNS = ("stage", "epoch", "loss", "val_dsc", "learning_rate", "seconds")
 
 
 def write_atomic(path: pathlib.Path, text: str) -> None:
     """Writes a small text file under a temporary name, then renames it into place."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from pancseg_tf.atomic import write_text
+
+    write_text(path, text)
 
 
 def read_json(path: pathlib.Path, default: Any) -> Any:
@@ -37,8 +36,12 @@ class WholeVolumeValidation(keras.callbacks.Callback):
 
     The volumes go through `pancseg_tf.inference.Segmenter.predict_model_grid`, the code
     ``pancseg predict`` runs (the CNN once per slice, the ConvLSTM over all slices in one pass),
-    then the threshold and post-processing of the run's config, and are scored by Dice on the
-    model grid (per case, then the mean), so the best checkpoint is chosen on what users get.
+    then `pancseg_tf.inference.finish_segmentation`: back to the scan's own grid, the threshold
+    and post-processing of the run's config. Each case is scored by Dice against its label on
+    that grid, as ``pancseg evaluate`` scores a prediction (the mean over cases is
+    ``val_dsc``), so the best checkpoint is chosen on what users get and the figure matches
+    ``pancseg evaluate`` on the same cases. Data prepared before the records carried the
+    original-grid label is scored on the model grid instead (logged once).
     They are read from the prepared shards one at a time each epoch, never held together (at
     the paper's size one volume is some 400 MB).
 
@@ -66,18 +69,35 @@ class WholeVolumeValidation(keras.callbacks.Callback):
         self.largest_component = largest_component
         self.slice_batch = slice_batch
         self.last_scores: dict[str, float] = {}
+        self._warned = False
 
     def scores(self, model: keras.Model) -> dict[str, float]:
         from pancseg_tf.data.pipeline import load_validation_volumes
         from pancseg_tf.evaluation.metrics import dice
-        from pancseg_tf.inference import Segmenter, postprocess_mask
+        from pancseg_tf.inference import Segmenter, finish_segmentation, postprocess_mask
 
         segmenter = Segmenter(model, threshold=self.threshold, slice_batch=self.slice_batch)
         out = {}
         for volume in load_validation_volumes(self.data_dir, self.cases):
             prob = segmenter.predict_model_grid(volume.normalized_image())
+            if volume.original_label is not None:
+                result = finish_segmentation(
+                    volume.plan,
+                    prob,
+                    threshold=self.threshold,
+                    postprocess=self.largest_component,
+                )
+                out[volume.case_id] = float(dice(result.mask, volume.original_label))
+                continue
+            if not self._warned:
+                log.warning(
+                    "validation on the model grid: the prepared data predates original-grid "
+                    "labels (prepare it again to score as `pancseg evaluate` does)"
+                )
+                self._warned = True
             mask = (prob >= self.threshold).astype(np.uint8)
-            mask = postprocess_mask(mask, largest_component=self.largest_component)
+            if self.largest_component:
+                mask = postprocess_mask(mask)
             out[volume.case_id] = float(dice(mask, volume.label))
         return out
 
@@ -155,16 +175,27 @@ class BestModel(keras.callbacks.Callback):
     Args:
         path: where the best model goes (``.keras``).
         state_path: JSON file holding ``{key: best value}``.
-        key: this stage's entry in the state file.
+        key: this stage's entry in the state file; the best model's per-case validation
+            Dice goes under ``{key}_cases``.
         enabled: False on non-chief workers.
+        validation: the `WholeVolumeValidation` that scored the epoch (its per-case scores).
     """
 
-    def __init__(self, path: pathlib.Path, state_path: pathlib.Path, key: str, *, enabled=True):
+    def __init__(
+        self,
+        path: pathlib.Path,
+        state_path: pathlib.Path,
+        key: str,
+        *,
+        enabled=True,
+        validation: WholeVolumeValidation | None = None,
+    ):
         super().__init__()
         self.path = pathlib.Path(path)
         self.state_path = pathlib.Path(state_path)
         self.key = key
         self.enabled = enabled
+        self.validation = validation
 
     @property
     def best(self) -> float:
@@ -174,24 +205,38 @@ class BestModel(keras.callbacks.Callback):
         if self.enabled:
             self.update(self.model, epoch, (logs or {}).get("val_dsc"))
 
-    def update(self, model: keras.Model, epoch: int, value: float | None) -> None:
-        """Saves ``model`` if ``value`` beats the best so far (no value: the latest epoch wins)."""
+    def update(
+        self,
+        model: keras.Model,
+        epoch: int,
+        value: float | None,
+        cases: dict[str, float] | None = None,
+    ) -> None:
+        """Saves ``model`` if ``value`` beats the best so far (no value: the latest epoch wins).
+
+        ``cases`` (default: the validation callback's latest scores) is recorded with it.
+        """
         if value is None:  # no validation cases: the last epoch is the model
             value = float(epoch)
+        if cases is None and self.validation is not None:
+            cases = self.validation.last_scores
         if value > self.best:
             save_model_atomic(model, self.path)
             state = read_json(self.state_path, {})
             state[self.key] = float(value)
             state[f"{self.key}_epoch"] = int(epoch)
+            if cases:
+                state[f"{self.key}_cases"] = {k: float(v) for k, v in sorted(cases.items())}
             write_atomic(self.state_path, json.dumps(state, indent=2))
 
 
 def save_model_atomic(model: keras.Model, path: pathlib.Path) -> None:
     """``model.save`` under a temporary ``.keras`` name in the same folder, then a rename."""
     path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+    from pancseg_tf.atomic import replacing
+
+    with replacing(path, keep_suffix=True) as tmp:
+        model.save(tmp)
 
 
 def mark_state(state_path: pathlib.Path, key: str) -> None:

@@ -44,6 +44,7 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
         freeze_for_stage2,
         make_loss,
         make_optimizer,
+        stage2_learning_rate,
     )
 
     cfg = trainer.config
@@ -104,7 +105,7 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
                 if scores:
                     logs["val_dsc"] = sum(scores.values()) / len(scores)
                 runlog.on_epoch_end(epoch, logs)
-                best.update(model, epoch, logs.get("val_dsc"))
+                best.update(model, epoch, logs.get("val_dsc"), scores)
             else:
                 # Saving is collective in spirit: every worker saves, non-chief copies are dropped.
                 tmp = tempfile.mkdtemp(prefix="pancseg-worker-")
@@ -179,7 +180,7 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
                 build,
                 ["prob"],
                 None,
-                cfg.train.stage2_learning_rate,
+                stage2_learning_rate(cfg, phase),
                 first,
                 last,
                 init,

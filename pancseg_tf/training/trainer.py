@@ -6,7 +6,10 @@ and fine-tunes the whole end to end on windows of consecutive slices (optionally
 frozen for the first epochs). Both stages use ``model.fit`` with the same callbacks:
 whole-volume validation (``val_dsc``), the best model, ``RUN/log.csv``, TensorBoard, early
 stopping and ``keras.callbacks.BackupAndRestore``, so that rerunning the same command after a
-kill resumes from the last finished epoch and stage.
+kill resumes from the last finished epoch and stage. With ``deterministic=True`` a resumed run
+ends with the same weights, log and state as an uninterrupted one: each phase's random state
+comes from ``(seed, phase)`` (`phase_seed`), the data and dropout from ``(seed, epoch)``, and
+early stopping replays its record (tests/training/test_resume_determinism.py).
 
 The run folder (stable; tools read it):
 
@@ -17,6 +20,11 @@ The run folder (stable; tools read it):
 - ``tensorboard/stage1``, ``tensorboard/stage2``;
 - ``stage1.keras``: the best stage-1 CNN; ``model.keras``: the final (best) contextual model;
 - ``state.json``: best validation scores and finished stages; ``backup/``: resume state.
+
+Test-only: with ``PANCSEG_TEST_KILL_AFTER_BATCHES=N`` in the environment the process sends
+itself SIGKILL when it is about to run its ``N + 1``-th training batch (counted over all stages
+and phases of the process), so that tests can kill a run at an exact point and resume it. Never
+set it otherwise.
 """
 
 from __future__ import annotations
@@ -27,7 +35,10 @@ import json
 import logging
 import os
 import pathlib
+import signal
 import sys
+import zlib
+from collections.abc import Sequence
 from typing import Any
 
 from pancseg_tf._version import __version__
@@ -195,6 +206,8 @@ class Trainer:
         deterministic: fixed data order and deterministic TensorFlow ops (slower).
         strategy: ``auto``, ``none``, ``mirrored`` or ``multiworker``.
         progress: progress bars (else one line per epoch).
+        cases: train and validate on these prepared cases only (a cross-validation fold's
+            training folds); default every case of ``data_dir``.
     """
 
     def __init__(
@@ -207,14 +220,17 @@ class Trainer:
         deterministic: bool = False,
         strategy: str = "auto",
         progress: bool = True,
+        cases: Sequence[str] | None = None,
     ):
         self.data_dir = pathlib.Path(data_dir)
+        self.cases = None if cases is None else sorted(cases)
         self.run_dir = pathlib.Path(run_dir)
         self.config = config
         self.seed = seed
         self.deterministic = deterministic
         self.strategy_name = strategy
         self.progress = progress
+        self._batches_run = 0  # for PANCSEG_TEST_KILL_AFTER_BATCHES
         if strategy not in STRATEGIES:
             raise PancsegError(
                 f"--strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}"
@@ -266,6 +282,13 @@ class Trainer:
             splits = json.loads(splits_path.read_text())
         else:
             case_ids = [c["case_id"] for c in index["cases"]]
+            if self.cases is not None:
+                unknown = sorted(set(self.cases) - set(case_ids))
+                if unknown:
+                    raise PancsegError(
+                        f"cases {', '.join(unknown[:5])} are not in {self.data_dir}'s index"
+                    )
+                case_ids = self.cases
             splits = split_cases(case_ids, self.config.train.validation_fraction, self.seed)
         if chief:
             run.mkdir(parents=True, exist_ok=True)
@@ -309,9 +332,11 @@ class Trainer:
         backup_dir = self.run_dir / "backup" / phase
         meta = read_json(backup_dir / "training_metadata.json", {})
         initial_epoch = max(first_epoch, int(meta.get("epoch", first_epoch)))
-        if initial_epoch >= epochs:
+        stopping_path = backup_dir / "early_stopping.json"
+        if initial_epoch >= epochs or early_stopped(stopping_path, initial_epoch):
             log.info("stage %d (%s): already finished", stage, phase)
             return
+        keras.utils.set_random_seed(phase_seed(self.seed, phase))
         with strategy.scope():
             model.compile(
                 optimizer=make_optimizer(
@@ -341,9 +366,16 @@ class Trainer:
             dataset = dataset.concatenate(epoch_data(epoch))
         dataset = dataset.map(targets)
         callbacks = [
+            _restart_seed_generators(model),
             validation,
             RunLog(self.run_dir / "log.csv", stage, initial_epoch, enabled=chief),
-            BestModel(best_path, self.run_dir / "state.json", f"stage{stage}", enabled=chief),
+            BestModel(
+                best_path,
+                self.run_dir / "state.json",
+                f"stage{stage}",
+                enabled=chief,
+                validation=validation,
+            ),
             keras.callbacks.TensorBoard(
                 log_dir=str(self.run_dir / "tensorboard" / f"stage{stage}"),
                 write_graph=False,
@@ -352,11 +384,14 @@ class Trainer:
         ]
         if cfg.train.early_stopping_patience > 0:
             callbacks.append(
-                keras.callbacks.EarlyStopping(
-                    monitor="val_dsc", mode="max", patience=cfg.train.early_stopping_patience
+                resumable_early_stopping(
+                    cfg.train.early_stopping_patience, stopping_path, initial_epoch
                 )
             )
-        callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False))
+        callbacks.append(atomic_backup_and_restore(backup_dir))
+        kill_after = os.environ.get("PANCSEG_TEST_KILL_AFTER_BATCHES")
+        if kill_after:
+            callbacks.insert(0, _kill_after_batches(self, int(kill_after)))
         log.info(
             "stage %d (%s): epochs %d..%d, %d steps each",
             stage,
@@ -412,6 +447,7 @@ class Trainer:
             state_path = self.run_dir / "state.json"
             stage1_path = self.run_dir / "stage1.keras"
             if stage in ("1", "both") and not read_json(state_path, {}).get("stage1_done"):
+                keras.utils.set_random_seed(phase_seed(self.seed, "stage1_model"))
                 with strategy.scope():
                     cnn = build_slice_cnn(cfg)
                 loss = {k: make_loss(cfg.train.loss) for k in cnn.loss_keys}
@@ -437,6 +473,8 @@ class Trainer:
                     raise PancsegError(
                         f"stage 2 needs the stage-1 model {stage1_path}: run --stage 1 first"
                     )
+                # Seeded here, not by what ran before: a resumed run starts at stage 2.
+                keras.utils.set_random_seed(phase_seed(self.seed, "stage2_model"))
                 stage1 = load_model(stage1_path)
                 with strategy.scope():
                     model = build_contextual(cfg)
@@ -456,7 +494,7 @@ class Trainer:
                         model=model,
                         loss={"prob": make_loss(cfg.train.loss)},
                         loss_weights=None,
-                        learning_rate=cfg.train.stage2_learning_rate,
+                        learning_rate=stage2_learning_rate(cfg, phase),
                         epochs=last,
                         first_epoch=first,
                         splits=splits,
@@ -497,6 +535,149 @@ def freeze_for_stage2(model, *, frozen: bool) -> None:
         for layer in model.slice_cnn.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = False
+
+
+def phase_seed(seed: int, phase: str) -> int:
+    """The random seed a training phase (or a stage's model build) starts from.
+
+    A function of the run's seed and the phase's name only, never of what the process ran
+    before: a run resumed at stage 2 skips stage 1 and must still draw the same initial
+    ConvLSTM weights, dropout seeds and shuffles as an uninterrupted one.
+
+    Args:
+        seed: the run's ``--seed``.
+        phase: ``stage1_model``, ``stage1``, ``stage2_model``, ``stage2_frozen`` or ``stage2``.
+
+    Returns:
+        A seed in ``[0, 2**32)`` (NumPy's range); stage 1 (``stage1_model``, ``stage1``) gets
+        ``seed`` itself, as before phases were seeded apart.
+    """
+    if phase in ("stage1_model", "stage1"):
+        return seed
+    return zlib.crc32(f"{seed}:{phase}".encode())
+
+
+def _restart_seed_generators(model):
+    """Restarts the model's random streams (dropout) at a function of the epoch.
+
+    Each Keras ``SeedGenerator`` draws ``[seed, counter]`` with a counter that
+    ``BackupAndRestore`` does not save: after a resume it would start again from 0, so the
+    resumed epochs would get other dropout masks than an uninterrupted run's. Setting the
+    counter to ``epoch * 2**24`` at each epoch's start makes an epoch's masks the same however
+    it was reached (an epoch draws far fewer than 2**24 times).
+    """
+    import keras
+    import numpy as np
+
+    states = [v for v in model.variables if v.name == "seed_generator_state"]
+
+    def begin(epoch, logs=None):
+        for state in states:
+            seed = int(keras.ops.convert_to_numpy(state)[0])
+            state.assign(np.array([seed, epoch * 2**24], dtype=state.dtype))
+
+    return keras.callbacks.LambdaCallback(on_epoch_begin=begin)
+
+
+def resumable_early_stopping(patience: int, path: pathlib.Path, initial_epoch: int):
+    """``keras.callbacks.EarlyStopping`` on ``val_dsc`` (max) that keeps its state over a resume.
+
+    Keras' callback starts again from nothing after a kill, so a resumed phase would stop later
+    than an uninterrupted one. This one records each epoch's ``val_dsc`` (and the epoch it
+    stopped at) in ``path``, beside the phase's backup, and when the phase resumes at
+    ``initial_epoch`` it replays the epochs before it. Records at or after ``initial_epoch``
+    (written, then killed before the epoch's backup) are dropped: those epochs run again.
+
+    Args:
+        patience: epochs without a better ``val_dsc`` before the phase stops.
+        path: the phase's JSON record, ``RUN/backup/<phase>/early_stopping.json``.
+        initial_epoch: the epoch the phase (re)starts at.
+
+    Returns:
+        The callback.
+    """
+    import keras
+
+    saved = read_json(path, {}).get("val_dsc", {})
+    history = {int(e): float(v) for e, v in saved.items() if int(e) < initial_epoch}
+
+    class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+        def on_train_begin(self, logs=None):
+            super().on_train_begin(logs)
+            for epoch in sorted(history):
+                super().on_epoch_end(epoch, {"val_dsc": history[epoch]})
+
+        def on_epoch_end(self, epoch, logs=None):
+            super().on_epoch_end(epoch, logs)
+            value = (logs or {}).get("val_dsc")
+            if value is None:
+                return
+            history[epoch] = float(value)
+            record: dict[str, Any] = {"val_dsc": {str(e): history[e] for e in sorted(history)}}
+            if self.model.stop_training and self.stopped_epoch == epoch:
+                record["stopped_epoch"] = epoch
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, json.dumps(record, indent=2))
+
+    return ResumableEarlyStopping(monitor="val_dsc", mode="max", patience=patience)
+
+
+def early_stopped(path: pathlib.Path, initial_epoch: int) -> bool:
+    """Whether early stopping ended the phase at an epoch before ``initial_epoch`` (backed up)."""
+    stopped = read_json(path, {}).get("stopped_epoch")
+    return stopped is not None and int(stopped) < initial_epoch
+
+
+def atomic_backup_and_restore(backup_dir: pathlib.Path):
+    """``keras.callbacks.BackupAndRestore`` (weights, optimizer state, epoch) saved atomically.
+
+    Keras writes ``latest.weights.h5`` and ``training_metadata.json`` in place: a kill during
+    the epoch-end save leaves a truncated file that every rerun fails to load. Here each is
+    written under a temporary name and renamed into place (weights first), so a kill leaves
+    the previous epoch's backup whole; loading is Keras' own. Kept: ``delete_checkpoint=False``
+    (the stage-2 phases read the frozen phase's backup).
+
+    Args:
+        backup_dir: ``RUN/backup/<phase>``.
+
+    Returns:
+        The callback.
+    """
+    import keras
+
+    class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+        def on_epoch_end(self, epoch, logs=None):
+            backup_dir.mkdir(parents=True, exist_ok=True)
+            tmp = backup_dir / f".tmp-{os.getpid()}.weights.h5"
+            self.model.save_weights(str(tmp), overwrite=True)
+            os.replace(tmp, backup_dir / "latest.weights.h5")
+            meta = {"epoch": epoch + 1, "batch": 0}
+            write_atomic(backup_dir / "training_metadata.json", json.dumps(meta))
+
+    return AtomicBackupAndRestore(str(backup_dir), delete_checkpoint=False)
+
+
+def _kill_after_batches(trainer: Trainer, count: int):
+    """Test-only (``PANCSEG_TEST_KILL_AFTER_BATCHES``): SIGKILL before batch ``count + 1``."""
+    import keras
+
+    def begin(batch, logs=None):
+        if trainer._batches_run >= count:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def end(batch, logs=None):
+        trainer._batches_run += 1
+
+    return keras.callbacks.LambdaCallback(on_train_batch_begin=begin, on_train_batch_end=end)
+
+
+def stage2_learning_rate(cfg: Config, phase: str) -> float:
+    """Peak learning rate of a stage-2 phase: the frozen-CNN phase trains new layers from
+    scratch (``context_learning_rate``, default ``learning_rate``); the end-to-end phase
+    fine-tunes (``stage2_learning_rate``)."""
+    if phase == "stage2_frozen":
+        return cfg.train.context_learning_rate or cfg.train.learning_rate
+    return cfg.train.stage2_learning_rate
 
 
 def _side_weights(keys: list[str], side: tuple[float, ...]) -> dict[str, float]:

@@ -53,6 +53,10 @@ setup(
             "medpy>=0.5",
             "tensorflow-serving-api>=2.18,<3",
             "grpcio>=1.60",
+            # tests/test_notebooks.py runs the Colab notebooks headless.
+            "nbclient>=0.10",
+            "nbformat>=5.9",
+            "ipykernel>=6.29",
         ],
     },
     entry_points={"console_scripts": ["pancseg=pancseg_tf.cli:main"]},

@@ -187,13 +187,14 @@ def _cmd_cv(args: argparse.Namespace) -> int:
         strategy=args.strategy,
         folds_file=pathlib.Path(args.folds_file) if args.folds_file else None,
         workers=args.workers,
+        data_dir=pathlib.Path(args.data) if args.data else None,
     )
     if args.summary_only:
         summary = write_summary(cv.out)
     else:
         cv.setup(args.fold)  # before TensorFlow starts: prepare's worker processes
         if args.prepare_only:
-            print(f"prepared {cv.out / 'data'}; folds in {cv.out / 'folds.json'}")
+            print(f"prepared {cv.data_dir}; folds in {cv.out / 'folds.json'}")
             return 0
         import_tensorflow_quietly()
         summary = cv.run(args.fold)
@@ -587,6 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="training strategy, as for pancseg train",
     )
     p.add_argument("--workers", type=int, default=2, help="processes preparing cases")
+    p.add_argument("--data", help="where the prepared cohort goes (default OUT/data)")
     p.add_argument(
         "--prepare-only",
         action="store_true",

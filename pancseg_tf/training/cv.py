@@ -165,6 +165,8 @@ class CrossValidation:
         folds_file: a JSON folds file to use instead of the default assignment.
         workers: processes preparing cases.
         progress: progress bars in training.
+        data_dir: where the prepared cohort goes (default ``OUT/data``): e.g. a fast local disk
+            while ``OUT`` is on a network drive.
     """
 
     cohort: pathlib.Path
@@ -178,10 +180,12 @@ class CrossValidation:
     folds_file: pathlib.Path | None = None
     workers: int = 2
     progress: bool = True
+    data_dir: pathlib.Path | None = None
 
     def __post_init__(self) -> None:
         self.cohort = pathlib.Path(self.cohort)
         self.out = pathlib.Path(self.out)
+        self.data_dir = pathlib.Path(self.data_dir) if self.data_dir else self.out / "data"
         if self.stages not in ("1", "both"):
             raise PancsegError(f"--stages must be 1 or both; got {self.stages!r}")
         self.losses = tuple(self.losses or (self.config.train.loss,))
@@ -227,12 +231,10 @@ class CrossValidation:
         return folds
 
     def prepare(self) -> dict[str, Any]:
-        """Prepares the whole cohort once into ``OUT/data`` (resumable)."""
+        """Prepares the whole cohort once into ``data_dir`` (resumable)."""
         from pancseg_tf.data.prepare import prepare_cohort
 
-        return prepare_cohort(
-            self.cohort, self.out / "data", config=self.config, workers=self.workers
-        )
+        return prepare_cohort(self.cohort, self.data_dir, config=self.config, workers=self.workers)
 
     def loss_config(self, loss: str) -> Config:
         return apply_overrides(self.config, [f"train.loss={loss}"])
@@ -303,7 +305,7 @@ class CrossValidation:
         finished = "stage1_done" if self.stages == "1" else "stage2_done"
         if not read_json(run_dir / "state.json", {}).get(finished):
             Trainer(
-                self.out / "data",
+                self.data_dir,
                 run_dir,
                 cfg,
                 seed=self.seed + k,
@@ -314,7 +316,7 @@ class CrossValidation:
         splits = json.loads((run_dir / "splits.json").read_text())
         models = {"stage1": run_dir / "stage1.keras", "stage2": run_dir / "model.keras"}
         models = {s: models[s] for s in self.stage_names}
-        choice = choose_postprocessing(models, self.out / "data", splits["validation"], cfg)
+        choice = choose_postprocessing(models, self.data_dir, splits["validation"], cfg)
         record_postprocessing(run_dir, choice, self.stage_names[-1])
         by_id = {c.case_id: c for c in cases}
         results = {}

@@ -12,11 +12,17 @@ forward passes (compiled, inference mode) of each part and a training step on on
 ``--window`` slices at the quick CNN's 256 x 256, for several ConvLSTM resolutions, and a plain
 3x3 convolution as the machine's conv reference, so each part's FLOP rate can be compared.
 
+With ``--roofline`` it measures the machine's peak for this workload (a float32 3x3 convolution
+at the model's typical width, `conv_peak`) against the FLOP rate that whole-volume inference
+(`pancseg_tf.inference.Segmenter`, what ``pancseg predict`` runs) achieves on a
+``--slices``-slice volume, timed side by side (`roofline`); ``benchmarks/run.py`` part 1.
+
 Usage::
 
     python benchmarks/model_cost.py                # the presets' table
     python benchmarks/model_cost.py --time         # + design options and forward timings
     python benchmarks/model_cost.py --time --json benchmarks/results/model_cost.json
+    python benchmarks/model_cost.py --roofline --slices 200
 """
 
 from __future__ import annotations
@@ -36,7 +42,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pancseg_tf.models import ContextualSegmenter  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run from anywhere
+from bench_common import interleaved_best, timed  # noqa: E402
+
+from pancseg_tf.models import ContextualSegmenter, SliceCNN  # noqa: E402
 from pancseg_tf.models.blocks import FoldTime, SliceChannels, UnfoldTime  # noqa: E402
 
 # Each model's first predict traces a new function; TensorFlow's retracing notice is noise here.
@@ -149,6 +158,298 @@ def conv_reference_gflops(repeats: int) -> float:
     return 2 * 9 * 64 * 64 * 256 * 256 * 4 / seconds / 1e9
 
 
+def build_preset(preset: str, input_size: int | None = None) -> ContextualSegmenter:
+    """A `ContextualSegmenter` preset, at its own input size or at ``input_size`` (square)."""
+    if input_size is None:
+        return ContextualSegmenter.from_preset(preset)
+    cnn = SliceCNN.from_preset(preset, input_size=(input_size, input_size))
+    return ContextualSegmenter.from_preset(preset, slice_cnn=cnn)
+
+
+def typical_conv_width(model: keras.Model) -> int:
+    """FLOP-weighted median output width of the 3x3 `Conv2D` layers of a functional model.
+
+    The width at which a reference convolution stands for the model's bulk: half the model's
+    3x3 conv FLOPs are in layers at most this wide.
+    """
+    rows: list[tuple[int, int]] = []  # (flops per slice, filters)
+
+    def walk(graph: keras.Model) -> None:
+        for layer in graph.layers:
+            if isinstance(layer, keras.Model):
+                walk(layer)
+            elif type(layer) is keras.layers.Conv2D and tuple(layer.kernel_size) == (3, 3):
+                out_shape = tuple(layer.output.shape)
+                flops = 2 * 9 * layer.input.shape[-1] * out_shape[-1] * _pixels(out_shape)
+                rows.append((flops, int(out_shape[-1])))
+
+    walk(model)
+    if not rows:
+        raise ValueError("the model has no 3x3 Conv2D layer")
+    rows.sort(key=lambda row: row[1])
+    half, running = sum(f for f, _ in rows) / 2, 0
+    for flops, width in rows:
+        running += flops
+        if running >= half:
+            return width
+    return rows[-1][1]
+
+
+def conv_peak(width: int, size: tuple[int, int], batch: int = 4, seed: int = 0):
+    """The machine's reference for this workload: a float32 3x3 conv ``width -> width``.
+
+    Compiled once (``tf.function``) on a constant ``(batch, H, W, width)`` input whose result
+    stays a tensor: nothing but the convolution is timed.
+
+    Returns:
+        ``(function, flops)``: the function of no argument and the FLOPs of one call
+        (multiply-add = 2).
+    """
+    import tensorflow as tf
+
+    layer = keras.layers.Conv2D(width, 3, padding="same")
+    x = tf.constant(np.random.default_rng(seed).random((batch, *size, width), dtype=np.float32))
+    layer.build(x.shape)
+    call = tf.function(lambda t: layer(t))
+    flops = 2 * 9 * width * width * size[0] * size[1] * batch
+    return (lambda: call(x).shape), flops
+
+
+def roofline(
+    preset: str = "quick",
+    input_size: int | None = None,
+    slices: int = 200,
+    repeats: int = 2,
+    slice_batch: int = 16,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Whole-volume inference's FLOP rate against the conv peak, timed side by side.
+
+    Inference is `Segmenter`'s one pass (what ``pancseg predict`` runs on the model grid: the
+    CNN on batches of ``slice_batch`` slices, the bidirectional ConvLSTM once over all slices,
+    the fusion per batch) on a random ``(H, W, slices)`` volume in [0, 1] (dense convolutions
+    take as long whatever the values). The same composition is also timed part by part. FLOPs
+    are the model's convolutions counted by `layer_costs` (batch norm, activations, pooling
+    and the LSTM gates' element-wise arithmetic are work the count leaves out). Rates are per
+    CPU second of this process (all threads), so that other jobs on a shared machine do not
+    change them; per wall-clock second beside them. The conv
+    peak (`conv_peak` at `typical_conv_width`, called as many times as make the inference's
+    FLOPs), the inference and its parts run in alternating rounds after a warm-up on a short
+    volume; the best round of each is kept.
+
+    Returns:
+        A dict with ``roofline_fraction`` (achieved FLOPs per CPU second of this process over
+        the peak's, all threads: what other jobs on a shared machine do not change),
+        ``roofline_fraction_wall`` (the same per wall-clock second), the peak, the
+        inference and, under ``parts``, the CNN (``slice_encoder``), the ConvLSTM
+        (``sequence_context``) and the fusion, each with its share of time and FLOPs, as
+        `Segmenter` runs them (eagerly); under ``compiled`` the same parts each called through
+        a ``tf.function``, timed in the same rounds.
+    """
+    from pancseg_tf.config import PreprocessConfig
+    from pancseg_tf.inference import Segmenter
+
+    model = build_preset(preset, input_size)
+    height, width = model.input_size
+    conv_width = typical_conv_width(model.slice_cnn)
+    peak_call, peak_flops = conv_peak(conv_width, (height, width), seed=seed)
+    flops = {
+        "cnn": layer_costs(model.slice_encoder)[0] * slices,
+        "convlstm": layer_costs(model.sequence_context)[0] * slices,
+        "fusion": layer_costs(model.slice_fusion)[0] * slices,
+    }
+    total_flops = sum(flops.values())
+    # The reference runs as many FLOPs as the inference, so both see a shared machine's load
+    # for as long (a short reference would catch a quiet moment a long inference cannot).
+    conv_calls = max(1, round(total_flops / peak_flops))
+    image = np.random.default_rng(seed).random((height, width, slices), dtype=np.float32)
+    segmenter = Segmenter(model, PreprocessConfig(size=(height, width)), slice_batch=slice_batch)
+    ways = {"eager": eager_parts(model), "compiled": compiled_parts(model)}
+    part_times: dict[str, dict[str, list[tuple[float, float]]]] = {
+        way: {"cnn": [], "convlstm": [], "fusion": []} for way in ways
+    }
+
+    def by_parts(volume: np.ndarray, way: str) -> None:
+        # Segmenter._run_contextual's composition, with a clock around each part.
+        encode, sequence_context, fuse = ways[way]
+        times = part_times[way]
+        stack = np.ascontiguousarray(np.moveaxis(volume, 2, 0)[..., None])
+        batches = range(0, stack.shape[0], slice_batch)
+        encoded = []
+        wall, cpu, _ = timed(
+            lambda: encoded.extend(encode(stack[i : i + slice_batch]) for i in batches)
+        )
+        times["cnn"].append((wall, cpu))
+        sequence = np.concatenate([c for _, c in encoded], axis=0)[None]
+        wall, cpu, context = timed(lambda: sequence_context(sequence)[0])
+        times["convlstm"].append((wall, cpu))
+        wall, cpu, _ = timed(
+            lambda: [
+                fuse(logit, context[i : i + slice_batch]) for (logit, _), i in zip(encoded, batches)
+            ]
+        )
+        times["fusion"].append((wall, cpu))
+
+    def peak_block() -> None:
+        for _ in range(conv_calls):
+            peak_call()
+
+    def compose(way: str, volume: np.ndarray) -> np.ndarray:
+        encode, sequence_context, fuse = ways[way]
+        stack = np.ascontiguousarray(np.moveaxis(volume, 2, 0)[..., None])
+        starts = range(0, stack.shape[0], slice_batch)
+        encoded = [encode(stack[i : i + slice_batch]) for i in starts]
+        context = sequence_context(np.concatenate([c for _, c in encoded], axis=0)[None])[0]
+        fused = [fuse(lo, context[i : i + slice_batch]) for (lo, _), i in zip(encoded, starts)]
+        return np.concatenate(fused, axis=0)[..., 0]
+
+    # Warm up on a short volume with the full one's batch shapes (oneDNN sets up per shape),
+    # checking on the way that the compiled parts compute what Segmenter computes.
+    short = image[:, :, : slice_batch + (slices % slice_batch or slice_batch)]
+    reference = np.moveaxis(segmenter._predict_once(short), 2, 0)
+    differences = {way: float(np.max(np.abs(compose(way, short) - reference))) for way in ways}
+    for way in ways:
+        by_parts(short, way)
+        for times in part_times[way].values():
+            times.clear()
+    peak_call()
+    best = interleaved_best(
+        {
+            "conv_peak": peak_block,
+            "inference": lambda: segmenter._predict_once(image),
+            "parts": lambda: by_parts(image, "eager"),
+            "compiled": lambda: by_parts(image, "compiled"),
+        },
+        repeats,
+        warmup=0,
+    )
+    peak_flops *= conv_calls
+    peak = peak_flops / best["conv_peak"]["wall_s"] / 1e9
+    peak_cpu = peak_flops / best["conv_peak"]["cpu_s"] / 1e9
+    inference = best["inference"]
+    achieved = total_flops / inference["wall_s"] / 1e9
+    achieved_cpu = total_flops / inference["cpu_s"] / 1e9
+    parts = _part_summary(part_times["eager"], flops, peak_cpu)
+    compiled = _part_summary(part_times["compiled"], flops, peak_cpu)
+    compiled_wall = sum(part["wall_s"] for part in compiled.values())
+    compiled_cpu = sum(part["cpu_s"] for part in compiled.values())
+    return {
+        "preset": preset,
+        "input_size": [height, width],
+        "slices": slices,
+        "slice_batch": slice_batch,
+        "repeats": repeats,
+        "conv_reference": {
+            "layer": f"Conv2D 3x3, {conv_width} -> {conv_width}, float32, 'same'",
+            "input_shape": [4, height, width, conv_width],
+            "width_rule": "FLOP-weighted median width of the model's 3x3 convolutions",
+            "calls_per_round": conv_calls,
+            "gflops": round(peak_flops / 1e9, 3),
+            "wall_s": round(best["conv_peak"]["wall_s"], 4),
+            "cpu_s": round(best["conv_peak"]["cpu_s"], 4),
+        },
+        "peak_gflops_per_s": round(peak, 2),
+        "peak_gflops_per_cpu_s": round(peak_cpu, 2),
+        "inference": {
+            "path": "Segmenter one pass (pancseg predict's network step)",
+            "gflops": round(total_flops / 1e9, 2),
+            "wall_s": round(inference["wall_s"], 3),
+            "cpu_s": round(inference["cpu_s"], 3),
+            "walls": inference["walls"],
+            "gflops_per_s": round(achieved, 2),
+            "gflops_per_cpu_s": round(achieved_cpu, 2),
+        },
+        "roofline_fraction": round(achieved_cpu / peak_cpu, 4),
+        "roofline_fraction_wall": round(achieved / peak, 4),
+        "parts": parts,
+        "parts_wall_s": round(sum(part["wall_s"] for part in parts.values()), 3),
+        "parts_max_abs_difference_from_segmenter": differences["eager"],
+        "compiled": {
+            "path": "the same three parts, each called through a tf.function (graph mode)",
+            "wall_s": round(compiled_wall, 3),
+            "cpu_s": round(compiled_cpu, 3),
+            "roofline_fraction": round(total_flops / compiled_cpu / 1e9 / peak_cpu, 4),
+            "roofline_fraction_wall": round(total_flops / compiled_wall / 1e9 / peak, 4),
+            "speedup_over_eager": round(inference["wall_s"] / compiled_wall, 3),
+            "speedup_over_eager_cpu": round(inference["cpu_s"] / compiled_cpu, 3),
+            "max_abs_difference_from_segmenter": differences["compiled"],
+            "parts": compiled,
+        },
+    }
+
+
+def _part_summary(
+    times: dict[str, list[tuple[float, float]]], flops: dict[str, float], peak_cpu: float
+) -> dict[str, dict[str, float]]:
+    """Per part: best wall / CPU seconds; share of the CPU time and of the FLOPs; GFLOPs per
+    CPU second and its fraction of the peak's (``peak_cpu``)."""
+    wall = {k: min(w for w, _ in v) for k, v in times.items()}
+    cpu = {k: min(c for _, c in v) for k, v in times.items()}
+    total_cpu, total_flops = sum(cpu.values()), sum(flops.values())
+    summary = {}
+    for name in flops:
+        rate = flops[name] / cpu[name] / 1e9
+        summary[name] = {
+            "gflops": round(flops[name] / 1e9, 3),
+            "wall_s": round(wall[name], 4),
+            "cpu_s": round(cpu[name], 4),
+            "time_share": round(cpu[name] / total_cpu, 4),
+            "flop_share": round(flops[name] / total_flops, 4),
+            "gflops_per_cpu_s": round(rate, 2),
+            "fraction_of_peak": round(rate / peak_cpu, 4),
+        }
+    return summary
+
+
+def eager_parts(model: ContextualSegmenter):
+    """``(encode, sequence_context, fuse)`` as `Segmenter` calls them: Keras models, eagerly."""
+
+    def encode(x):
+        out = model.slice_encoder(x, training=False)
+        return np.asarray(out["logit"]), np.asarray(out["context"])
+
+    def sequence_context(x):
+        return np.asarray(model.sequence_context(x, training=False))
+
+    def fuse(logit, context):
+        return np.asarray(model.slice_fusion({"logit": logit, "context": context}, training=False))
+
+    return encode, sequence_context, fuse
+
+
+def compiled_parts(model: ContextualSegmenter):
+    """The same three calls, each through a ``tf.function`` with a shape-generic signature."""
+    import tensorflow as tf
+
+    height, width = model.input_size
+    low = (height // model.lstm_resolution, width // model.lstm_resolution)
+    context_shape = (*low, 1 + model.context_channels)
+    fusion_shape = (*low, model.fusion_channels)
+    encoder = tf.function(
+        lambda x: model.slice_encoder(x, training=False),
+        input_signature=[tf.TensorSpec((None, height, width, 1), tf.float32)],
+    )
+    sequence = tf.function(
+        lambda x: model.sequence_context(x, training=False),
+        input_signature=[tf.TensorSpec((1, None, *context_shape), tf.float32)],
+    )
+    fusion = tf.function(
+        lambda logit, context: model.slice_fusion(
+            {"logit": logit, "context": context}, training=False
+        ),
+        input_signature=[
+            tf.TensorSpec((None, height, width, 1), tf.float32),
+            tf.TensorSpec((None, *fusion_shape), tf.float32),
+        ],
+    )
+
+    def encode(x):
+        out = encoder(x)
+        return np.asarray(out["logit"]), np.asarray(out["context"])
+
+    return encode, lambda x: np.asarray(sequence(x)), lambda a, b: np.asarray(fusion(a, b))
+
+
 def time_parts(model: ContextualSegmenter, window: int, repeats: int) -> dict[str, float]:
     """CPU seconds of each part of the model, and of a training step, on one window
     `(1, window, H, W, 1)`."""
@@ -211,6 +512,14 @@ def main(argv: list[str] | None = None) -> int:
         default=[1, 2, 4],
         help="ConvLSTM downsampling factors compared with --time (default 1 2 4)",
     )
+    parser.add_argument(
+        "--roofline",
+        action="store_true",
+        help="also measure whole-volume inference's FLOP rate against the conv peak",
+    )
+    parser.add_argument(
+        "--slices", type=int, default=200, help="slices of the --roofline volume (default 200)"
+    )
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if args.window < 1 or args.repeats < 1:
@@ -271,6 +580,21 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {lstm_rate:.1f} ({lstm_rate / reference:.0%}) |"
             )
         results["timings"] = {"window": args.window, "rows": timings}
+
+    if args.roofline:
+        result = roofline("quick", slices=args.slices, repeats=args.repeats)
+        results["roofline"] = result
+        print(
+            f"\nroofline: inference {result['inference']['gflops_per_cpu_s']:.1f} GFLOP per CPU "
+            f"second against a conv peak of {result['peak_gflops_per_cpu_s']:.1f}: "
+            f"{result['roofline_fraction']:.0%} "
+            f"(per wall-clock second: {result['roofline_fraction_wall']:.0%})"
+        )
+        for name, part in result["parts"].items():
+            print(
+                f"  {name}: {part['time_share']:.0%} of the time, {part['flop_share']:.0%} of "
+                f"the FLOPs, {part['fraction_of_peak']:.0%} of the peak"
+            )
 
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:

@@ -1,0 +1,209 @@
+"""The contextual model's speed per training window, built two ways and run with two options.
+
+1. Batched CNN vs ``TimeDistributed`` (`batched_vs_time_distributed`): the same
+   `ContextualSegmenter`, once with the slice axis folded into the batch (the CNN runs on all
+   ``B x T`` slices of a window as one call: the package's way) and once with
+   ``time_distributed=True`` (``keras.layers.TimeDistributed`` around the per-slice parts, the
+   textbook way). Time per window of a compiled forward pass (``predict_on_batch``, inference
+   mode) and of a compiled training step (``train_on_batch``: forward, backward and an SGD
+   update) on ``(batch, window, H, W, 1)``.
+2. Options (`option_ratios`): XLA (``jit_compile=True``) against off, and the
+   ``mixed_bfloat16`` dtype policy against float32, on the same forward pass and training step.
+
+Each comparison builds both models, then times them in alternating rounds (the best round of
+each is kept), so the ratios hold on a shared, noisy machine. A ratio is
+``seconds(reference) / seconds(candidate)``: above 1, the candidate is faster; ``*_cpu`` ratios
+use this process's CPU seconds (all threads), which other jobs on the machine do not change.
+
+Usage::
+
+    python benchmarks/network_speed.py                         # quick at 256 x 256, both parts
+    python benchmarks/network_speed.py --preset tiny --size 64 --repeats 2 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run from anywhere
+from bench_common import interleaved_best  # noqa: E402
+
+from pancseg_tf.models import ContextualSegmenter, SliceCNN  # noqa: E402
+
+logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+def build(
+    preset: str,
+    size: int | None,
+    *,
+    time_distributed: bool = False,
+    dtype: str | None = None,
+) -> ContextualSegmenter:
+    """A `ContextualSegmenter` preset at ``size`` x ``size`` (None: the preset's own size)."""
+    size_kw = {} if size is None else {"input_size": (size, size)}
+    cnn = SliceCNN.from_preset(preset, dtype=dtype, **size_kw)
+    return ContextualSegmenter.from_preset(
+        preset, slice_cnn=cnn, time_distributed=time_distributed, dtype=dtype
+    )
+
+
+def window_calls(
+    model: ContextualSegmenter, batch: int, window: int, *, jit_compile: bool = False, seed=0
+) -> dict[str, Any]:
+    """The compiled forward pass and training step of ``model`` on one random window batch.
+
+    Returns:
+        ``{"forward": fn, "train_step": fn}``, functions of no argument.
+    """
+    height, width = model.input_size
+    rng = np.random.default_rng(seed)
+    x = rng.random((batch, window, height, width, 1), dtype=np.float32)
+    y = (rng.random(x.shape) > 0.9).astype(np.float32)
+    model.compile(
+        optimizer=keras.optimizers.SGD(1e-3),
+        loss={"prob": keras.losses.BinaryCrossentropy()},
+        jit_compile=jit_compile,
+    )
+    return {
+        "forward": lambda: model.predict_on_batch(x),
+        "train_step": lambda: model.train_on_batch(x, {"prob": y}),
+    }
+
+
+def _compare(
+    reference: dict[str, Any], candidate: dict[str, Any], names: tuple[str, str], repeats: int
+) -> dict[str, Any]:
+    """Times two models' forward and training step side by side; ratios reference/candidate."""
+    ref_name, cand_name = names
+    functions = {}
+    for call in ("forward", "train_step"):
+        functions[f"{ref_name}_{call}"] = reference[call]
+        functions[f"{cand_name}_{call}"] = candidate[call]
+    best = interleaved_best(functions, repeats)
+    result: dict[str, Any] = {"seconds": {k: round(v["wall_s"], 4) for k, v in best.items()}}
+    result["cpu_seconds"] = {k: round(v["cpu_s"], 4) for k, v in best.items()}
+    for call in ("forward", "train_step"):
+        ref, cand = best[f"{ref_name}_{call}"], best[f"{cand_name}_{call}"]
+        result[f"{call}_ratio"] = round(ref["wall_s"] / cand["wall_s"], 3)
+        result[f"{call}_ratio_cpu"] = round(ref["cpu_s"] / cand["cpu_s"], 3)
+    return result
+
+
+def batched_vs_time_distributed(
+    preset: str = "quick",
+    size: int | None = None,
+    window: int = 5,
+    batch: int = 2,
+    repeats: int = 3,
+) -> dict[str, Any]:
+    """Batched CNN vs ``TimeDistributed``: seconds per window, forward and training step.
+
+    Returns:
+        ``forward_speedup`` and ``train_step_speedup`` (TimeDistributed seconds / batched
+        seconds; above 1 the batched model is faster), the seconds per call of both, and the
+        shapes.
+    """
+    batched = window_calls(build(preset, size), batch, window)
+    distributed = window_calls(build(preset, size, time_distributed=True), batch, window)
+    compared = _compare(distributed, batched, ("time_distributed", "batched"), repeats)
+    model_size = build(preset, size).input_size if size is None else (size, size)
+    return {
+        "preset": preset,
+        "input_shape": [batch, window, *model_size, 1],
+        "repeats": repeats,
+        "forward_speedup": compared["forward_ratio"],
+        "train_step_speedup": compared["train_step_ratio"],
+        "forward_speedup_cpu": compared["forward_ratio_cpu"],
+        "train_step_speedup_cpu": compared["train_step_ratio_cpu"],
+        "seconds_per_window": {k: round(v / batch, 4) for k, v in compared["seconds"].items()},
+        "cpu_seconds_per_window": {
+            k: round(v / batch, 4) for k, v in compared["cpu_seconds"].items()
+        },
+        "train_step": "train_on_batch: forward, backward, SGD update (compiled, float32)",
+        "forward": "predict_on_batch (compiled, inference mode, float32)",
+    }
+
+
+def option_ratios(
+    preset: str = "quick",
+    size: int | None = None,
+    window: int = 5,
+    batch: int = 2,
+    repeats: int = 3,
+) -> dict[str, Any]:
+    """XLA on vs off and ``mixed_bfloat16`` vs float32, each as a speed ratio (off / on).
+
+    Returns:
+        ``{"xla": {...}, "mixed_bfloat16": {...}}``, each with ``forward_speedup`` and
+        ``train_step_speedup`` (seconds off / seconds on: above 1 the option is faster).
+    """
+    out: dict[str, Any] = {"preset": preset, "batch": batch, "window": window, "repeats": repeats}
+    plain = window_calls(build(preset, size), batch, window)
+    xla = window_calls(build(preset, size), batch, window, jit_compile=True)
+    compared = _compare(plain, xla, ("off", "on"), repeats)
+    out["xla"] = {
+        "forward_speedup": compared["forward_ratio"],
+        "train_step_speedup": compared["train_step_ratio"],
+        "forward_speedup_cpu": compared["forward_ratio_cpu"],
+        "train_step_speedup_cpu": compared["train_step_ratio_cpu"],
+        "seconds": compared["seconds"],
+        "cpu_seconds": compared["cpu_seconds"],
+        "option": "model.compile(jit_compile=True) vs False",
+    }
+    bf16 = window_calls(build(preset, size, dtype="mixed_bfloat16"), batch, window)
+    compared = _compare(plain, bf16, ("off", "on"), repeats)
+    out["mixed_bfloat16"] = {
+        "forward_speedup": compared["forward_ratio"],
+        "train_step_speedup": compared["train_step_ratio"],
+        "forward_speedup_cpu": compared["forward_ratio_cpu"],
+        "train_step_speedup_cpu": compared["train_step_ratio_cpu"],
+        "seconds": compared["seconds"],
+        "cpu_seconds": compared["cpu_seconds"],
+        "option": "dtype='mixed_bfloat16' (the ConvLSTM stays float32) vs float32",
+    }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="quick", help="ContextualSegmenter preset")
+    parser.add_argument("--size", type=int, default=None, help="square input size")
+    parser.add_argument("--window", type=int, default=5, help="slices per window (default 5)")
+    parser.add_argument("--batch", type=int, default=2, help="windows per batch (default 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating timed rounds")
+    parser.add_argument("--part", choices=("time_distributed", "options", "both"), default="both")
+    parser.add_argument("--json", help="also write the result to this file")
+    args = parser.parse_args(argv)
+    kwargs = dict(
+        preset=args.preset,
+        size=args.size,
+        window=args.window,
+        batch=args.batch,
+        repeats=args.repeats,
+    )
+    result: dict[str, Any] = {}
+    if args.part in ("time_distributed", "both"):
+        result["batched_vs_time_distributed"] = batched_vs_time_distributed(**kwargs)
+    if args.part in ("options", "both"):
+        result["options"] = option_ratios(**kwargs)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

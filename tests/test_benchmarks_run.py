@@ -1,0 +1,151 @@
+"""`benchmarks/run.py`: the report's shape, its targets, and a tiny run of two cheap parts."""
+
+import importlib.util
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+RUN = REPO / "benchmarks" / "run.py"
+ISSUE_KEYS = (
+    "roofline_fraction",
+    "one_pass_speedup",
+    "one_pass_dsc_delta",
+    "batched_vs_timedistributed_speedup",
+    "pipeline_overhead",
+    "predict_peak_rss_gib",
+    "serving_time_ratio",
+    "serving_bytes_per_volume",
+    "ct_512x512x200_seconds",
+)
+FIGURE_FIELDS = {"value", "unit", "target", "met", "status"}
+
+
+@pytest.fixture(scope="module")
+def harness():
+    """benchmarks/run.py as a module (it puts benchmarks/ on sys.path; restored after)."""
+    saved = list(sys.path)
+    spec = importlib.util.spec_from_file_location("bench_run", RUN)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_run"] = module  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = saved
+    yield module
+    sys.modules.pop("bench_run", None)
+
+
+@pytest.mark.parametrize(
+    ("target", "value", "met"),
+    [
+        (">= 0.5", 0.5, True),  # the bound itself meets ">="
+        (">= 0.5", 0.4999, False),
+        ("<= 0.15", 0.15, True),
+        ("<= 0.15", 0.151, False),
+        ("< 4", 3.99, True),
+        ("< 4", 4.0, False),  # the bound itself misses "<"
+        (">= 4 (T = 5)", 4.2, True),  # a target with a note after the bound
+        (None, 1.0, None),  # no target: neither met nor missed
+        (">= 0.5", None, None),  # no value: neither met nor missed
+    ],
+)
+def test_targets_are_read_as_written(harness, target, value, met):
+    assert harness._met(target, value) is met
+
+
+def test_every_issue_key_is_a_figure_with_a_unit(harness):
+    for key in ISSUE_KEYS:
+        part, unit, _ = harness.FIGURES[key]
+        assert part in harness.PARTS and unit
+    for part, _, _ in harness.FIGURES.values():
+        assert part in harness.PART_FUNCTIONS
+
+
+def test_figure_shape(harness):
+    out = harness._to_figure("pipeline_overhead", 0.2)
+    assert out == {
+        "value": 0.2,
+        "unit": "fraction of training throughput lost",
+        "target": "<= 0.15",
+        "met": False,
+        "status": "ok",
+    }
+    estimated = harness._to_figure("ct_512x512x200_seconds_paper", (81.25, "estimated"))
+    assert estimated["status"] == "estimated" and estimated["met"] is None
+
+
+def test_unknown_part_is_refused(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(RUN), "--only", "roofline,warp_drive", "--work", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "warp_drive" in done.stderr
+
+
+@pytest.mark.large
+def test_tiny_run_of_two_parts_writes_the_report(tmp_path):
+    report_path, table_path = tmp_path / "report.json", tmp_path / "table.md"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(RUN),
+            "--tiny",
+            "--only",
+            "roofline,gpu",
+            "--work",
+            str(tmp_path / "work"),
+            "--json",
+            str(report_path),
+            "--md",
+            str(table_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    for key in ISSUE_KEYS:
+        assert set(report[key]) >= FIGURE_FIELDS, key
+    roofline = report["roofline_fraction"]
+    assert roofline["status"] == "ok"
+    assert roofline["unit"] == "fraction of peak (FLOPs per CPU second)"
+    assert 0.0 < roofline["value"] < 2.0 and isinstance(roofline["met"], bool)
+    shares = [report[k]["value"] for k in ("cnn_flop_share", "convlstm_flop_share")]
+    assert 0.5 < shares[0] < 1.0 and 0.0 < shares[1] < 0.5  # the CNN holds most FLOPs
+    # Parts that did not run keep their place, with no value.
+    assert report["serving_time_ratio"] == {
+        "value": None,
+        "unit": "x (gRPC time / in-process time)",
+        "target": "<= 1.3",
+        "met": None,
+        "status": "not run",
+    }
+    assert set(report["parts"]) == {"roofline", "gpu"}
+    assert report["parts"]["roofline"]["status"] == "ok"
+    assert report["parts"]["gpu"]["status"] in ("skipped", "ok")
+    machine = report["machine"]
+    for key in ("cores", "memory_gib", "cpu_model", "tensorflow", "keras"):
+        assert machine[key], key
+    assert len(machine["load_average_start"]) == 3 and len(machine["load_average_end"]) == 3
+    assert report["model_config"]["config"]["model"]["preset"] == "tiny"
+    assert [t["figure"] for t in report["targets"]][0] == "roofline_fraction"
+    table = table_path.read_text()
+    assert "| figure | value | unit | target | met |" in table
+    assert "| roofline_fraction |" in table and "| serving_time_ratio | not run |" in table
+    assert table.strip() in done.stdout
+    # --render rewrites the same table from the report without measuring anything.
+    rendered = subprocess.run(
+        [sys.executable, str(RUN), "--render", str(report_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert rendered.returncode == 0 and rendered.stdout.strip() == table.strip()

@@ -46,6 +46,8 @@ setup(
     extras_require={
         # The gRPC client for TensorFlow Serving (`pancseg query`).
         "serving": ["tensorflow-serving-api>=2.18,<3", "grpcio>=1.60"],
+        # benchmarks/run.py's peer part (MONAI's SliceInferer + BasicUNet); CPU torch is enough.
+        "benchmarks": ["torch>=2.4", "monai>=1.4"],
         "test": [
             "pytest>=7.4",
             "hypothesis>=6.80",

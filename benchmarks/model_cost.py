@@ -242,9 +242,9 @@ def roofline(
         the peak's, all threads: what other jobs on a shared machine do not change),
         ``roofline_fraction_wall`` (the same per wall-clock second), the peak, the
         inference and, under ``parts``, the CNN (``slice_encoder``), the ConvLSTM
-        (``sequence_context``) and the fusion, each with its share of time and FLOPs, as
-        `Segmenter` runs them (eagerly); under ``compiled`` the same parts each called through
-        a ``tf.function``, timed in the same rounds.
+        (``sequence_context``) and the fusion, each with its share of time and FLOPs, called
+        eagerly; under ``compiled`` the same parts as `Segmenter` calls them (each through a
+        ``tf.function``), timed in the same rounds.
     """
     from pancseg_tf.config import PreprocessConfig
     from pancseg_tf.inference import Segmenter
@@ -402,7 +402,8 @@ def _part_summary(
 
 
 def eager_parts(model: ContextualSegmenter):
-    """``(encode, sequence_context, fuse)`` as `Segmenter` calls them: Keras models, eagerly."""
+    """``(encode, sequence_context, fuse)`` as Keras models called eagerly (how `Segmenter`
+    called them before it compiled its parts: kept as the comparison)."""
 
     def encode(x):
         out = model.slice_encoder(x, training=False)
@@ -418,30 +419,16 @@ def eager_parts(model: ContextualSegmenter):
 
 
 def compiled_parts(model: ContextualSegmenter):
-    """The same three calls, each through a ``tf.function`` with a shape-generic signature."""
-    import tensorflow as tf
+    """The same three calls as `Segmenter` makes them: through
+    `pancseg_tf.inference.compiled_call` (a ``tf.function`` per part, shape-generic)."""
+    from pancseg_tf.inference import compiled_call
 
-    height, width = model.input_size
-    low = (height // model.lstm_resolution, width // model.lstm_resolution)
-    context_shape = (*low, 1 + model.context_channels)
-    fusion_shape = (*low, model.fusion_channels)
-    encoder = tf.function(
-        lambda x: model.slice_encoder(x, training=False),
-        input_signature=[tf.TensorSpec((None, height, width, 1), tf.float32)],
-    )
-    sequence = tf.function(
-        lambda x: model.sequence_context(x, training=False),
-        input_signature=[tf.TensorSpec((1, None, *context_shape), tf.float32)],
-    )
-    fusion = tf.function(
-        lambda logit, context: model.slice_fusion(
-            {"logit": logit, "context": context}, training=False
-        ),
-        input_signature=[
-            tf.TensorSpec((None, height, width, 1), tf.float32),
-            tf.TensorSpec((None, *fusion_shape), tf.float32),
-        ],
-    )
+    encoder = compiled_call(model, "slice_encoder")
+    sequence = compiled_call(model, "sequence_context")
+    fusion_call = compiled_call(model, "slice_fusion")
+
+    def fusion(logit, context):
+        return fusion_call({"logit": logit, "context": context})
 
     def encode(x):
         out = encoder(x)

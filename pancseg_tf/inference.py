@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pathlib
+import weakref
 from typing import Any
 
 import numpy as np
@@ -711,9 +712,10 @@ class Segmenter:
         return blend_chunks(unstack_chunks(rows, spans), spans, num_slices, self.overlap)
 
     def _run_cnn(self, slices: np.ndarray) -> np.ndarray:
+        run = compiled_call(self.model, "model")
         outs = []
         for start in range(0, slices.shape[0], self.slice_batch):
-            out = self.model(slices[start : start + self.slice_batch], training=False)
+            out = run(slices[start : start + self.slice_batch])
             outs.append(np.asarray(_main_output(out)))
         return np.concatenate(outs, axis=0)
 
@@ -727,21 +729,22 @@ class Segmenter:
         """
         model = self.model
         if not hasattr(model, "slice_encoder"):
-            return np.asarray(_main_output(model(slices[None], training=False)))[0]
+            return np.asarray(_main_output(compiled_call(model, "model")(slices[None])))[0]
+        encoder = compiled_call(model, "slice_encoder")
+        sequence_context = compiled_call(model, "sequence_context")
+        fusion = compiled_call(model, "slice_fusion")
         batches = range(0, slices.shape[0], self.slice_batch)
         logits, contexts = [], []
         for start in batches:
-            encoded = model.slice_encoder(slices[start : start + self.slice_batch], training=False)
+            encoded = encoder(slices[start : start + self.slice_batch])
             logits.append(np.asarray(encoded["logit"]))
             contexts.append(np.asarray(encoded["context"]))
         sequence = np.concatenate(contexts, axis=0)[None]
-        context = np.asarray(model.sequence_context(sequence, training=False))[0]
+        context = np.asarray(sequence_context(sequence))[0]
         probs = []
         for i, start in enumerate(batches):
             stop = start + self.slice_batch
-            fused = model.slice_fusion(
-                {"logit": logits[i], "context": context[start:stop]}, training=False
-            )
+            fused = fusion({"logit": logits[i], "context": context[start:stop]})
             probs.append(np.asarray(fused))
         return np.concatenate(probs, axis=0)
 
@@ -815,6 +818,37 @@ def _inplane_transform(
             volume[:, :, k], np.array([matrix, matrix]), offset=offset, order=1, mode="nearest"
         )
     return out
+
+
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def compiled_call(model, part: str):
+    """``model`` (``part="model"``) or one of its parts (``slice_encoder``,
+    ``sequence_context``, ``slice_fusion``) as an inference call, compiled once per model.
+
+    With the TensorFlow backend the call goes through a ``tf.function`` that generalises over
+    the batch and slice counts (``reduce_retracing``): Keras models called eagerly run the
+    bidirectional ConvLSTM's recurrence step by step in Python, which cost a third of the
+    CPU time of a volume (`benchmarks/run.py`, roofline part). Other backends call the model
+    as it is. The output equals the eager call's.
+    """
+    calls = _COMPILED.setdefault(model, {})
+    if part not in calls:
+        import keras
+
+        # A weak reference: the cache must not keep a model (a fold's, an epoch's) alive.
+        ref = weakref.ref(model if part == "model" else getattr(model, part))
+
+        def call(x):
+            return ref()(x, training=False)
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            call = tf.function(call, reduce_retracing=True, autograph=False)
+        calls[part] = call
+    return calls[part]
 
 
 def _main_output(out):

@@ -583,9 +583,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seeds the folds, splits and training")
     p.add_argument(
         "--strategy",
-        choices=("auto", "none", "mirrored", "multiworker"),
+        choices=("auto", "none", "mirrored"),
         default="auto",
-        help="training strategy, as for pancseg train",
+        help="training strategy, as for pancseg train (one machine)",
     )
     p.add_argument("--workers", type=int, default=2, help="processes preparing cases")
     p.add_argument("--data", help="where the prepared cohort goes (default OUT/data)")

@@ -186,6 +186,12 @@ class CrossValidation:
         self.cohort = pathlib.Path(self.cohort)
         self.out = pathlib.Path(self.out)
         self.data_dir = pathlib.Path(self.data_dir) if self.data_dir else self.out / "data"
+        if self.strategy == "multiworker":
+            # Every worker would go on to choose post-processing and score the fold.
+            raise PancsegError(
+                "pancseg cv runs on one machine (--strategy auto, none or mirrored); on several "
+                "machines train each fold with pancseg train --strategy multiworker"
+            )
         if self.stages not in ("1", "both"):
             raise PancsegError(f"--stages must be 1 or both; got {self.stages!r}")
         self.losses = tuple(self.losses or (self.config.train.loss,))

@@ -827,8 +827,8 @@ def compiled_call(model, part: str):
     """``model`` (``part="model"``) or one of its parts (``slice_encoder``,
     ``sequence_context``, ``slice_fusion``) as an inference call, compiled once per model.
 
-    With the TensorFlow backend the call goes through a ``tf.function`` that generalises over
-    the batch and slice counts (``reduce_retracing``): Keras models called eagerly run the
+    With the TensorFlow backend the call goes through a ``tf.function`` traced once for the
+    model's input shapes with the batch and slice counts open: Keras models called eagerly run the
     bidirectional ConvLSTM's recurrence step by step in Python, which cost a third of the
     CPU time of a volume (`benchmarks/run.py`, roofline part). Other backends call the model
     as it is. The output equals the eager call's.
@@ -846,7 +846,12 @@ def compiled_call(model, part: str):
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf
 
-            call = tf.function(call, reduce_retracing=True, autograph=False)
+            layer = ref()
+            inputs = layer.inputs[0] if part == "model" else layer.input
+            # The model's own input shapes, batch and slice counts left open: one trace for
+            # every volume (a retrace per shape would cost time and print TF warnings).
+            signature = [tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), inputs)]
+            call = tf.function(call, input_signature=signature, autograph=False)
         calls[part] = call
     return calls[part]
 

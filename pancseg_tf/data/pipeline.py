@@ -466,7 +466,7 @@ class ValidationVolume:
         entry: the case's index entry (original shape, spacing and affine, the geometry plan
             dict, body box, slices with pancreas).
         original_label: ``(I, J, K)`` uint8 {0, 1} on the original volume's grid, or ``None``
-            for data prepared before version 0.1's records stored it.
+            for data prepared before the records stored it.
     """
 
     case_id: str

@@ -20,25 +20,13 @@ from pancseg_tf.training.cv import (
     summary_markdown,
     write_summary,
 )
+from tests.training.test_trainer import TINY as TRAINER_TINY
 
+# The trainer tests' tiny config, with a frozen-CNN epoch and half the (two) training cases
+# held for validation.
 TINY = {
-    "preprocess": {"spacing_mm": 3.2, "slice_spacing_mm": 2.5, "size": [48, 48]},
-    "data": {"window": 3, "batch_size": 2, "slice_batch_size": 8, "shuffle_buffer": 16},
-    "model": {
-        "preset": "quick",
-        "base_filters": 4,
-        "depth": 2,
-        "lstm_filters": 4,
-        "overrides": {"aggregation_filters": 4, "lstm_resolution": 2, "context_channels": 2},
-    },
-    "train": {
-        "stage1_epochs": 2,
-        "stage2_epochs": 2,
-        "freeze_cnn_epochs": 1,
-        "steps_per_epoch": 3,
-        "validation_fraction": 0.5,
-        "validation_cases": 1,
-    },
+    **TRAINER_TINY,
+    "train": {**TRAINER_TINY["train"], "freeze_cnn_epochs": 1, "validation_fraction": 0.5},
 }
 
 

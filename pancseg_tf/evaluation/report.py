@@ -510,14 +510,17 @@ def _metrics_csv(rows: Sequence[tuple[str, Mapping[str, object]]]) -> bytes:
     return buffer.getvalue().encode("utf-8")
 
 
-def _json_safe(value: object) -> object:
-    """NaN becomes None (JSON has no NaN); containers are walked."""
-    if isinstance(value, float) and math.isnan(value):
+def json_safe(value: object) -> object:
+    """For strict JSON: NaN and infinities become None (JSON has neither), NumPy scalars plain
+    Python values; containers are walked."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
+        return {key: json_safe(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(item) for item in value]
+        return [json_safe(item) for item in value]
     return value
 
 
@@ -898,7 +901,7 @@ def evaluate_predictions(
             }  # fmt: skip
             for key in REPORT_KEYS
         }
-    summary = _json_safe(
+    summary = json_safe(
         {
             "metrics": metrics,
             "num_cases": {

@@ -36,8 +36,9 @@ class WholeVolumeValidation(keras.callbacks.Callback):
 
     The volumes go through `pancseg_tf.inference.Segmenter.predict_model_grid`, the code
     ``pancseg predict`` runs (the CNN once per slice, the ConvLSTM over all slices in one pass),
-    then `pancseg_tf.inference.finish_segmentation`: back to the scan's own grid, the threshold
-    and post-processing of the run's config. Each case is scored by Dice against its label on
+    back to the scan's own grid (`validation_probabilities`), then the threshold and
+    post-processing of the run's config, as `pancseg_tf.inference.finish_segmentation` does
+    them. Each case is scored by Dice against its label on
     that grid, as ``pancseg evaluate`` scores a prediction (the mean over cases is
     ``val_dsc``), so the best checkpoint is chosen on what users get and the figure matches
     ``pancseg evaluate`` on the same cases. Data prepared before the records carried the
@@ -72,33 +73,24 @@ class WholeVolumeValidation(keras.callbacks.Callback):
         self._warned = False
 
     def scores(self, model: keras.Model) -> dict[str, float]:
-        from pancseg_tf.data.pipeline import load_validation_volumes
         from pancseg_tf.evaluation.metrics import dice
-        from pancseg_tf.inference import Segmenter, finish_segmentation, postprocess_mask
+        from pancseg_tf.inference import postprocess_mask
 
-        segmenter = Segmenter(model, threshold=self.threshold, slice_batch=self.slice_batch)
         out = {}
-        for volume in load_validation_volumes(self.data_dir, self.cases):
-            prob = segmenter.predict_model_grid(volume.normalized_image())
-            if volume.original_label is not None:
-                result = finish_segmentation(
-                    volume.plan,
-                    prob,
-                    threshold=self.threshold,
-                    postprocess=self.largest_component,
-                )
-                out[volume.case_id] = float(dice(result.mask, volume.original_label))
-                continue
-            if not self._warned:
+        for case_id, label, prob, original_grid in validation_probabilities(
+            model, self.data_dir, self.cases, slice_batch=self.slice_batch
+        ):
+            if not original_grid and not self._warned:
                 log.warning(
                     "validation on the model grid: the prepared data predates original-grid "
                     "labels (prepare it again to score as `pancseg evaluate` does)"
                 )
                 self._warned = True
+            # `finish_segmentation`'s last steps: threshold, then post-processing.
             mask = (prob >= self.threshold).astype(np.uint8)
             if self.largest_component:
                 mask = postprocess_mask(mask)
-            out[volume.case_id] = float(dice(mask, volume.label))
+            out[case_id] = float(dice(mask, label))
         return out
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
@@ -106,6 +98,30 @@ class WholeVolumeValidation(keras.callbacks.Callback):
             return
         self.last_scores = self.scores(self.model)
         logs["val_dsc"] = float(np.mean(list(self.last_scores.values())))
+
+
+def validation_probabilities(
+    model: keras.Model, data_dir: Any, cases: Sequence[str], *, slice_batch: int = 16
+):
+    """Yields ``(case_id, label, probabilities, original_grid)`` per prepared validation case.
+
+    The whole, unaugmented volume goes through `pancseg_tf.inference.Segmenter` (the CNN once
+    per slice, the ConvLSTM over all slices in one pass) and, where the record holds the
+    case's original-grid label, back to the scan's own grid by the case's geometry plan
+    (``original_grid`` True); data prepared before the records held it stays on the model grid.
+    Volumes are read one at a time. Used by `WholeVolumeValidation` and cross-validation's
+    choice of post-processing.
+    """
+    from pancseg_tf.data.pipeline import load_validation_volumes
+    from pancseg_tf.inference import Segmenter
+
+    segmenter = Segmenter(model, slice_batch=slice_batch)
+    for volume in load_validation_volumes(data_dir, cases):
+        prob = segmenter.predict_model_grid(volume.normalized_image())
+        if volume.original_label is not None:
+            yield volume.case_id, volume.original_label, volume.plan.inverse(prob), True
+        else:
+            yield volume.case_id, volume.label, prob, False
 
 
 class RunLog(keras.callbacks.Callback):

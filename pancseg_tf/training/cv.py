@@ -325,6 +325,7 @@ class CrossValidation:
         choice = choose_postprocessing(models, self.data_dir, splits["validation"], cfg)
         record_postprocessing(run_dir, choice, self.stage_names[-1])
         by_id = {c.case_id: c for c in cases}
+        ambiguous = _ambiguous(self.cohort)
         results = {}
         for stage, path in models.items():
             results[stage] = segment_and_score(
@@ -333,7 +334,7 @@ class CrossValidation:
                 [by_id[c] for c in held_out],
                 folder / f"pred_{stage}",
                 largest_component=choice[stage]["largest_component"],
-                ambiguous=_ambiguous(self.cohort),
+                ambiguous=ambiguous,
             )
         record = {
             "loss": loss,
@@ -361,20 +362,6 @@ def _check_fold(fold: int | None, count: int) -> None:
 # === Steps of a fold ===
 
 
-def _validation_probabilities(model_path: pathlib.Path, data_dir: pathlib.Path, cases, cfg):
-    """Yields ``(volume, probabilities on the scan's own grid)`` per validation case."""
-    from pancseg_tf.data.pipeline import load_validation_volumes
-    from pancseg_tf.inference import Segmenter, load_model
-
-    segmenter = Segmenter(load_model(model_path), cfg.preprocess)
-    for volume in load_validation_volumes(data_dir, cases):
-        prob = segmenter.predict_model_grid(volume.normalized_image())
-        if volume.original_label is not None:
-            yield volume.original_label, volume.plan.inverse(prob)
-        else:  # data prepared before records held the original label: the model grid
-            yield volume.label, prob
-
-
 def choose_postprocessing(
     models: dict[str, pathlib.Path], data_dir: pathlib.Path, cases: Sequence[str], cfg: Config
 ) -> dict[str, dict[str, Any]]:
@@ -389,13 +376,14 @@ def choose_postprocessing(
         without validation cases the config's setting is kept.
     """
     from pancseg_tf.evaluation.metrics import dice
-    from pancseg_tf.inference import postprocess_mask
+    from pancseg_tf.inference import load_model, postprocess_mask
+    from pancseg_tf.training.callbacks import validation_probabilities
 
     threshold = cfg.postprocess.threshold
     out = {}
     for stage, path in models.items():
         on, off = [], []
-        for label, prob in _validation_probabilities(path, data_dir, cases, cfg):
+        for _, label, prob, _ in validation_probabilities(load_model(path), data_dir, cases):
             mask = (prob >= threshold).astype(np.uint8)
             off.append(dice(mask, label))
             on.append(dice(postprocess_mask(mask), label))
@@ -659,17 +647,6 @@ def plot_threshold_curves(summary: dict[str, Any], path: pathlib.Path) -> None:
 
 def _write_json(path: pathlib.Path, data: Any) -> None:
     """Strict JSON (NaN, e.g. HD95 of an empty mask, written as null), atomically."""
-    write_text(path, json.dumps(_plain(data), indent=1, allow_nan=False) + "\n")
+    from pancseg_tf.evaluation.report import json_safe
 
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (np.integer, np.bool_)):
-        return value.item()
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return None if not math.isfinite(value) else value
-    return value
+    write_text(path, json.dumps(json_safe(data), indent=1, allow_nan=False) + "\n")

@@ -169,6 +169,10 @@ class TrainConfig:
         context_learning_rate: AdamW peak learning rate of those frozen-CNN epochs, where the
             new ConvLSTM and fusion layers learn from scratch; default ``learning_rate``.
             ``stage2_learning_rate`` then fine-tunes everything.
+        stage2_loss_sharpness: stage 2's loss sees ``sigmoid(k * logit(p))`` with this ``k``
+            (`pancseg_tf.losses.SharpenedLoss`): the same 0.5 boundary, the stage-1 CNN's haze
+            of low probabilities weighed out, so the new layers cannot lower the loss by
+            shrinking every mask. 1 is the plain loss.
         early_stopping_patience: epochs without a better validation DSC before a stage stops;
             0 turns early stopping off.
         validation_fraction: share of the cases held out for validation (at least one case).
@@ -188,6 +192,7 @@ class TrainConfig:
     side_output_weights: tuple[float, ...] = (0.5, 0.25, 0.125)
     freeze_cnn_epochs: int = 0
     context_learning_rate: float | None = None
+    stage2_loss_sharpness: float = 1.0
     early_stopping_patience: int = 0
     validation_fraction: float = 0.2
     validation_cases: int = 8
@@ -203,6 +208,14 @@ class TrainConfig:
             raise PancsegError("train.learning_rate and train.stage2_learning_rate must be > 0")
         if self.context_learning_rate is not None and not self.context_learning_rate > 0:
             raise PancsegError("train.context_learning_rate must be > 0 (or null: learning_rate)")
+        if isinstance(self.stage2_loss_sharpness, bool) or not (
+            isinstance(self.stage2_loss_sharpness, (int, float))
+            and self.stage2_loss_sharpness >= 1.0
+        ):
+            raise PancsegError(
+                f"train.stage2_loss_sharpness must be a number >= 1, got "
+                f"{self.stage2_loss_sharpness!r}"
+            )
         if self.loss not in LOSSES:
             raise PancsegError(f"train.loss must be one of {', '.join(LOSSES)}; got {self.loss!r}")
         if self.precision not in PRECISIONS:

@@ -42,9 +42,9 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
         build_contextual,
         build_slice_cnn,
         freeze_for_stage2,
-        make_loss,
         make_optimizer,
         stage2_learning_rate,
+        stage_losses,
     )
 
     cfg = trainer.config
@@ -117,7 +117,7 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
         model, _ = fit_distributed(
             strategy,
             build_model,
-            lambda: {k: make_loss(cfg.train.loss) for k in loss_keys},
+            lambda: stage_losses(cfg, loss_keys, stage_no),
             lambda: make_optimizer(lr, cfg, last - first, cfg.train.warmup_epochs),
             dataset_fn,
             epochs=last,

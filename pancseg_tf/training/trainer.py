@@ -125,6 +125,19 @@ def make_loss(name: str):
     }[name]()
 
 
+def stage_losses(cfg: Config, keys: list[str], stage: int) -> dict:
+    """One loss per output key: ``train.loss``; in stage 2 sharpened by
+    ``train.stage2_loss_sharpness`` (see `pancseg_tf.losses.SharpenedLoss`)."""
+    from pancseg_tf.losses import SharpenedLoss
+
+    sharpness = float(cfg.train.stage2_loss_sharpness)
+    losses = {}
+    for key in keys:
+        loss = make_loss(cfg.train.loss)
+        losses[key] = SharpenedLoss(loss, sharpness) if stage == 2 and sharpness != 1.0 else loss
+    return losses
+
+
 def make_optimizer(learning_rate: float, cfg: Config, epochs: int, warmup_epochs: int):
     """AdamW with linear warm-up and cosine decay over the stage's steps."""
     import keras
@@ -450,7 +463,7 @@ class Trainer:
                 keras.utils.set_random_seed(phase_seed(self.seed, "stage1_model"))
                 with strategy.scope():
                     cnn = build_slice_cnn(cfg)
-                loss = {k: make_loss(cfg.train.loss) for k in cnn.loss_keys}
+                loss = stage_losses(cfg, cnn.loss_keys, stage=1)
                 weights = _side_weights(cnn.loss_keys, cfg.train.side_output_weights)
                 self._fit_stage(
                     stage=1,
@@ -492,7 +505,7 @@ class Trainer:
                         stage=2,
                         phase=phase,
                         model=model,
-                        loss={"prob": make_loss(cfg.train.loss)},
+                        loss=stage_losses(cfg, ["prob"], stage=2),
                         loss_weights=None,
                         learning_rate=stage2_learning_rate(cfg, phase),
                         epochs=last,

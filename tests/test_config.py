@@ -53,6 +53,8 @@ def test_hash_changes_with_a_setting():
         ("data.window=0", "data.window"),
         ("data.augment=3", "data.augment"),
         ("data.positive_fraction=1.5", "data.positive_fraction"),
+        ("train.stage2_loss_sharpness=0.5", "train.stage2_loss_sharpness"),
+        ("train.stage2_loss_sharpness=yes", "train.stage2_loss_sharpness"),
     ],
 )
 def test_bad_overrides_name_the_key(override, named):

@@ -13,12 +13,14 @@ from pancseg_tf.losses import (
     JaccardBCELoss,
     JaccardLoss,
     ResizedTargetLoss,
+    SharpenedLoss,
     WeightedBCELoss,
     deep_supervision_losses,
     dice_loss,
     jaccard_bce_loss,
     jaccard_loss,
     resize_target,
+    sharpen,
     weighted_binary_crossentropy,
 )
 
@@ -443,6 +445,7 @@ SERIALISED = [
     WeightedBCELoss(pos_weight=4.0),
     JaccardBCELoss(jaccard_weight=0.6, bce_weight=0.4, pos_weight=None, batch_sum=False),
     ResizedTargetLoss(JaccardLoss(epsilon=1e-2), pooling="max"),
+    SharpenedLoss(JaccardLoss(batch_sum=False), sharpness=2.5),
 ]
 
 
@@ -458,6 +461,52 @@ def test_config_round_trip(loss):
     assert type(revived) is type(loss)
     assert revived.get_config() == loss.get_config()
     np.testing.assert_allclose(float(revived(y, p)), float(loss(y, p)))
+
+
+def test_sharpen_keeps_the_boundary_and_pushes_the_rest_out():
+    p = np.array([1e-9, 0.02, 0.05, 0.3, 0.5, 0.7, 0.95, 1.0], "float32")
+    out = np.asarray(sharpen(p, 3.0))
+    # sigmoid(3 logit(p)) = p^3 / (p^3 + (1 - p)^3), with p clipped to [1e-6, 1 - 1e-6]
+    q = np.clip(p.astype("float64"), 1e-6, 1 - 1e-6)
+    np.testing.assert_allclose(out, q**3 / (q**3 + (1 - q) ** 3), rtol=1e-4, atol=1e-12)
+    assert out[4] == pytest.approx(0.5)
+    assert np.all((out[:4] < p[:4]) | (p[:4] < 1e-6)) and np.all(out[5:7] > p[5:7])
+    assert np.all(np.diff(out) >= 0)  # monotone: thresholding at 0.5 gives the same mask
+    np.testing.assert_array_equal(np.asarray(sharpen(p, 1.0)), p)
+
+
+def test_sharpened_jaccard_weighs_out_a_haze_of_low_probabilities():
+    """The stage-1 failure it exists for: a haze of p = 0.05 over the background dominates
+    the soft union, so lowering every probability pays more than getting the boundary right."""
+    y = np.zeros((2, 16, 16, 1), "float32")
+    y[:, 4:12, 4:12] = 1.0
+    haze = np.where(y > 0, 0.9, 0.05).astype("float32")
+    shrunk = haze.copy()
+    shrunk[:, 4:12, 4] = 0.3  # one column of pancreas lost ...
+    shrunk[y == 0] = 0.01  # ... for a fainter haze
+    plain, sharpened = JaccardLoss(), SharpenedLoss(JaccardLoss(), 3.0)
+    assert float(plain(y, shrunk)) < float(plain(y, haze))  # the plain loss prefers shrinking
+    assert float(sharpened(y, haze)) < float(sharpened(y, shrunk))  # the sharpened one does not
+    # the haze barely counts once sharpened: close to the loss of a clean background
+    clean = np.where(y > 0, 0.9, 0.0).astype("float32")
+    assert float(sharpened(y, haze)) == pytest.approx(float(sharpened(y, clean)), abs=0.01)
+    assert float(plain(y, haze)) > 2 * float(plain(y, clean))  # a haze of 0.05 doubles it
+
+
+def test_sharpened_loss_passes_sample_weights_and_refuses_bad_input():
+    y = _blobs((3, 8, 8, 1))
+    p = np.random.default_rng(2).uniform(0.05, 0.95, y.shape).astype("float32")
+    w = np.array([1.0, 0.0, 2.0], "float32")
+    inner = JaccardLoss(batch_sum=False)
+    np.testing.assert_allclose(
+        float(SharpenedLoss(inner, 2.0)(y, p, sample_weight=w)),
+        float(inner(y, np.asarray(sharpen(p, 2.0)), sample_weight=w)),
+        rtol=1e-6,
+    )
+    with pytest.raises(ValueError, match="sharpness"):
+        SharpenedLoss(inner, 0.5)
+    with pytest.raises(TypeError, match="base_loss"):
+        SharpenedLoss("jaccard")
 
 
 # --- inside keras ---------------------------------------------------------------------------

@@ -72,6 +72,20 @@ def test_split_is_by_case_seeded_and_complete():
     assert split_cases(ids, 0.2, seed=2) != a
 
 
+def test_stage_losses_sharpen_stage_2_only():
+    from pancseg_tf.config import Config, apply_overrides
+    from pancseg_tf.losses import JaccardLoss, SharpenedLoss
+    from pancseg_tf.training.trainer import stage_losses
+
+    cfg = apply_overrides(Config(), ["train.stage2_loss_sharpness=3"])
+    stage2 = stage_losses(cfg, ["prob"], stage=2)["prob"]
+    assert isinstance(stage2, SharpenedLoss) and stage2.sharpness == 3.0
+    assert isinstance(stage2.base_loss, JaccardLoss) and stage2.base_loss.batch_sum
+    stage1 = stage_losses(cfg, ["prob", "side_1"], stage=1)
+    assert all(type(loss) is JaccardLoss for loss in stage1.values())
+    assert type(stage_losses(Config(), ["prob"], stage=2)["prob"]) is JaccardLoss
+
+
 @pytest.mark.large
 def test_two_stage_run_folder(tiny_data, tmp_path):
     import keras
@@ -81,13 +95,16 @@ def test_two_stage_run_folder(tiny_data, tmp_path):
 
     data, config = tiny_data
     run = tmp_path / "run"
-    proc = pancseg("train", data, run, "--config", config, "--seed", 3)
+    # Stage 2 with the sharpened loss of the quick config, through keras' fit.
+    sharp = ("--set", "train.stage2_loss_sharpness=3")
+    proc = pancseg("train", data, run, "--config", config, "--seed", 3, *sharp)
     assert proc.returncode == 0, proc.stderr
     for name in ("config.yaml", "splits.json", "log.csv", "stage1.keras", "model.keras"):
         assert (run / name).is_file(), name
     assert any((run / "tensorboard" / "stage1").iterdir())
     assert read_log(run) == [(1, 0), (1, 1), (2, 0), (2, 1)]
     cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["train"]["stage2_loss_sharpness"] == 3
     assert cfg["provenance"]["package_version"]
     assert len(cfg["provenance"]["data_index_hash"]) == 16
     assert cfg["model"]["base_filters"] == 4

@@ -446,6 +446,14 @@ def _add_volume_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_config_arguments(p: argparse.ArgumentParser, config_help: str) -> None:
+    """``--config`` and ``--set`` (read by `_load_config`), as prepare, train and cv take them."""
+    p.add_argument("--config", help=config_help)
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pancseg",
@@ -508,10 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="cohort layout (default: detected)",
     )
-    p.add_argument("--config", help="YAML config (its preprocess section is used)")
-    p.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)"
-    )
+    _add_config_arguments(p, "YAML config (its preprocess section is used)")
     p.add_argument("--workers", type=int, default=1, help="cases prepared in parallel processes")
     p.add_argument(
         "--skip-bad", action="store_true", help="report and skip cases that cannot be read"
@@ -530,10 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("data", help="a folder written by pancseg prepare")
     p.add_argument("run", help="the run folder (created; rerun to resume)")
-    p.add_argument("--config", help="YAML config, e.g. training/configs/quick.yaml")
-    p.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)"
-    )
+    _add_config_arguments(p, "YAML config, e.g. training/configs/quick.yaml")
     p.add_argument("--stage", choices=("1", "2", "both"), default="both", help="default both")
     p.add_argument(
         "--strategy",
@@ -565,10 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=4, help="number of folds (default 4)")
     p.add_argument("--fold", type=int, help="run only this fold (0-based), e.g. in a job array")
     p.add_argument("--folds-file", help='a JSON fold assignment to use ({"folds": [[ids]]})')
-    p.add_argument("--config", help="YAML config or a named one (quick, paper)")
-    p.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)"
-    )
+    _add_config_arguments(p, "YAML config or a named one (quick, paper)")
     p.add_argument(
         "--losses",
         help="compare these losses, comma-separated (bce, weighted_bce, dice, "

@@ -325,6 +325,12 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if annotation is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):
+            # YAML 1.1 reads 2e-5 (no dot) as a string; users write learning rates that way.
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise PancsegError(f"config key {key!r} must be a number, got {value!r}")
     if annotation is str:
         if isinstance(value, str):

@@ -25,8 +25,10 @@ def test_overrides_parse_values_as_yaml():
             "data.window=7",
             "preprocess.slice_spacing_mm=null",
             "data.augment=false",
+            "train.stage2_learning_rate=2e-5",  # YAML 1.1 reads this as a string
         ],
     )
+    assert cfg.train.stage2_learning_rate == 2e-5
     assert cfg.preprocess.spacing_mm == 0.9
     assert cfg.preprocess.size == (128, 160)
     assert cfg.preprocess.slice_spacing_mm is None
@@ -55,6 +57,7 @@ def test_hash_changes_with_a_setting():
         ("data.positive_fraction=1.5", "data.positive_fraction"),
         ("train.stage2_loss_sharpness=0.5", "train.stage2_loss_sharpness"),
         ("train.stage2_loss_sharpness=yes", "train.stage2_loss_sharpness"),
+        ("train.learning_rate=2e-x", "train.learning_rate"),
     ],
 )
 def test_bad_overrides_name_the_key(override, named):

@@ -43,6 +43,7 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
         build_slice_cnn,
         freeze_for_stage2,
         make_optimizer,
+        phase_seed,
         stage2_learning_rate,
         stage_losses,
     )
@@ -114,6 +115,9 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)
 
+        # Seeded per phase, not by what ran before: a run resumed at a later phase draws the
+        # same initial weights and dropout seeds as an uninterrupted one (as `Trainer` does).
+        keras.utils.set_random_seed(phase_seed(trainer.seed, phase))
         model, _ = fit_distributed(
             strategy,
             build_model,

@@ -822,6 +822,17 @@ class _ShowInputs(logging.Filter):
         return True
 
 
+def _os_error_in_chain(err: BaseException | None, errnos: set[int]) -> OSError | None:
+    """The first `OSError` with one of ``errnos`` in ``err`` and its cause / context chain."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in errnos:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def storage_full_error(err: BaseException | None) -> OSError | None:
     """The `OSError` behind ``err`` that says the output's storage is full, else None.
 
@@ -832,14 +843,15 @@ def storage_full_error(err: BaseException | None) -> OSError | None:
     """
     import errno
 
-    full = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
-    seen: set[int] = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, OSError) and err.errno in full:
-            return err
-        err = err.__cause__ or err.__context__
-    return None
+    return _os_error_in_chain(err, {errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def access_error(err: BaseException | None) -> OSError | None:
+    """The `OSError` behind ``err`` that says a path may not be read or written (permission
+    denied, operation not permitted, read-only file system), else None."""
+    import errno
+
+    return _os_error_in_chain(err, {errno.EACCES, errno.EPERM, errno.EROFS})
 
 
 def _storage_full_message(error: OSError, args: argparse.Namespace) -> str:
@@ -884,6 +896,13 @@ def main(argv: list[str] | None = None) -> int:
         if full is not None:
             # A full disk is the user's to fix, not a bug: one line, status 2.
             print(f"pancseg: error: {show(_storage_full_message(full, args))}", file=sys.stderr)
+            return 2
+        denied = access_error(err)
+        if denied is not None:
+            # Likewise a path the user may not write (or read): which one, and why.
+            reason = denied.strerror or os.strerror(denied.errno or 0)
+            where = f"cannot access {denied.filename}" if denied.filename else "cannot access"
+            print(f"pancseg: error: {one_line(show(f'{where}: {reason}'))}", file=sys.stderr)
             return 2
         print(
             f"pancseg: error: internal error: {type(err).__name__}: {one_line(show(str(err)))} "

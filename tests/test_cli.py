@@ -121,6 +121,18 @@ def test_nonexistent_path(tmp_path):
     assert_one_line_error(status, err, "nope.nii.gz")
 
 
+def test_a_folder_that_may_not_be_written_is_one_line(tmp_path):
+    """Permission denied, not permitted, read-only: the user's to fix, not an internal error.
+    /sys refuses new entries even to root (EPERM; EROFS where it is mounted read-only)."""
+    target = pathlib.Path("/sys/pancseg_test_cannot_write_here")
+    if not pathlib.Path("/sys").is_dir():
+        pytest.skip("no /sys (not Linux)")
+    status, _, err = pancseg("synth", target, "--cases", "1")
+    assert_one_line_error(status, err, f"cannot access {target}: ")
+    assert any(r in err for r in ("not permitted", "Permission denied", "Read-only")), err
+    assert not target.exists()
+
+
 def test_truncated_nifti(ts_ct_path, tmp_path):
     bad = tmp_path / "truncated.nii.gz"
     bad.write_bytes(ts_ct_path.read_bytes()[:3000])

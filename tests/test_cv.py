@@ -278,3 +278,22 @@ def test_cv_errors_are_one_line(tiny_cohort, tmp_path):
         lines = [line for line in proc.stderr.splitlines() if line.startswith("pancseg: error:")]
         assert len(lines) == 1 and match in lines[0], proc.stderr
         assert "Traceback" not in proc.stderr
+    # With TF_CONFIG set, "auto" would mean multi-worker: refused before anything is written.
+    cluster = '{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 0}}'
+    env = {**os.environ, "TF_CONFIG": cluster}
+    proc = pancseg("cv", cohort, tmp_path / "o2", "--config", config, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert "pancseg: error: TF_CONFIG is set" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o2").exists()
+    proc = pancseg(
+        "cv",
+        cohort,
+        tmp_path / "o3",
+        "--config",
+        config,
+        "--strategy",
+        "none",
+        "--prepare-only",
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr

@@ -34,6 +34,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import pathlib
 import re
 import time
@@ -191,6 +192,11 @@ class CrossValidation:
             raise PancsegError(
                 "pancseg cv runs on one machine (--strategy auto, none or mirrored); on several "
                 "machines train each fold with pancseg train --strategy multiworker"
+            )
+        if self.strategy == "auto" and os.environ.get("TF_CONFIG"):
+            raise PancsegError(
+                "TF_CONFIG is set, so --strategy auto would train each fold on several machines; "
+                "pancseg cv runs on one: unset TF_CONFIG or pass --strategy none or mirrored"
             )
         if self.stages not in ("1", "both"):
             raise PancsegError(f"--stages must be 1 or both; got {self.stages!r}")

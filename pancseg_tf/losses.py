@@ -607,6 +607,21 @@ class JaccardBCELoss(_PerSampleLoss):
         return config
 
 
+def _wrapped_loss(base_loss) -> keras.losses.Loss:
+    """A wrapper's ``base_loss``: a `keras.losses.Loss`, or its serialised config (from_config).
+
+    Raises:
+        TypeError: anything else.
+    """
+    if isinstance(base_loss, Mapping):
+        base_loss = keras.saving.deserialize_keras_object(base_loss)
+    if not isinstance(base_loss, keras.losses.Loss):
+        raise TypeError(
+            f"base_loss must be a keras.losses.Loss instance; received {type(base_loss).__name__}"
+        )
+    return base_loss
+
+
 @keras.saving.register_keras_serializable(package="pancseg_tf")
 class ResizedTargetLoss(keras.losses.Loss):
     """Wraps a loss for a side output: pools the mask to the output's size, then applies it.
@@ -628,13 +643,7 @@ class ResizedTargetLoss(keras.losses.Loss):
     """
 
     def __init__(self, base_loss, pooling: str = "average", name: str | None = None):
-        if isinstance(base_loss, Mapping):
-            base_loss = keras.saving.deserialize_keras_object(base_loss)
-        if not isinstance(base_loss, keras.losses.Loss):
-            raise TypeError(
-                f"base_loss must be a keras.losses.Loss instance; received "
-                f"{type(base_loss).__name__}"
-            )
+        base_loss = _wrapped_loss(base_loss)
         if pooling not in _POOLINGS:
             raise ValueError(f"pooling must be one of {_POOLINGS}; received {pooling!r}")
         super().__init__(
@@ -703,13 +712,7 @@ class SharpenedLoss(keras.losses.Loss):
     """
 
     def __init__(self, base_loss, sharpness: float = 3.0, name: str | None = None):
-        if isinstance(base_loss, Mapping):
-            base_loss = keras.saving.deserialize_keras_object(base_loss)
-        if not isinstance(base_loss, keras.losses.Loss):
-            raise TypeError(
-                f"base_loss must be a keras.losses.Loss instance; received "
-                f"{type(base_loss).__name__}"
-            )
+        base_loss = _wrapped_loss(base_loss)
         if isinstance(sharpness, bool) or not float(sharpness) >= 1.0:
             raise ValueError(f"sharpness must be a number >= 1; received {sharpness!r}")
         super().__init__(

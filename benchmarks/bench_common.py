@@ -6,11 +6,21 @@ TensorFlow) can use it.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
 from collections.abc import Callable
 from typing import Any
+
+
+def emit_json(result: Any, path: str | os.PathLike | None) -> None:
+    """Prints ``result`` as indented JSON; with a ``--json`` path, writes the same text there."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if path:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text + "\n")
 
 
 def timed(function: Callable[[], Any]) -> tuple[float, float, Any]:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import logging
 import os
 import pathlib
@@ -43,6 +42,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run from anywhere
+from bench_common import emit_json  # noqa: E402
 
 from pancseg_tf.config import Config, apply_overrides, config_from_dict  # noqa: E402
 from pancseg_tf.data import (  # noqa: E402
@@ -228,10 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
             )
         )
         result["training"]["model"] = f"ContextualSegmenter.from_preset({args.model!r})"
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        pathlib.Path(args.json).write_text(text + "\n")
+    emit_json(result, args.json)
     return result
 
 

@@ -19,13 +19,15 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from typing import Any
 
 os.environ["KERAS_BACKEND"] = "jax"  # before keras is imported; this script is JAX only
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run from anywhere
+from bench_common import emit_json  # noqa: E402 - stdlib only: no TensorFlow
 
 #: (windows per training step, slices per inference sequence, dtype policy) per preset.
 SETTINGS = {
@@ -112,11 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                     result["presets"][preset] = measure(preset, args.repeats)
                 except Exception as err:  # noqa: BLE001 - e.g. out of memory: report, go on
                     result["presets"][preset] = {"error": f"{type(err).__name__}: {err}"[:500]}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            handle.write(text + "\n")
+    emit_json(result, args.json)
     return 0
 
 

@@ -24,7 +24,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -36,7 +35,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run from anywhere
-from bench_common import interleaved_best  # noqa: E402
+from bench_common import emit_json, interleaved_best  # noqa: E402
 
 from pancseg_tf.models import ContextualSegmenter, SliceCNN  # noqa: E402
 
@@ -197,11 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         result["batched_vs_time_distributed"] = batched_vs_time_distributed(**kwargs)
     if args.part in ("options", "both"):
         result["options"] = option_ratios(**kwargs)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            handle.write(text + "\n")
+    emit_json(result, args.json)
     return 0
 
 

@@ -24,13 +24,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run from anywhere
-from bench_common import interleaved_best  # noqa: E402
+from bench_common import emit_json, interleaved_best  # noqa: E402
 
 
 def measure(size: int, slices: int, width: int, sw_batch: int, repeats: int) -> dict[str, Any]:
@@ -130,11 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     else:
         result = measure(args.size, args.slices, args.width, args.sw_batch, args.repeats)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            handle.write(text + "\n")
+    emit_json(result, args.json)
     return 0
 
 

@@ -173,6 +173,11 @@ class TrainConfig:
             (`pancseg_tf.losses.SharpenedLoss`): the same 0.5 boundary, the stage-1 CNN's haze
             of low probabilities weighed out, so the new layers cannot lower the loss by
             shrinking every mask. 1 is the plain loss.
+        cross_fit_folds: 0, or the number of folds (>= 2) the training cases are split into for
+            cross-fitted stage 2 (`pancseg_tf.training.crossfit`): one more CNN per fold, trained
+            on the other folds, segments that fold's windows while the context layers learn
+            (the frozen-CNN epochs). Needs ``model.overrides.context_channels: 0``.
+        cross_fit_epochs: epochs of each fold CNN; default ``stage1_epochs``.
         early_stopping_patience: epochs without a better validation DSC before a stage stops;
             0 turns early stopping off.
         validation_fraction: share of the cases held out for validation (at least one case).
@@ -193,6 +198,8 @@ class TrainConfig:
     freeze_cnn_epochs: int = 0
     context_learning_rate: float | None = None
     stage2_loss_sharpness: float = 1.0
+    cross_fit_folds: int = 0
+    cross_fit_epochs: int | None = None
     early_stopping_patience: int = 0
     validation_fraction: float = 0.2
     validation_cases: int = 8
@@ -215,6 +222,15 @@ class TrainConfig:
             raise PancsegError(
                 f"train.stage2_loss_sharpness must be a number >= 1, got "
                 f"{self.stage2_loss_sharpness!r}"
+            )
+        if self.cross_fit_folds == 1 or self.cross_fit_folds < 0:
+            raise PancsegError(
+                f"train.cross_fit_folds must be 0 (off) or >= 2, got {self.cross_fit_folds}"
+            )
+        if self.cross_fit_epochs is not None and self.cross_fit_epochs < 1:
+            raise PancsegError(
+                f"train.cross_fit_epochs must be >= 1 (or null: stage1_epochs), got "
+                f"{self.cross_fit_epochs}"
             )
         if self.loss not in LOSSES:
             raise PancsegError(f"train.loss must be one of {', '.join(LOSSES)}; got {self.loss!r}")
@@ -261,6 +277,11 @@ class Config:
             section = getattr(self, field.name)
             if hasattr(section, "validate"):
                 section.validate()
+        if self.train.cross_fit_folds and self.model.overrides.get("context_channels") != 0:
+            raise PancsegError(
+                "train.cross_fit_folds needs model.overrides.context_channels: 0 (the context "
+                "must read the CNN probability alone to take another CNN's output)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(self)
@@ -433,7 +454,8 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             if not isinstance(node.get(part), dict):
                 raise PancsegError(f"unknown config key {'.'.join(parts[: i + 1])!r}")
             node = node[part]
-        if parts[-1] not in node:
+        # model.overrides takes any keyword of the networks (checked when they are built).
+        if parts[-1] not in node and parts[:-1] != ["model", "overrides"]:
             raise PancsegError(f"unknown config key {key.strip()!r}")
         try:
             node[parts[-1]] = yaml.safe_load(raw)

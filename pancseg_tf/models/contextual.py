@@ -144,7 +144,8 @@ class ContextualSegmenter(keras.Model):
             `get_config` or `keras.saving.serialize_keras_object` write it), a preset name or
             ``None`` (the ``"quick"`` CNN).
         context_channels: channels the CNN's features are reduced to before the ConvLSTM (it also
-            gets the CNN probability: ``1 + context_channels`` input channels).
+            gets the CNN probability: ``1 + context_channels`` input channels); 0: the
+            probability alone, as in the paper (see `context_head`).
         lstm_filters: filters of each direction of the ConvLSTM.
         lstm_kernel_size: kernel size of the ConvLSTM's input and recurrent convolutions.
         input_size: ``(H, W)`` of the slices (or one integer), multiples of ``2**depth``;
@@ -197,7 +198,14 @@ class ContextualSegmenter(keras.Model):
         **kwargs: Any,
     ):
         cnn = _resolve_slice_cnn(slice_cnn, dtype)
-        context_channels = _check_positive_int("context_channels", context_channels)
+        if (
+            isinstance(context_channels, bool)
+            or not isinstance(context_channels, int)
+            or (context_channels < 0)
+        ):
+            raise PancsegError(
+                f"context_channels must be an integer >= 0, got {context_channels!r}"
+            )
         lstm_filters = _check_positive_int("lstm_filters", lstm_filters)
         lstm_kernel_size = _check_positive_int("lstm_kernel_size", lstm_kernel_size)
         lstm_resolution = _check_positive_int("lstm_resolution", lstm_resolution)
@@ -227,8 +235,10 @@ class ContextualSegmenter(keras.Model):
         low_height, low_width = height // factor, width // factor
 
         # === Layers ===
-        context_reduce = keras.layers.Conv2D(
-            context_channels, 1, dtype=dtype, name="context_reduce"
+        context_reduce = (
+            keras.layers.Conv2D(context_channels, 1, dtype=dtype, name="context_reduce")
+            if context_channels
+            else None
         )
         context_concat = keras.layers.Concatenate(dtype=dtype, name="context_concat")
         context_pool = (
@@ -274,7 +284,11 @@ class ContextualSegmenter(keras.Model):
         # === Per-slice encoder: (N, H, W, 1) -> logit (N, H, W, 1), context (N, h, w, 1 + c) ===
         slice_in = keras.Input(shape=(height, width, 1), name="slice")
         cnn_out = cnn(slice_in)
-        context_full = context_concat([cnn_out[PROB], context_reduce(cnn_out[FEATURES])])
+        context_full = (
+            context_concat([cnn_out[PROB], context_reduce(cnn_out[FEATURES])])
+            if context_reduce is not None
+            else cnn_out[PROB]
+        )
         context = context_pool(context_full) if context_pool is not None else context_full
         encoder_outputs = {LOGIT: cnn_out[LOGIT], CONTEXT: context}
         if auxiliary_outputs:
@@ -402,6 +416,43 @@ class ContextualSegmenter(keras.Model):
         clone = type(self).from_config(config)
         clone.set_weights(self.get_weights())
         return clone
+
+    def context_head(self, logit: Any, prob: Any, windows: int, training: bool = False) -> Any:
+        """The model after its CNN, from a CNN's outputs on folded windows.
+
+        Only for ``context_channels=0``, where the ConvLSTM sees the CNN's probability alone (the
+        paper's design: each slice is segmented from its neighbours' predictions): then any CNN
+        of the same input size can feed this model's context layers. Stage 2's cross-fitted
+        training (`pancseg_tf.training.crossfit`) feeds it CNNs that did not see the window's
+        case. With the model's own CNN it equals calling the model.
+
+        Args:
+            logit: `(B * T, H, W, 1)` CNN logits of ``B`` windows of ``T`` slices, folded
+                window-major (as `FoldTime` folds them).
+            prob: the matching `(B * T, H, W, 1)` CNN probabilities.
+            windows: ``B``.
+            training: run the context layers in training mode.
+
+        Returns:
+            `(B, T, H, W, 1)` float32 probabilities, the model's ``"prob"`` output.
+
+        Raises:
+            PancsegError: when the model's context also reads CNN features.
+        """
+        if self.context_channels:
+            raise PancsegError(
+                "context_head needs a model whose context is the CNN probability alone "
+                f"(context_channels=0), this one has context_channels={self.context_channels}"
+            )
+        height, width = self.input_size
+        factor = self.lstm_resolution
+        context = ops.average_pool(prob, factor, factor, "valid") if factor > 1 else prob
+        low = ops.shape(context)
+        sequence = ops.reshape(context, (windows, -1, low[1], low[2], low[3]))
+        projected = self.sequence_context(sequence, training=training)
+        folded = ops.reshape(projected, (-1, low[1], low[2], self.fusion_channels))
+        fused = self.slice_fusion({LOGIT: logit, CONTEXT: folded}, training=training)
+        return ops.reshape(fused, (windows, -1, height, width, 1))
 
     @property
     def loss_keys(self) -> list[str]:

@@ -96,7 +96,7 @@ class WholeVolumeValidation(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is None or not self.cases:
             return
-        self.last_scores = self.scores(self.model)
+        self.last_scores = self.scores(deployed(self.model))
         logs["val_dsc"] = float(np.mean(list(self.last_scores.values())))
 
 
@@ -132,7 +132,7 @@ class RunLog(keras.callbacks.Callback):
     but not backed up before a kill is run again and logged once, never twice.
     """
 
-    def __init__(self, path: pathlib.Path, stage: int, initial_epoch: int, *, enabled=True):
+    def __init__(self, path: pathlib.Path, stage: int | str, initial_epoch: int, *, enabled=True):
         super().__init__()
         self.path = pathlib.Path(path)
         self.stage = stage
@@ -159,7 +159,7 @@ class RunLog(keras.callbacks.Callback):
         rows = [
             r
             for r in self._rows()
-            if not (int(r["stage"]) == self.stage and int(r["epoch"]) >= self.initial_epoch)
+            if not (r["stage"] == str(self.stage) and int(r["epoch"]) >= self.initial_epoch)
         ]
         self._write(rows)
 
@@ -219,7 +219,7 @@ class BestModel(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if self.enabled:
-            self.update(self.model, epoch, (logs or {}).get("val_dsc"))
+            self.update(deployed(self.model), epoch, (logs or {}).get("val_dsc"))
 
     def update(
         self,
@@ -244,6 +244,12 @@ class BestModel(keras.callbacks.Callback):
             if cases:
                 state[f"{self.key}_cases"] = {k: float(v) for k, v in sorted(cases.items())}
             write_atomic(self.state_path, json.dumps(state, indent=2))
+
+
+def deployed(model: keras.Model) -> keras.Model:
+    """The model a fit trains for users: ``model`` itself, or what a training view (such as
+    `pancseg_tf.training.crossfit.CrossFittedContext`) names as its ``deployed`` model."""
+    return getattr(model, "deployed", model)
 
 
 def save_model_atomic(model: keras.Model, path: pathlib.Path) -> None:

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from typing import Any
 
+from pancseg_tf.errors import PancsegError
 from pancseg_tf.training.callbacks import (
     BestModel,
     RunLog,
@@ -49,6 +50,11 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
     )
 
     cfg = trainer.config
+    if cfg.train.cross_fit_folds:
+        raise PancsegError(
+            "train.cross_fit_folds is not supported with --strategy multiworker yet; set it to "
+            "0 (--set train.cross_fit_folds=0) or train with one worker"
+        )
     run = trainer.run_dir
     chief = is_chief(strategy)
     splits = trainer._prepare_run_dir(index, chief=chief)

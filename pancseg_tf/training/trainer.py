@@ -14,11 +14,14 @@ early stopping replays its record (tests/training/test_resume_determinism.py).
 The run folder (stable; tools read it):
 
 - ``config.yaml``: the resolved config, with the package version and the data index's hash;
-- ``splits.json``: training and validation case ids (seeded, by case);
+- ``splits.json``: training and validation case ids (seeded, by case); with cross-fitting
+  (``train.cross_fit_folds``) also ``cross_fit``, the training cases' folds;
 - ``log.csv``: one row per finished epoch (``stage, epoch, loss, val_dsc, learning_rate,
-  seconds``);
-- ``tensorboard/stage1``, ``tensorboard/stage2``;
+  seconds``); ``stage`` is 1, 2 or ``fold{k}`` (a cross-fitting fold CNN, trained when stage
+  2 starts);
+- ``tensorboard/stage1``, ``tensorboard/stage2`` (and ``tensorboard/stagefold{k}``);
 - ``stage1.keras``: the best stage-1 CNN; ``model.keras``: the final (best) contextual model;
+  ``stage1_fold{k}.keras``: the fold CNNs of cross-fitting (`pancseg_tf.training.crossfit`);
 - ``state.json``: best validation scores and finished stages; ``backup/``: resume state.
 
 Test-only: with ``PANCSEG_TEST_KILL_AFTER_BATCHES=N`` in the environment the process sends
@@ -303,6 +306,16 @@ class Trainer:
                     )
                 case_ids = self.cases
             splits = split_cases(case_ids, self.config.train.validation_fraction, self.seed)
+        folds = self.config.train.cross_fit_folds
+        if folds and "cross_fit" not in splits:
+            from pancseg_tf.training.crossfit import cross_fit_folds
+
+            if len(splits["train"]) < folds:
+                raise PancsegError(
+                    f"train.cross_fit_folds is {folds} but the run has only "
+                    f"{len(splits['train'])} training cases"
+                )
+            splits["cross_fit"] = cross_fit_folds(splits["train"], folds, self.seed)
         if chief:
             run.mkdir(parents=True, exist_ok=True)
             save_config(
@@ -336,18 +349,30 @@ class Trainer:
         best_path: pathlib.Path,
         strategy,
         chief: bool,
+        log_stage: int | str | None = None,
+        train_cases: list[str] | None = None,
+        fold_cases: list[list[str]] | None = None,
     ) -> None:
+        """One phase of training: compile, fit with the run's callbacks, resumable.
+
+        ``log_stage`` names the phase in ``log.csv``, ``state.json`` (``stage{log_stage}``) and
+        TensorBoard (default: ``stage``); ``train_cases`` default to the split's training cases.
+        With ``fold_cases`` (cross-fitted stage 2), batches alternate between the folds and
+        carry their fold index: ``({"slices", "fold"}, targets)`` for `CrossFittedContext`.
+        """
         import keras
+        import tensorflow as tf
 
         from pancseg_tf.data.pipeline import make_training_dataset
 
         cfg = self.config
+        log_stage = stage if log_stage is None else log_stage
         backup_dir = self.run_dir / "backup" / phase
         meta = read_json(backup_dir / "training_metadata.json", {})
         initial_epoch = max(first_epoch, int(meta.get("epoch", first_epoch)))
         stopping_path = backup_dir / "early_stopping.json"
         if initial_epoch >= epochs or early_stopped(stopping_path, initial_epoch):
-            log.info("stage %d (%s): already finished", stage, phase)
+            log.info("stage %s (%s): already finished", log_stage, phase)
             return
         keras.utils.set_random_seed(phase_seed(self.seed, phase))
         with strategy.scope():
@@ -362,7 +387,9 @@ class Trainer:
         steps = cfg.train.steps_per_epoch
         targets = _target_fn(model, stage)
 
-        def epoch_data(epoch: int):
+        cases = splits["train"] if train_cases is None else train_cases
+
+        def epoch_data(epoch: int, cases: list[str]):
             ds = make_training_dataset(
                 self.data_dir,
                 cfg,
@@ -370,27 +397,49 @@ class Trainer:
                 seed=self.seed,
                 epoch=epoch,
                 deterministic=self.deterministic,
-                cases=splits["train"],
+                cases=cases,
             )
-            return ds.repeat().take(steps)
+            return ds.repeat()
 
-        dataset = epoch_data(initial_epoch)
+        def cross_fitted(epoch: int):
+            def tag(k):
+                return lambda image, mask: (
+                    {"slices": image, "fold": tf.fill(tf.shape(image)[:1], k)},
+                    mask,
+                )
+
+            def alternate(*batches):
+                ds = tf.data.Dataset.from_tensors(batches[0])
+                for batch in batches[1:]:
+                    ds = ds.concatenate(tf.data.Dataset.from_tensors(batch))
+                return ds
+
+            per_fold = [epoch_data(epoch, fold).map(tag(k)) for k, fold in enumerate(fold_cases)]
+            # One batch of each fold in turn. Not `choose_from_datasets`: concatenating two of
+            # those (two epochs) fails to make an iterator on TF 2.21 ("Incompatible shapes").
+            return tf.data.Dataset.zip(tuple(per_fold)).flat_map(alternate)
+
+        def one_epoch(epoch: int):
+            ds = cross_fitted(epoch) if fold_cases else epoch_data(epoch, cases)
+            return ds.take(steps)
+
+        dataset = one_epoch(initial_epoch)
         for epoch in range(initial_epoch + 1, epochs):
-            dataset = dataset.concatenate(epoch_data(epoch))
+            dataset = dataset.concatenate(one_epoch(epoch))
         dataset = dataset.map(targets)
         callbacks = [
             _restart_seed_generators(model),
             validation,
-            RunLog(self.run_dir / "log.csv", stage, initial_epoch, enabled=chief),
+            RunLog(self.run_dir / "log.csv", log_stage, initial_epoch, enabled=chief),
             BestModel(
                 best_path,
                 self.run_dir / "state.json",
-                f"stage{stage}",
+                f"stage{log_stage}",
                 enabled=chief,
                 validation=validation,
             ),
             keras.callbacks.TensorBoard(
-                log_dir=str(self.run_dir / "tensorboard" / f"stage{stage}"),
+                log_dir=str(self.run_dir / "tensorboard" / f"stage{log_stage}"),
                 write_graph=False,
                 profile_batch=0,
             ),
@@ -406,8 +455,8 @@ class Trainer:
         if kill_after:
             callbacks.insert(0, _kill_after_batches(self, int(kill_after)))
         log.info(
-            "stage %d (%s): epochs %d..%d, %d steps each",
-            stage,
+            "stage %s (%s): epochs %d..%d, %d steps each",
+            log_stage,
             phase,
             initial_epoch,
             epochs - 1,
@@ -495,16 +544,25 @@ class Trainer:
                 transfer_stage1_weights(stage1, model)
                 del stage1
                 self._resume_stage2_weights(model)
+                folds = splits.get("cross_fit") if cfg.train.cross_fit_folds else None
+                fold_cnns = self._fold_cnns(folds, splits, validation, strategy) if folds else None
                 freeze = min(cfg.train.freeze_cnn_epochs, cfg.train.stage2_epochs)
                 phases = [("stage2_frozen", 0, freeze), ("stage2", freeze, cfg.train.stage2_epochs)]
                 for phase, first, last in phases:
                     if last <= first:
                         continue
                     freeze_for_stage2(model, frozen=phase == "stage2_frozen")
+                    view = model
+                    if fold_cnns and phase == "stage2_frozen":
+                        from pancseg_tf.training.crossfit import CrossFittedContext
+
+                        with strategy.scope():
+                            view = CrossFittedContext(model, fold_cnns)
                     self._fit_stage(
                         stage=2,
                         phase=phase,
-                        model=model,
+                        model=view,
+                        fold_cases=folds if view is not model else None,
                         loss=stage_losses(cfg, ["prob"], stage=2),
                         loss_weights=None,
                         learning_rate=stage2_learning_rate(cfg, phase),
@@ -523,6 +581,44 @@ class Trainer:
         state = read_json(self.run_dir / "state.json", {})
         best = {k: v for k, v in state.items() if k in ("stage1", "stage2")}
         return TrainResult(self.run_dir, splits, best)
+
+    def _fold_cnns(self, folds, splits, validation, strategy) -> list:
+        """Cross-fitting's fold CNNs: CNN ``k`` trained on every training case outside fold
+        ``k`` (resumable like stage 1), then loaded for stage 2's frozen-CNN epochs."""
+        import keras
+
+        from pancseg_tf.inference import load_model
+
+        cfg = self.config
+        state_path = self.run_dir / "state.json"
+        cnns = []
+        for k, fold in enumerate(folds):
+            path = self.run_dir / f"stage1_fold{k}.keras"
+            if not read_json(state_path, {}).get(f"fold{k}_done"):
+                keras.utils.set_random_seed(phase_seed(self.seed, f"fold{k}_model"))
+                with strategy.scope():
+                    cnn = build_slice_cnn(cfg)
+                self._fit_stage(
+                    stage=1,
+                    phase=f"fold{k}",
+                    model=cnn,
+                    loss=stage_losses(cfg, cnn.loss_keys, stage=1),
+                    loss_weights=_side_weights(cnn.loss_keys, cfg.train.side_output_weights),
+                    learning_rate=cfg.train.learning_rate,
+                    epochs=cfg.train.cross_fit_epochs or cfg.train.stage1_epochs,
+                    first_epoch=0,
+                    splits=splits,
+                    validation=validation,
+                    best_path=path,
+                    strategy=strategy,
+                    chief=True,
+                    log_stage=f"fold{k}",
+                    train_cases=[c for c in splits["train"] if c not in fold],
+                )
+                mark_state(state_path, f"fold{k}_done")
+            with strategy.scope():
+                cnns.append(load_model(path))
+        return cnns
 
     def _resume_stage2_weights(self, model) -> None:
         """After a kill in the unfrozen phase, `BackupAndRestore` restores it; after a kill at

@@ -147,6 +147,25 @@ def test_parts_compose_to_the_full_model():
     assert tuple(encoded["context"].shape) == (9, 16, 16, 3)  # prob + 2 feature channels
 
 
+def test_probability_only_context_and_its_head():
+    """context_channels=0: the ConvLSTM reads the CNN probability alone, and `context_head` on
+    the model's own CNN outputs is the model; another CNN's outputs give another answer."""
+    model = build(context_channels=0)
+    activate_fusion(model)
+    assert "context_reduce" not in [layer.name for layer in model.slice_encoder.layers]
+    images, _ = windows(2, 6)
+    encoded = model.slice_encoder(images.reshape(12, 32, 32, 1))
+    assert tuple(encoded["context"].shape) == (12, 16, 16, 1)
+    folded = model.slice_cnn(images.reshape(12, 32, 32, 1))
+    head = model.context_head(folded["logit"], folded["prob"], 2)
+    np.testing.assert_allclose(numpy(head), numpy(model(images)["prob"]), rtol=1e-5, atol=1e-6)
+    other = SliceCNN(**CNN)(images.reshape(12, 32, 32, 1))
+    moved = numpy(model.context_head(other["logit"], other["prob"], 2))
+    assert np.abs(moved - numpy(head)).max() > 1e-3
+    with pytest.raises(PancsegError, match="context_channels=0"):
+        build().context_head(folded["logit"], folded["prob"], 2)
+
+
 def test_transfer_stage1_weights_reproduces_stage1_exactly():
     keras.utils.set_random_seed(1)
     stage1 = SliceCNN(**CNN)
@@ -266,6 +285,7 @@ def test_a_given_slice_cnn_is_shared():
         ({"lstm_resolution": 8}, "lstm_resolution must divide 2\\*\\*depth = 4"),
         ({"lstm_resolution": 3}, "lstm_resolution must divide"),
         ({"lstm_filters": 0}, "lstm_filters must be an integer >= 1"),
+        ({"context_channels": -1}, "context_channels must be an integer >= 0"),
         ({"slice_cnn": 3}, "slice_cnn must be a SliceCNN"),
         ({"slice_cnn": "huge"}, "unknown SliceCNN preset"),
         ({"time_distributed": True, "auxiliary_outputs": True}, "does not support"),
@@ -323,7 +343,10 @@ def test_config_round_trip():
     ]
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"auxiliary_outputs": True}, {"time_distributed": True}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"auxiliary_outputs": True}, {"time_distributed": True}, {"context_channels": 0}],
+)
 def test_save_and_load_give_identical_predictions(tmp_path, kwargs):
     model = build(**kwargs)
     activate_fusion(model)

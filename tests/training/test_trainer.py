@@ -197,6 +197,49 @@ def test_resume_after_kill_keeps_the_log_intact(tiny_data, tmp_path):
 
 
 @pytest.mark.large
+def test_cross_fitted_stage_2_resumes_after_a_kill_in_a_fold_cnn(tiny_data, tmp_path):
+    """train.cross_fit_folds: a fold CNN per fold, trained on the other folds when stage 2
+    starts, logged as stage fold{k}; killed in the second fold CNN and rerun, the run goes on
+    from there and ends with the contextual model."""
+    from pancseg_tf.inference import load_model
+    from pancseg_tf.models import ContextualSegmenter, SliceCNN
+
+    data, config = tiny_data
+    run = tmp_path / "run"
+    sets = [
+        "--set",
+        "model.overrides.context_channels=0",
+        "--set",
+        "train.cross_fit_folds=2",
+        "--set",
+        "train.stage2_epochs=3",
+        "--set",
+        "train.freeze_cnn_epochs=2",  # two cross-fitted epochs: their data is concatenated
+    ]
+    args = ("train", data, run, "--config", config, "--seed", 2, *sets)
+    # 3 steps per epoch: stage 1 and fold 0 take 6 batches each; die inside fold 1's epoch 1.
+    killed = pancseg(*args, env={"PANCSEG_TEST_KILL_AFTER_BATCHES": "16"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    with open(run / "log.csv", newline="") as f:
+        before = [(r["stage"], int(r["epoch"])) for r in csv.DictReader(f)]
+    assert before == [("1", 0), ("1", 1), ("fold0", 0), ("fold0", 1), ("fold1", 0)]
+    proc = pancseg(*args)
+    assert proc.returncode == 0, proc.stderr
+    with open(run / "log.csv", newline="") as f:
+        rows = [(r["stage"], int(r["epoch"])) for r in csv.DictReader(f)]
+    assert rows == before + [("fold1", 1), ("2", 0), ("2", 1), ("2", 2)]
+    splits = json.loads((run / "splits.json").read_text())
+    folds = splits["cross_fit"]
+    assert len(folds) == 2 and sorted(folds[0] + folds[1]) == sorted(splits["train"])
+    for k in range(2):
+        assert isinstance(load_model(run / f"stage1_fold{k}.keras"), SliceCNN)
+    model = load_model(run)
+    assert isinstance(model, ContextualSegmenter) and model.context_channels == 0
+    state = json.loads((run / "state.json").read_text())
+    assert state["fold0_done"] and state["fold1_done"] and state["stage2_done"]
+
+
+@pytest.mark.large
 def test_mirrored_on_two_logical_cpus(tiny_data, tmp_path):
     data, config = tiny_data
     run = tmp_path / "run"

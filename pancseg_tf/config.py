@@ -282,6 +282,14 @@ class Config:
                 "train.cross_fit_folds needs model.overrides.context_channels: 0 (the context "
                 "must read the CNN probability alone to take another CNN's output)"
             )
+        if (
+            self.train.cross_fit_folds
+            and min(self.train.freeze_cnn_epochs, self.train.stage2_epochs) < 1
+        ):
+            raise PancsegError(
+                "train.cross_fit_folds needs train.freeze_cnn_epochs >= 1 and "
+                "train.stage2_epochs >= 1: the fold CNNs feed the frozen-CNN epochs"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(self)

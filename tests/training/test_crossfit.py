@@ -92,6 +92,10 @@ def test_a_fit_step_trains_the_context_layers_only():
             ],
             "train.cross_fit_epochs must be >= 1",
         ),
+        (
+            ["train.cross_fit_folds=2", "model.overrides.context_channels=0"],
+            "train.cross_fit_folds needs train.freeze_cnn_epochs >= 1",
+        ),
     ],
 )
 def test_config_refuses_what_cannot_work(overrides, message):
@@ -101,7 +105,12 @@ def test_config_refuses_what_cannot_work(overrides, message):
 
 def test_model_overrides_take_any_network_keyword_from_the_command_line():
     cfg = apply_overrides(
-        Config(), ["model.overrides.context_channels=0", "train.cross_fit_folds=2"]
+        Config(),
+        [
+            "model.overrides.context_channels=0",
+            "train.cross_fit_folds=2",
+            "train.freeze_cnn_epochs=1",
+        ],
     )
     assert cfg.model.overrides == {"context_channels": 0} and cfg.train.cross_fit_folds == 2
     with pytest.raises(PancsegError, match="unknown config key 'model.lstm_size'"):
@@ -113,7 +122,12 @@ def test_multiworker_refuses_cross_fitting(tmp_path):
 
     class Trainer:  # what run_multiworker reads before anything else
         config = apply_overrides(
-            Config(), ["model.overrides.context_channels=0", "train.cross_fit_folds=2"]
+            Config(),
+            [
+                "model.overrides.context_channels=0",
+                "train.cross_fit_folds=2",
+                "train.freeze_cnn_epochs=1",
+            ],
         )
         run_dir = tmp_path
 

@@ -62,7 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("heldout", type=pathlib.Path)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--cnns", choices=("fold", "full"), default="fold")
-    parser.add_argument("--gate", action="store_true")
+    parser.add_argument(
+        "--gate",
+        nargs="?",
+        const="mean",
+        choices=("mean", "range"),
+        help="scale the context's correction of a slice by |p - mean of the neighbours' p| "
+        "(mean) or by how far p lies outside the range of the two neighbours' p (range)",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
@@ -107,9 +114,12 @@ def main(argv: list[str] | None = None) -> int:
         cnns = [load_model(args.run / "stage1.keras") for _ in folds]
     T.freeze_for_stage2(model, frozen=True)
 
-    def gate_of(prob):  # (B, T, H, W, 1): |p - mean of the two neighbours|, edges replicated
+    def gate_of(prob):  # (B, T, H, W, 1), edges replicated
         before = ops.concatenate([prob[:, :1], prob[:, :-1]], axis=1)
         after = ops.concatenate([prob[:, 1:], prob[:, -1:]], axis=1)
+        if args.gate == "range":
+            low, high = ops.minimum(before, after), ops.maximum(before, after)
+            return ops.relu(prob - high) + ops.relu(low - prob)
         return ops.abs(prob - 0.5 * (before + after))
 
     class Gated(CrossFittedContext):

@@ -741,11 +741,19 @@ class Segmenter:
             contexts.append(np.asarray(encoded["context"]))
         sequence = np.concatenate(contexts, axis=0)[None]
         context = np.asarray(sequence_context(sequence))[0]
+        # A gated fusion compares each slice with its neighbours: the gate of the whole volume.
+        gate = (
+            np.asarray(model.fusion_gate_of(np.concatenate(logits, axis=0)))
+            if getattr(model, "fusion_gate", None)
+            else None
+        )
         probs = []
         for i, start in enumerate(batches):
             stop = start + self.slice_batch
-            fused = fusion({"logit": logits[i], "context": context[start:stop]})
-            probs.append(np.asarray(fused))
+            inputs = {"logit": logits[i], "context": context[start:stop]}
+            if gate is not None:
+                inputs["gate"] = gate[start:stop]
+            probs.append(np.asarray(fusion(inputs)))
         return np.concatenate(probs, axis=0)
 
     # --- the whole volume ---

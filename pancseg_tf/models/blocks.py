@@ -208,6 +208,50 @@ class SliceChannels(keras.layers.Layer):
         return config
 
 
+def neighbour_range_gate(prob: Any) -> Any:
+    """How far each slice's probability lies outside the range of its two neighbours'.
+
+    ``relu(p - max(p_prev, p_next)) + relu(min(p_prev, p_next) - p)`` per pixel, along the slice
+    axis, the first and last slice taking themselves as their missing neighbour. Zero wherever a
+    slice lies between its neighbours (a shape that grows or shrinks smoothly from slice to
+    slice), up to 1 where a slice alone says pancreas (or alone says not) against both.
+
+    Args:
+        prob: `(B, T, H, W, C)` probabilities in [0, 1].
+
+    Returns:
+        The gate, same shape, float32.
+    """
+    prob = ops.cast(prob, "float32")
+    before = ops.concatenate([prob[:, :1], prob[:, :-1]], axis=1)
+    after = ops.concatenate([prob[:, 1:], prob[:, -1:]], axis=1)
+    low, high = ops.minimum(before, after), ops.maximum(before, after)
+    return ops.relu(prob - high) + ops.relu(low - prob)
+
+
+@keras.saving.register_keras_serializable(package="pancseg_tf")
+class NeighbourRangeGate(keras.layers.Layer):
+    """`neighbour_range_gate` as a layer: `(B, T, H, W, C)` probabilities -> float32 gate.
+
+    Example:
+    ```python
+    p = keras.ops.reshape(keras.ops.array([0.9, 0.1, 0.9, 0.5, 0.3]), (1, 5, 1, 1, 1))
+    NeighbourRangeGate()(p)[0, :, 0, 0, 0]  # [0, 0.8, 0.4, 0, 0]
+    ```
+    """
+
+    def __init__(self, **kwargs: Any):
+        kwargs.setdefault("autocast", False)
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+
+    def call(self, inputs: Any) -> Any:
+        return neighbour_range_gate(inputs)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return tuple(input_shape)
+
+
 def downsample_mask(mask: Any, factor: int) -> Any:
     """Area-downsamples a mask by an integer factor (the fraction of foreground in each cell).
 

@@ -18,9 +18,11 @@ from keras import ops
 from pancseg_tf.errors import PancsegError
 from pancseg_tf.models.blocks import (
     FoldTime,
+    NeighbourRangeGate,
     SliceChannels,
     UnfoldTime,
     downsample_mask,
+    neighbour_range_gate,
     normalise_input_size,
 )
 from pancseg_tf.models.slice_cnn import FEATURES, LOGIT, PROB, SliceCNN
@@ -58,6 +60,10 @@ CONTEXTUAL_PRESETS: dict[str, dict[str, Any]] = {
 CNN_PROB = "cnn_prob"
 #: Keys of the per-slice encoder's outputs (see `ContextualSegmenter.slice_encoder`).
 CONTEXT = "context"
+#: Key of `slice_fusion`'s gate input (models with ``fusion_gate``).
+GATE = "gate"
+#: Values of ``fusion_gate``.
+FUSION_GATES = (None, "range")
 
 
 def _resolve_slice_cnn(slice_cnn: Any, dtype: Any) -> SliceCNN:
@@ -154,6 +160,12 @@ class ContextualSegmenter(keras.Model):
         lstm_resolution: the ConvLSTM runs at ``1 / lstm_resolution`` of the input resolution;
             must divide ``2**slice_cnn.depth``.
         fusion_channels: channels of the ConvLSTM output that are upsampled and fused.
+        fusion_gate: ``None``, or ``"range"``: the fusion's correction of each pixel is scaled by
+            how far the CNN's probability there lies outside the range of the two neighbouring
+            slices' (`neighbour_range_gate`), so the context corrects a slice where it disagrees
+            with both neighbours and cannot recalibrate the whole mask (measured in
+            ``benchmarks/results/README.md``). `slice_fusion` then takes a ``"gate"`` input,
+            computed over the whole sequence (`fusion_gate_of`).
         auxiliary_outputs: also output the CNN's probability and side outputs. Without them the
             CNN's side-output convolutions are unused here and are made non-trainable.
         time_distributed: build the per-slice parts with ``keras.layers.TimeDistributed``
@@ -192,6 +204,7 @@ class ContextualSegmenter(keras.Model):
         lstm_kernel_size: int = 3,
         lstm_resolution: int = 4,
         fusion_channels: int = 4,
+        fusion_gate: str | None = None,
         auxiliary_outputs: bool = False,
         time_distributed: bool = False,
         dtype: Any = None,
@@ -217,6 +230,12 @@ class ContextualSegmenter(keras.Model):
             )
         if time_distributed and auxiliary_outputs:
             raise PancsegError("time_distributed=True does not support auxiliary_outputs=True")
+        if fusion_gate not in FUSION_GATES:
+            raise PancsegError(
+                f"fusion_gate must be one of {list(FUSION_GATES)}, got {fusion_gate!r}"
+            )
+        if time_distributed and fusion_gate:
+            raise PancsegError("time_distributed=True does not support a fusion_gate")
         size = normalise_input_size(
             input_size if input_size is not None else cnn.input_size, cnn.depth
         )
@@ -307,18 +326,24 @@ class ContextualSegmenter(keras.Model):
         # === Per-slice fusion: logit (N, H, W, 1) + context (N, h, w, k) -> prob (N, H, W, 1) ===
         fusion_logit = keras.Input(shape=(height, width, 1), name=LOGIT)
         fusion_context = keras.Input(shape=(low_height, low_width, fusion_channels), name=CONTEXT)
+        fusion_inputs = {LOGIT: fusion_logit, CONTEXT: fusion_context}
         upsampled = fusion_up(fusion_context) if fusion_up is not None else fusion_context
         correction = fusion_conv(
             keras.layers.Concatenate(dtype=dtype, name="fusion_concat")([fusion_logit, upsampled])
         )
+        if fusion_gate:
+            # The correction only where the slice disagrees with both neighbours (see
+            # `neighbour_range_gate`): the context cannot recalibrate the whole mask.
+            fusion_inputs[GATE] = keras.Input(shape=(height, width, 1), name=GATE)
+            correction = keras.layers.Multiply(dtype="float32", name="fusion_gate")(
+                [fusion_inputs[GATE], correction]
+            )
         # float32 residual and sigmoid: the CNN logit keeps its precision under mixed precision.
         fused_logit = keras.layers.Add(dtype="float32", name="fusion_add")(
             [fusion_logit, correction]
         )
         fused_prob = keras.layers.Activation("sigmoid", dtype="float32", name=PROB)(fused_logit)
-        slice_fusion = keras.Model(
-            {LOGIT: fusion_logit, CONTEXT: fusion_context}, fused_prob, name="slice_fusion"
-        )
+        slice_fusion = keras.Model(fusion_inputs, fused_prob, name="slice_fusion")
 
         # === Functional model ===
         slices = keras.Input(shape=(None, height, width, 1), name="slices")
@@ -327,7 +352,16 @@ class ContextualSegmenter(keras.Model):
             encoded = slice_encoder(FoldTime(name="fold_slices")(slices))
             context_sequence = UnfoldTime(name="unfold_context")([encoded[CONTEXT], slices])
             projected = FoldTime(name="fold_context")(sequence_context(context_sequence))
-            prob = slice_fusion({LOGIT: encoded[LOGIT], CONTEXT: projected})
+            fusion_args = {LOGIT: encoded[LOGIT], CONTEXT: projected}
+            if fusion_gate:
+                cnn_prob = keras.layers.Activation("sigmoid", dtype="float32", name="gate_prob")(
+                    encoded[LOGIT]
+                )
+                prob_sequence = UnfoldTime(name="unfold_gate_prob")([cnn_prob, slices])
+                fusion_args[GATE] = FoldTime(name="fold_gate")(
+                    NeighbourRangeGate(name="neighbour_range_gate")(prob_sequence)
+                )
+            prob = slice_fusion(fusion_args)
             outputs[PROB] = UnfoldTime(name="unfold_prob")([prob, slices])
             if auxiliary_outputs:
                 for key in [CNN_PROB, *cnn.side_output_keys]:
@@ -383,6 +417,7 @@ class ContextualSegmenter(keras.Model):
         self.lstm_kernel_size = lstm_kernel_size
         self.lstm_resolution = lstm_resolution
         self.fusion_channels = fusion_channels
+        self.fusion_gate = fusion_gate
         self.auxiliary_outputs = bool(auxiliary_outputs)
         self.time_distributed = bool(time_distributed)
 
@@ -444,6 +479,7 @@ class ContextualSegmenter(keras.Model):
                 "context_head needs a model whose context is the CNN probability alone "
                 f"(context_channels=0), this one has context_channels={self.context_channels}"
             )
+        logit, prob = ops.convert_to_tensor(logit), ops.convert_to_tensor(prob)
         height, width = self.input_size
         factor = self.lstm_resolution
         context = ops.average_pool(prob, factor, factor, "valid") if factor > 1 else prob
@@ -451,8 +487,20 @@ class ContextualSegmenter(keras.Model):
         sequence = ops.reshape(context, (windows, -1, low[1], low[2], low[3]))
         projected = self.sequence_context(sequence, training=training)
         folded = ops.reshape(projected, (-1, low[1], low[2], self.fusion_channels))
-        fused = self.slice_fusion({LOGIT: logit, CONTEXT: folded}, training=training)
+        fusion_args = {LOGIT: logit, CONTEXT: folded}
+        if self.fusion_gate:
+            sequence = ops.reshape(logit, (windows, -1, height, width, 1))
+            gate = neighbour_range_gate(ops.sigmoid(ops.cast(sequence, "float32")))
+            fusion_args[GATE] = ops.reshape(gate, (-1, height, width, 1))
+        fused = self.slice_fusion(fusion_args, training=training)
         return ops.reshape(fused, (windows, -1, height, width, 1))
+
+    def fusion_gate_of(self, logit: Any) -> Any:
+        """`slice_fusion`'s ``"gate"`` input for the CNN logits `(T, H, W, 1)` of one whole
+        sequence of slices (what the model computes inside; for running its parts one by one).
+        """
+        prob = ops.sigmoid(ops.cast(logit, "float32"))
+        return neighbour_range_gate(prob[None])[0]
 
     @property
     def loss_keys(self) -> list[str]:
@@ -526,6 +574,7 @@ class ContextualSegmenter(keras.Model):
             "lstm_kernel_size": self.lstm_kernel_size,
             "lstm_resolution": self.lstm_resolution,
             "fusion_channels": self.fusion_channels,
+            "fusion_gate": self.fusion_gate,
             "auxiliary_outputs": self.auxiliary_outputs,
             "time_distributed": self.time_distributed,
         }

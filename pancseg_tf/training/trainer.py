@@ -109,7 +109,13 @@ def build_contextual(cfg: Config, slice_cnn=None):
     kwargs: dict[str, Any] = {"slice_cnn": cnn}
     if m.lstm_filters is not None:
         kwargs["lstm_filters"] = m.lstm_filters
-    ctx_keys = {"context_channels", "lstm_kernel_size", "lstm_resolution", "fusion_channels"}
+    ctx_keys = {
+        "context_channels",
+        "lstm_kernel_size",
+        "lstm_resolution",
+        "fusion_channels",
+        "fusion_gate",
+    }
     kwargs.update({k: v for k, v in m.overrides.items() if k in ctx_keys})
     return ContextualSegmenter.from_preset(m.preset, **kwargs)
 
@@ -387,7 +393,7 @@ class Trainer:
         steps = cfg.train.steps_per_epoch
         targets = _target_fn(model, stage)
 
-        cases = splits["train"] if train_cases is None else train_cases
+        train_ids = splits["train"] if train_cases is None else train_cases
 
         def epoch_data(epoch: int, cases: list[str]):
             ds = make_training_dataset(
@@ -420,7 +426,7 @@ class Trainer:
             return tf.data.Dataset.zip(tuple(per_fold)).flat_map(alternate)
 
         def one_epoch(epoch: int):
-            ds = cross_fitted(epoch) if fold_cases else epoch_data(epoch, cases)
+            ds = cross_fitted(epoch) if fold_cases else epoch_data(epoch, train_ids)
             return ds.take(steps)
 
         dataset = one_epoch(initial_epoch)

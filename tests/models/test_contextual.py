@@ -16,7 +16,7 @@ from pancseg_tf.models import (
     UnfoldTime,
     transfer_stage1_weights,
 )
-from pancseg_tf.models.blocks import BN_MOMENTUM
+from pancseg_tf.models.blocks import BN_MOMENTUM, NeighbourRangeGate, neighbour_range_gate
 
 # Test sizes: a 2-level CNN on 32 x 32 slices, a 4-filter ConvLSTM at 1/2 resolution.
 CNN = {"base_filters": 4, "depth": 2, "input_size": 32}
@@ -166,6 +166,40 @@ def test_probability_only_context_and_its_head():
         build().context_head(folded["logit"], folded["prob"], 2)
 
 
+def test_neighbour_range_gate():
+    """How far a slice lies outside the range of its two neighbours; edges are their own."""
+    p = np.array([0.9, 0.1, 0.9, 0.5, 0.3, 0.3], np.float32).reshape(1, 6, 1, 1, 1)
+    gate = numpy(neighbour_range_gate(p))[0, :, 0, 0, 0]
+    np.testing.assert_allclose(gate, [0.0, 0.8, 0.4, 0.0, 0.0, 0.0], atol=1e-6)
+    layer = NeighbourRangeGate.from_config(NeighbourRangeGate(name="g").get_config())
+    np.testing.assert_array_equal(numpy(layer(p)), numpy(neighbour_range_gate(p)))
+
+
+def test_gated_fusion_corrects_only_where_a_slice_disagrees_with_both_neighbours():
+    """fusion_gate="range": where every slice agrees with its neighbours the model is the CNN
+    exactly, whatever the context layers learned; a slice that alone says pancreas is
+    corrected. The parts, run over a whole sequence, compose to the model."""
+    model = build(context_channels=0, fusion_gate="range")
+    activate_fusion(model)
+    rng = np.random.default_rng(3)
+    logit = rng.normal(0, 2, (1, 32, 32, 1)).astype(np.float32)
+    same = np.repeat(logit, 6, axis=0)  # six identical slices: no slice disagrees
+    out = numpy(model.context_head(same, numpy(keras.ops.sigmoid(same)), 1))
+    np.testing.assert_allclose(out[0], numpy(keras.ops.sigmoid(same)), rtol=1e-6, atol=1e-7)
+    odd = same.copy()
+    odd[3] = np.abs(logit) + 4.0  # slice 3 alone says pancreas everywhere
+    out = numpy(model.context_head(odd, numpy(keras.ops.sigmoid(odd)), 1))[0]
+    np.testing.assert_allclose(out[[0, 5]], numpy(keras.ops.sigmoid(odd[[0, 5]])), atol=1e-6)
+    assert np.abs(out[3] - numpy(keras.ops.sigmoid(odd[3]))).max() > 1e-3
+    # Parts, with the gate computed over the whole sequence, equal the model.
+    images, _ = windows(1, 9)
+    encoded = model.slice_encoder(images[0])
+    projected = model.sequence_context(keras.ops.expand_dims(encoded["context"], 0))[0]
+    gate = model.fusion_gate_of(encoded["logit"])
+    prob = model.slice_fusion({"logit": encoded["logit"], "context": projected, "gate": gate})
+    np.testing.assert_allclose(numpy(prob), numpy(model(images)["prob"])[0], rtol=1e-5, atol=1e-6)
+
+
 def test_transfer_stage1_weights_reproduces_stage1_exactly():
     keras.utils.set_random_seed(1)
     stage1 = SliceCNN(**CNN)
@@ -286,6 +320,8 @@ def test_a_given_slice_cnn_is_shared():
         ({"lstm_resolution": 3}, "lstm_resolution must divide"),
         ({"lstm_filters": 0}, "lstm_filters must be an integer >= 1"),
         ({"context_channels": -1}, "context_channels must be an integer >= 0"),
+        ({"fusion_gate": "mean"}, "fusion_gate must be one of"),
+        ({"fusion_gate": "range", "time_distributed": True}, "does not support a fusion_gate"),
         ({"slice_cnn": 3}, "slice_cnn must be a SliceCNN"),
         ({"slice_cnn": "huge"}, "unknown SliceCNN preset"),
         ({"time_distributed": True, "auxiliary_outputs": True}, "does not support"),
@@ -345,7 +381,13 @@ def test_config_round_trip():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{}, {"auxiliary_outputs": True}, {"time_distributed": True}, {"context_channels": 0}],
+    [
+        {},
+        {"auxiliary_outputs": True},
+        {"time_distributed": True},
+        {"context_channels": 0},
+        {"context_channels": 0, "fusion_gate": "range"},
+    ],
 )
 def test_save_and_load_give_identical_predictions(tmp_path, kwargs):
     model = build(**kwargs)

@@ -88,9 +88,9 @@ def _resolve_slice_cnn(slice_cnn: Any, dtype: Any) -> SliceCNN:
     )
 
 
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise PancsegError(f"{name} must be an integer >= 1, got {value!r}")
+def _check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise PancsegError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
 
 
@@ -129,6 +129,13 @@ class ContextualSegmenter(keras.Model):
     (the CNN at 74 %), and a training step cost 489 ms; at 1/4 resolution it takes 5.6 ms and a
     training step 307 ms. The residual fusion keeps the CNN's full-resolution boundary detail,
     so the ConvLSTM only has to carry the between-slice context, which is coarse.
+
+    With ``context_channels=0`` the ConvLSTM reads the CNN probability alone (the paper's design),
+    and with ``fusion_gate="range"`` the fusion's correction of each pixel is scaled by how far the
+    CNN's probability there lies outside the range of the two neighbouring slices'
+    (`neighbour_range_gate`): the context then fixes what a slice alone gets wrong against both
+    neighbours and cannot recalibrate the whole mask, which is what the ungated layers mostly
+    learned on the quick budget (``benchmarks/results/README.md``). The quick config uses both.
 
     The fusion conv starts at zero, so right after `transfer_stage1_weights` the model's output is
     the stage-1 CNN's logit plus an exact zero: fine-tuning starts from stage 1's quality (the
@@ -211,14 +218,7 @@ class ContextualSegmenter(keras.Model):
         **kwargs: Any,
     ):
         cnn = _resolve_slice_cnn(slice_cnn, dtype)
-        if (
-            isinstance(context_channels, bool)
-            or not isinstance(context_channels, int)
-            or (context_channels < 0)
-        ):
-            raise PancsegError(
-                f"context_channels must be an integer >= 0, got {context_channels!r}"
-            )
+        context_channels = _check_positive_int("context_channels", context_channels, minimum=0)
         lstm_filters = _check_positive_int("lstm_filters", lstm_filters)
         lstm_kernel_size = _check_positive_int("lstm_kernel_size", lstm_kernel_size)
         lstm_resolution = _check_positive_int("lstm_resolution", lstm_resolution)

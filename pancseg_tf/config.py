@@ -123,6 +123,17 @@ LOSSES = ("jaccard", "jaccard_per_sample", "dice", "bce", "weighted_bce", "jacca
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
+#: The network keywords ``model.overrides`` may set: `SliceCNN`'s, then `ContextualSegmenter`'s.
+SLICE_CNN_OVERRIDES = ("dropout", "aggregation_filters", "max_filters")
+CONTEXT_OVERRIDES = (
+    "context_channels",
+    "lstm_kernel_size",
+    "lstm_resolution",
+    "fusion_channels",
+    "fusion_gate",
+)
+
+
 @dataclasses.dataclass
 class ModelConfig:
     """Which network and at what size.
@@ -134,7 +145,8 @@ class ModelConfig:
         depth: CNN encoder levels.
         deep_supervision: side outputs at several scales, trained against the resized mask.
         lstm_filters: ConvLSTM filters per direction.
-        overrides: any other keyword of `SliceCNN` / `ContextualSegmenter`, by name.
+        overrides: other keywords of `SliceCNN` / `ContextualSegmenter`, by name
+            (``SLICE_CNN_OVERRIDES``, ``CONTEXT_OVERRIDES``).
     """
 
     preset: str = "quick"
@@ -149,6 +161,12 @@ class ModelConfig:
             raise PancsegError(
                 f"model.preset must be 'quick', 'paper' or 'tiny', got {self.preset!r}"
             )
+        for key in self.overrides:
+            if key not in SLICE_CNN_OVERRIDES + CONTEXT_OVERRIDES:
+                raise PancsegError(
+                    f"unknown config key model.overrides.{key}; it takes "
+                    f"{', '.join(SLICE_CNN_OVERRIDES + CONTEXT_OVERRIDES)}"
+                )
 
 
 @dataclasses.dataclass
@@ -462,7 +480,8 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             if not isinstance(node.get(part), dict):
                 raise PancsegError(f"unknown config key {'.'.join(parts[: i + 1])!r}")
             node = node[part]
-        # model.overrides takes any keyword of the networks (checked when they are built).
+        # model.overrides takes network keywords that the file may not list (checked by
+        # ModelConfig.validate).
         if parts[-1] not in node and parts[:-1] != ["model", "overrides"]:
             raise PancsegError(f"unknown config key {key.strip()!r}")
         try:

@@ -45,7 +45,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from pancseg_tf._version import __version__
-from pancseg_tf.config import Config, config_from_dict, save_config
+from pancseg_tf.config import (
+    CONTEXT_OVERRIDES,
+    SLICE_CNN_OVERRIDES,
+    Config,
+    config_from_dict,
+    save_config,
+)
 from pancseg_tf.errors import PancsegError
 from pancseg_tf.training.callbacks import (
     BestModel,
@@ -95,8 +101,7 @@ def build_slice_cnn(cfg: Config):
     if m.depth is not None:
         kwargs["depth"] = m.depth
     kwargs["deep_supervision"] = m.deep_supervision
-    cnn_keys = {"dropout", "aggregation_filters", "max_filters"}
-    kwargs.update({k: v for k, v in m.overrides.items() if k in cnn_keys})
+    kwargs.update({k: v for k, v in m.overrides.items() if k in SLICE_CNN_OVERRIDES})
     return SliceCNN.from_preset(m.preset, **kwargs)
 
 
@@ -109,14 +114,7 @@ def build_contextual(cfg: Config, slice_cnn=None):
     kwargs: dict[str, Any] = {"slice_cnn": cnn}
     if m.lstm_filters is not None:
         kwargs["lstm_filters"] = m.lstm_filters
-    ctx_keys = {
-        "context_channels",
-        "lstm_kernel_size",
-        "lstm_resolution",
-        "fusion_channels",
-        "fusion_gate",
-    }
-    kwargs.update({k: v for k, v in m.overrides.items() if k in ctx_keys})
+    kwargs.update({k: v for k, v in m.overrides.items() if k in CONTEXT_OVERRIDES})
     return ContextualSegmenter.from_preset(m.preset, **kwargs)
 
 

@@ -115,6 +115,9 @@ def test_model_overrides_take_any_network_keyword_from_the_command_line():
     assert cfg.model.overrides == {"context_channels": 0} and cfg.train.cross_fit_folds == 2
     with pytest.raises(PancsegError, match="unknown config key 'model.lstm_size'"):
         apply_overrides(Config(), ["model.lstm_size=3"])
+    # A misspelt network keyword is refused, not silently ignored.
+    with pytest.raises(PancsegError, match="unknown config key model.overrides.fusion_gat;"):
+        apply_overrides(Config(), ["model.overrides.fusion_gat=range"])
 
 
 def test_multiworker_refuses_cross_fitting(tmp_path):

@@ -9,14 +9,14 @@ the rest too.
 
 ``--cnns fold`` feeds each training window through the fold CNN that never saw its case (the
 cross-fitted stage 2 of ``train.cross_fit_folds``; the run must be a cross-fitted one);
-``--cnns full`` through the run's stage-1 CNN, as the plain recipe does. ``--gate`` is an
-experiment that is not in the package: the context's correction of a slice's logit is scaled
-by how much the slice's CNN probability differs from the mean of its two neighbours', so the
-context can only move what the neighbours disagree with.
+``--cnns full`` through the run's stage-1 CNN, as the plain recipe does. ``--gate range`` is
+the package's gated fusion (``fusion_gate: range``); ``--gate`` (``mean``) an experiment that is
+not in the package: the context's correction of a slice's logit is scaled by how much the
+slice's CNN probability differs from the mean of its two neighbours'.
 
 Usage:
     python benchmarks/stage2_curve.py DATA RUN HELDOUT [--epochs N] [--cnns fold|full]
-        [--gate] [--set key=value ...] [--json OUT.json]
+        [--gate [mean|range]] [--ema M] [--set key=value ...] [--json OUT.json]
 
 ``DATA`` is the run's prepared data, ``RUN`` a run folder with ``stage1.keras`` (and, for
 ``--cnns fold``, ``stage1_fold{k}.keras`` and ``splits.json``'s ``cross_fit``), ``HELDOUT`` a
@@ -91,15 +91,20 @@ def main(argv: list[str] | None = None) -> int:
     from keras import ops
 
     from pancseg_tf.config import apply_overrides, load_config
-    from pancseg_tf.data.pipeline import make_training_dataset
     from pancseg_tf.inference import Segmenter, load_model
     from pancseg_tf.io.cohorts import ambiguous_slices, discover_cohort
     from pancseg_tf.models import transfer_stage1_weights
     from pancseg_tf.preprocessing.labels import map_labels
     from pancseg_tf.training import trainer as T
-    from pancseg_tf.training.crossfit import CrossFittedContext, cross_fit_folds
+    from pancseg_tf.training.crossfit import (
+        CrossFittedContext,
+        cross_fit_folds,
+        cross_fitted_windows,
+    )
 
     sets = ["model.overrides.context_channels=0", *args.set]
+    if args.gate == "range":  # the package's gate: ContextualSegmenter(fusion_gate="range")
+        sets.append("model.overrides.fusion_gate=range")
     cfg = apply_overrides(load_config(str(args.run / "config.yaml")), sets)
     splits = json.loads((args.run / "splits.json").read_text())
     folds = splits.get("cross_fit") or cross_fit_folds(splits["train"], 2, 0)
@@ -114,12 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         cnns = [load_model(args.run / "stage1.keras") for _ in folds]
     T.freeze_for_stage2(model, frozen=True)
 
-    def gate_of(prob):  # (B, T, H, W, 1), edges replicated
+    def gate_of(prob):  # the "mean" experiment: (B, T, H, W, 1), edges replicated
         before = ops.concatenate([prob[:, :1], prob[:, :-1]], axis=1)
         after = ops.concatenate([prob[:, 1:], prob[:, -1:]], axis=1)
-        if args.gate == "range":
-            low, high = ops.minimum(before, after), ops.maximum(before, after)
-            return ops.relu(prob - high) + ops.relu(low - prob)
         return ops.abs(prob - 0.5 * (before + after))
 
     class Gated(CrossFittedContext):
@@ -136,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             correction = ops.log(p) - ops.log(1 - p) - logit
             return {"prob": ops.sigmoid(logit + gate_of(ops.sigmoid(logit)) * correction)}
 
-    view = (Gated if args.gate else CrossFittedContext)(model, cnns)
+    mean_gate = args.gate == "mean"
+    view = (Gated if mean_gate else CrossFittedContext)(model, cnns)
     optimizer = T.make_optimizer(T.stage2_learning_rate(cfg, "stage2_frozen"), cfg, args.epochs, 1)
     if args.ema:
         optimizer = keras.optimizers.AdamW(
@@ -149,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     view.compile(optimizer=optimizer, loss=T.stage_losses(cfg, ["prob"], stage=2))
 
-    if args.gate:  # the same gate at inference, on whole volumes
+    if mean_gate:  # the same gate at inference, on whole volumes
         plain = Segmenter._run_contextual
 
         def gated_volume(self, slices):
@@ -174,28 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     ]
     segmenter = Segmenter(model, cfg.preprocess)
 
-    def tag(k):
-        return lambda image, mask: (
-            {"slices": image, "fold": tf.fill(tf.shape(image)[:1], k)},
-            {"prob": mask},
-        )
-
-    def alternate(*batches):
-        ds = tf.data.Dataset.from_tensors(batches[0])
-        for batch in batches[1:]:
-            ds = ds.concatenate(tf.data.Dataset.from_tensors(batch))
-        return ds
-
     curve = [{"epoch": None, "loss": None, **error_counts(segmenter, volumes, ambiguous)}]
     print(json.dumps(curve[-1]), flush=True)
     for epoch in range(args.epochs):
-        per_fold = [
-            make_training_dataset(args.data, cfg, stage=2, seed=0, epoch=epoch, cases=fold)
-            .repeat()
-            .map(tag(k))
-            for k, fold in enumerate(folds)
-        ]
-        ds = tf.data.Dataset.zip(tuple(per_fold)).flat_map(alternate)
+        ds = cross_fitted_windows(args.data, cfg, folds, seed=0, epoch=epoch)
+        ds = ds.map(lambda inputs, mask: (inputs, {"prob": mask}))
         history = view.fit(ds.take(cfg.train.steps_per_epoch), epochs=1, verbose=0)
         loss = float(history.history["loss"][-1])
         curve.append({"epoch": epoch, "loss": loss, **error_counts(segmenter, volumes, ambiguous)})

@@ -31,6 +31,56 @@ from pancseg_tf.models.slice_cnn import LOGIT, PROB
 _PROB = "prob"
 
 
+def cross_fitted_windows(
+    data_dir: Any,
+    config: Any,
+    folds: Sequence[Sequence[str]],
+    *,
+    seed: int,
+    epoch: int,
+    deterministic: bool = False,
+) -> Any:
+    """One epoch's endless stream of stage-2 batches, one batch of each fold in turn, each as
+    ``({"slices": windows, "fold": (B,) fold index}, mask)`` for `CrossFittedContext`.
+
+    Fold ``k``'s batches come from `pancseg_tf.data.pipeline.make_training_dataset` on its cases
+    alone, seeded by ``(seed, epoch)`` like the plain stream. Take ``steps_per_epoch`` of it.
+    """
+    import tensorflow as tf
+
+    from pancseg_tf.data.pipeline import make_training_dataset
+
+    def tag(k):
+        return lambda image, mask: (
+            {"slices": image, "fold": tf.fill(tf.shape(image)[:1], k)},
+            mask,
+        )
+
+    def alternate(*batches):
+        ds = tf.data.Dataset.from_tensors(batches[0])
+        for batch in batches[1:]:
+            ds = ds.concatenate(tf.data.Dataset.from_tensors(batch))
+        return ds
+
+    per_fold = [
+        make_training_dataset(
+            data_dir,
+            config,
+            stage=2,
+            seed=seed,
+            epoch=epoch,
+            deterministic=deterministic,
+            cases=list(fold),
+        )
+        .repeat()
+        .map(tag(k))
+        for k, fold in enumerate(folds)
+    ]
+    # Not `choose_from_datasets`: concatenating two of those (two epochs) fails to make an
+    # iterator on TF 2.21 ("Incompatible shapes at component 0").
+    return tf.data.Dataset.zip(tuple(per_fold)).flat_map(alternate)
+
+
 def cross_fit_folds(train_cases: Sequence[str], folds: int, seed: int) -> list[list[str]]:
     """Splits a run's training cases into ``folds`` folds, seeded, as even as possible.
 

@@ -365,7 +365,6 @@ class Trainer:
         carry their fold index: ``({"slices", "fold"}, targets)`` for `CrossFittedContext`.
         """
         import keras
-        import tensorflow as tf
 
         from pancseg_tf.data.pipeline import make_training_dataset
 
@@ -393,38 +392,28 @@ class Trainer:
 
         train_ids = splits["train"] if train_cases is None else train_cases
 
-        def epoch_data(epoch: int, cases: list[str]):
-            ds = make_training_dataset(
-                self.data_dir,
-                cfg,
-                stage=stage,
-                seed=self.seed,
-                epoch=epoch,
-                deterministic=self.deterministic,
-                cases=cases,
-            )
-            return ds.repeat()
-
-        def cross_fitted(epoch: int):
-            def tag(k):
-                return lambda image, mask: (
-                    {"slices": image, "fold": tf.fill(tf.shape(image)[:1], k)},
-                    mask,
-                )
-
-            def alternate(*batches):
-                ds = tf.data.Dataset.from_tensors(batches[0])
-                for batch in batches[1:]:
-                    ds = ds.concatenate(tf.data.Dataset.from_tensors(batch))
-                return ds
-
-            per_fold = [epoch_data(epoch, fold).map(tag(k)) for k, fold in enumerate(fold_cases)]
-            # One batch of each fold in turn. Not `choose_from_datasets`: concatenating two of
-            # those (two epochs) fails to make an iterator on TF 2.21 ("Incompatible shapes").
-            return tf.data.Dataset.zip(tuple(per_fold)).flat_map(alternate)
-
         def one_epoch(epoch: int):
-            ds = cross_fitted(epoch) if fold_cases else epoch_data(epoch, train_ids)
+            if fold_cases:
+                from pancseg_tf.training.crossfit import cross_fitted_windows
+
+                ds = cross_fitted_windows(
+                    self.data_dir,
+                    cfg,
+                    fold_cases,
+                    seed=self.seed,
+                    epoch=epoch,
+                    deterministic=self.deterministic,
+                )
+            else:
+                ds = make_training_dataset(
+                    self.data_dir,
+                    cfg,
+                    stage=stage,
+                    seed=self.seed,
+                    epoch=epoch,
+                    deterministic=self.deterministic,
+                    cases=train_ids,
+                ).repeat()
             return ds.take(steps)
 
         dataset = one_epoch(initial_epoch)
@@ -512,28 +501,15 @@ class Trainer:
             )
             state_path = self.run_dir / "state.json"
             stage1_path = self.run_dir / "stage1.keras"
-            if stage in ("1", "both") and not read_json(state_path, {}).get("stage1_done"):
-                keras.utils.set_random_seed(phase_seed(self.seed, "stage1_model"))
-                with strategy.scope():
-                    cnn = build_slice_cnn(cfg)
-                loss = stage_losses(cfg, cnn.loss_keys, stage=1)
-                weights = _side_weights(cnn.loss_keys, cfg.train.side_output_weights)
-                self._fit_stage(
-                    stage=1,
-                    phase="stage1",
-                    model=cnn,
-                    loss=loss,
-                    loss_weights=weights,
-                    learning_rate=cfg.train.learning_rate,
+            if stage in ("1", "both"):
+                self._train_cnn(
+                    "stage1",
+                    stage1_path,
                     epochs=cfg.train.stage1_epochs,
-                    first_epoch=0,
                     splits=splits,
                     validation=validation,
-                    best_path=stage1_path,
                     strategy=strategy,
-                    chief=True,
                 )
-                mark_state(state_path, "stage1_done")
             if stage in ("2", "both") and not read_json(state_path, {}).get("stage2_done"):
                 if not stage1_path.is_file():
                     raise PancsegError(
@@ -589,40 +565,67 @@ class Trainer:
     def _fold_cnns(self, folds, splits, validation, strategy) -> list:
         """Cross-fitting's fold CNNs: CNN ``k`` trained on every training case outside fold
         ``k`` (resumable like stage 1), then loaded for stage 2's frozen-CNN epochs."""
-        import keras
-
         from pancseg_tf.inference import load_model
 
         cfg = self.config
-        state_path = self.run_dir / "state.json"
         cnns = []
         for k, fold in enumerate(folds):
             path = self.run_dir / f"stage1_fold{k}.keras"
-            if not read_json(state_path, {}).get(f"fold{k}_done"):
-                keras.utils.set_random_seed(phase_seed(self.seed, f"fold{k}_model"))
-                with strategy.scope():
-                    cnn = build_slice_cnn(cfg)
-                self._fit_stage(
-                    stage=1,
-                    phase=f"fold{k}",
-                    model=cnn,
-                    loss=stage_losses(cfg, cnn.loss_keys, stage=1),
-                    loss_weights=_side_weights(cnn.loss_keys, cfg.train.side_output_weights),
-                    learning_rate=cfg.train.learning_rate,
-                    epochs=cfg.train.cross_fit_epochs or cfg.train.stage1_epochs,
-                    first_epoch=0,
-                    splits=splits,
-                    validation=validation,
-                    best_path=path,
-                    strategy=strategy,
-                    chief=True,
-                    log_stage=f"fold{k}",
-                    train_cases=[c for c in splits["train"] if c not in fold],
-                )
-                mark_state(state_path, f"fold{k}_done")
+            self._train_cnn(
+                f"fold{k}",
+                path,
+                epochs=cfg.train.cross_fit_epochs or cfg.train.stage1_epochs,
+                splits=splits,
+                validation=validation,
+                strategy=strategy,
+                log_stage=f"fold{k}",
+                train_cases=[c for c in splits["train"] if c not in fold],
+            )
             with strategy.scope():
                 cnns.append(load_model(path))
         return cnns
+
+    def _train_cnn(
+        self,
+        phase: str,
+        best_path: pathlib.Path,
+        *,
+        epochs: int,
+        splits: dict,
+        validation,
+        strategy,
+        log_stage: str | None = None,
+        train_cases: list[str] | None = None,
+    ) -> None:
+        """Trains a new `SliceCNN` on single slices (stage 1, or a cross-fitting fold CNN) into
+        ``best_path``, unless ``state.json`` marks ``{phase}_done``; seeded by ``phase``."""
+        import keras
+
+        cfg = self.config
+        state_path = self.run_dir / "state.json"
+        if read_json(state_path, {}).get(f"{phase}_done"):
+            return
+        keras.utils.set_random_seed(phase_seed(self.seed, f"{phase}_model"))
+        with strategy.scope():
+            cnn = build_slice_cnn(cfg)
+        self._fit_stage(
+            stage=1,
+            phase=phase,
+            model=cnn,
+            loss=stage_losses(cfg, cnn.loss_keys, stage=1),
+            loss_weights=_side_weights(cnn.loss_keys, cfg.train.side_output_weights),
+            learning_rate=cfg.train.learning_rate,
+            epochs=epochs,
+            first_epoch=0,
+            splits=splits,
+            validation=validation,
+            best_path=best_path,
+            strategy=strategy,
+            chief=True,
+            log_stage=log_stage,
+            train_cases=train_cases,
+        )
+        mark_state(state_path, f"{phase}_done")
 
     def _resume_stage2_weights(self, model) -> None:
         """After a kill in the unfrozen phase, `BackupAndRestore` restores it; after a kill at

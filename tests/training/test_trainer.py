@@ -127,14 +127,18 @@ def test_evaluate_reproduces_the_runs_validation_scores(tiny_data, tmp_path):
     """`pancseg predict` + `pancseg evaluate` on the validation case give the per-case DSC the
     run recorded for its best checkpoints, stage 1 and stage 2: validation scores on the scan's
     own grid through the same prediction code. Not bit-exact: validation reads the prepared,
-    rounded (int16) intensities, `predict` the scan's own; a few boundary voxels may flip."""
+    rounded (int16) intensities, `predict` the scan's own; a few boundary voxels may flip.
+
+    The run is trained long enough (val DSC 0.63-0.72 in six runs) for a confident mask: a
+    barely trained one (DSC about 0.45, most of its voxels near the threshold) made the largest
+    component depend on those flips, and the two figures differed by 0.026 once in CI."""
     data, config = tiny_data
     cohort = data.parent / "cohort"
     run = tmp_path / "run"
     proc = pancseg(
         "train", data, run, "--config", config, "--seed", 4,
-        "--set", "train.steps_per_epoch=16", "--set", "train.stage1_epochs=4",
-        "--set", "train.learning_rate=0.01",
+        "--set", "train.steps_per_epoch=48", "--set", "train.stage1_epochs=8",
+        "--set", "train.stage2_epochs=3", "--set", "train.learning_rate=0.01",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     state = json.loads((run / "state.json").read_text())
@@ -143,8 +147,8 @@ def test_evaluate_reproduces_the_runs_validation_scores(tiny_data, tmp_path):
     for model, key in ((run / "stage1.keras", "stage1"), (run, "stage2")):
         recorded = state[f"{key}_cases"]
         assert list(recorded) == [case]
-        # Not the trivial agreement of two empty or two hopeless masks (about 0.5 here).
-        assert recorded[case] > 0.15, recorded
+        # Not the easy agreement of two empty or two hopeless masks.
+        assert recorded[case] > 0.5, recorded
         pred, report = tmp_path / f"pred_{key}", tmp_path / f"report_{key}"
         proc = pancseg("predict", model, image, "-o", pred)
         assert proc.returncode == 0, proc.stderr

@@ -129,9 +129,10 @@ def test_evaluate_reproduces_the_runs_validation_scores(tiny_data, tmp_path):
     own grid through the same prediction code. Not bit-exact: validation reads the prepared,
     rounded (int16) intensities, `predict` the scan's own; a few boundary voxels may flip.
 
-    The run is trained long enough (val DSC 0.63-0.72 in six runs) for a confident mask: a
-    barely trained one (DSC about 0.45, most of its voxels near the threshold) made the largest
-    component depend on those flips, and the two figures differed by 0.026 once in CI."""
+    The run is trained long enough (val DSC 0.63-0.72 in six runs, figures within 0.0011) for
+    a confident mask: with a barely trained one (DSC about 0.45, masks three times the label,
+    hundreds of voxels within 0.01 of the threshold) the two figures differed by 0.026 once in
+    CI, most likely a flip in which component is the largest."""
     data, config = tiny_data
     cohort = data.parent / "cohort"
     run = tmp_path / "run"

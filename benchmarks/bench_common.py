@@ -1,17 +1,28 @@
-"""Helpers shared by the benchmark scripts: timing, figures with units, the machine's facts.
+"""Helpers shared by the benchmark scripts: timing, figures with units, the machine's facts,
+the provenance every results JSON carries.
 
-NumPy and the standard library only, so that every script (and ``run.py`` before it imports
-TensorFlow) can use it.
+The standard library only, so that every script (and ``run.py`` before it imports TensorFlow)
+can use it.
 """
 
 from __future__ import annotations
 
+import datetime
+import hashlib
+import importlib.metadata
 import json
 import os
+import pathlib
 import platform
+import shlex
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+LIBRARIES = ("pancseg-tf", "tensorflow", "keras", "numpy", "scipy")
 
 
 def emit_json(result: Any, path: str | os.PathLike | None) -> None:
@@ -136,4 +147,84 @@ def machine_info() -> dict[str, Any]:
         "cpu_model": cpu_model(),
         "platform": platform.platform(),
         "python": platform.python_version(),
+    }
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _git(*args: str) -> str | None:
+    """``git -C REPO ARGS`` output (trailing white space removed), None where git or the
+    repository is missing."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.rstrip() if done.returncode == 0 else None
+
+
+def library_versions(names: Sequence[str] = LIBRARIES) -> dict[str, str | None]:
+    """Installed version of each distribution (None where it is not installed), read from the
+    package metadata without importing it (no TensorFlow start-up)."""
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def provenance(
+    config_path: str | os.PathLike | None = None, argv: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """What made a result: the code, its config, the command, the libraries, machine and date.
+
+    Every results JSON under ``benchmarks/results/`` holds this (``benchmarks/PROTOCOL.md``,
+    rule (e)), so that a number can be traced to the exact tree and command that made it.
+
+    Args:
+        config_path: the config file the result depends on (a run's ``config.yaml``); its
+            SHA-256 is recorded. None: no config.
+        argv: the command line (default ``sys.argv``: the script and its arguments).
+
+    Returns:
+        ``{"git_commit", "git_dirty", "git_dirty_paths", "config", "config_sha256",
+        "command", "argv", "python", "libraries", "machine", "date_utc"}``.
+        ``git_commit`` and ``git_dirty`` are None outside a git checkout; ``git_dirty`` counts
+        untracked files too (a script not yet committed changes what ran);
+        ``git_dirty_paths`` lists at most 50 of the changed paths.
+
+    Raises:
+        FileNotFoundError: ``config_path`` does not exist.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    status = _git("status", "--porcelain")
+    dirty_paths = None if status is None else [line[3:] for line in status.splitlines()]
+    config_hash = None
+    if config_path is not None:
+        config_path = pathlib.Path(config_path)
+        if not config_path.is_file():
+            raise FileNotFoundError(f"config file {config_path} does not exist")
+        config_hash = file_sha256(config_path)
+    return {
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": None if dirty_paths is None else bool(dirty_paths),
+        "git_dirty_paths": None if dirty_paths is None else dirty_paths[:50],
+        "config": None if config_path is None else str(config_path),
+        "config_sha256": config_hash,
+        "command": shlex.join(argv),
+        "argv": argv,
+        "python": sys.executable,
+        "libraries": library_versions(),
+        "machine": machine_info(),
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -113,7 +113,8 @@ def prepare_case(case: Any, config: Config) -> tuple[bytes, dict[str, Any]]:
     """Runs one case through the geometry and encodes its record and index entry.
 
     Args:
-        case: a cohort `Case` (``case_id``, ``modality``, ``load_image()``, ``load_label()``).
+        case: a cohort `Case` (``case_id``, ``modality``, ``load_image()``, ``load_label()``;
+            its ``label_values``, where set, replace ``preprocess.label_values`` for this case).
         config: the run's config; ``config.preprocess`` is used.
 
     Returns:
@@ -147,7 +148,9 @@ def prepare_case(case: Any, config: Config) -> tuple[bytes, dict[str, Any]]:
     plan = plan_geometry(
         image, spacing_mm=p.spacing_mm, slice_spacing_mm=p.slice_spacing_mm, size=tuple(p.size)
     )
-    original_label = map_labels(label, p.label_values, require_present=True)
+    case_values = getattr(case, "label_values", None)
+    label_values = p.label_values if case_values is None else case_values
+    original_label = map_labels(label, label_values, require_present=True)
     del label
     mask = plan.forward(original_label, is_label=True)
     scale = 1.0
@@ -205,6 +208,8 @@ def prepare_case(case: Any, config: Config) -> tuple[bytes, dict[str, Any]]:
         "positive_slices": [int(k) for k in np.flatnonzero(voxels)],
         "pancreas_voxels": int(voxels.sum()),
     }
+    if case_values is not None:
+        entry["label_values"] = case_values if isinstance(case_values, str) else list(case_values)
     return record, entry
 
 

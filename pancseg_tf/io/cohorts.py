@@ -11,7 +11,11 @@ Three layouts are recognised:
 - **NIH Pancreas-CT** as TCIA ships it: ``Pancreas-CT/PANCREAS_0001/<study>/<series>/*.dcm`` and
   the labels ``label0001.nii.gz`` in a folder beside ``Pancreas-CT/``
   (``TCIA_pancreas_labels-02-05-2017/``).
-- **CSV manifest** with the columns ``case_id,image,label,modality``.
+- **CSV manifest** with the columns ``case_id,image,label,modality`` and optionally
+  ``label_values``: the values that mean pancreas in that row's label (integers separated by
+  ``;`` or spaces, or a preset of `pancseg_tf.preprocessing.labels.LABEL_PRESETS` such as
+  ``totalsegmentator``), for a cohort that mixes label conventions (NIH 1, TotalSegmentator's
+  multi-organ maps 7); empty: the config's ``preprocess.label_values``.
 
 Case ids are always safe as file names (see `check_case_id`), so that outputs named after them
 stay inside their output folder. Paths in a manifest or a ``dataset.json`` are relative to the
@@ -38,7 +42,7 @@ PathLike = str | os.PathLike
 
 FORMATS = ("auto", "msd", "nih", "manifest")
 SPLITS = ("train", "test", "all")
-MANIFEST_COLUMNS = ("case_id", "image", "label", "modality")
+MANIFEST_COLUMNS = ("case_id", "image", "label", "modality", "label_values")
 AMBIGUOUS_SLICES_FILE = "ambiguous_slices.json"
 
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -49,7 +53,8 @@ _NIH_LABEL = re.compile(r"^label(\d{4})\.nii(\.gz)?$", re.IGNORECASE)
 _RECOGNISED = (
     "recognised layouts: an MSD / nnU-Net folder (dataset.json, imagesTr/, labelsTr/), "
     "NIH Pancreas-CT as TCIA ships it (a folder holding Pancreas-CT/PANCREAS_NNNN/ and the "
-    "labelNNNN.nii.gz folder beside it), or a CSV manifest (case_id,image,label,modality)"
+    "labelNNNN.nii.gz folder beside it), or a CSV manifest (case_id,image,label,modality"
+    "[,label_values])"
 )
 
 
@@ -62,12 +67,15 @@ class Case:
         image: a NIfTI file, or a DICOM series folder.
         label: the NIfTI label file (1 = pancreas), or None for an unlabelled case.
         modality: ``"ct"`` or ``"mri"``.
+        label_values: the label values that mean pancreas in this case's label (a tuple of
+            ints, or ``"nonzero"``), or None: the config's ``preprocess.label_values``.
     """
 
     case_id: str
     image: pathlib.Path
     label: pathlib.Path | None
     modality: str = "ct"
+    label_values: tuple[int, ...] | str | None = None
 
     def load_image(self, *, allow_uneven: bool = False) -> Volume:
         """Reads the image (NIfTI file or DICOM series folder) as a `Volume` of this modality.
@@ -564,7 +572,7 @@ def _discover_manifest(file: pathlib.Path, split: str) -> list[Case]:
     if "case_id" not in columns or "image" not in columns or unknown:
         raise PancsegError(
             f"manifest {file}: columns {columns}; expected a header "
-            f"{','.join(MANIFEST_COLUMNS)} (label and modality optional)"
+            f"{','.join(MANIFEST_COLUMNS)} (label, modality and label_values optional)"
         )
     root = file.absolute().parent  # relative paths are the manifest's, whatever the cwd
     cases = []
@@ -593,6 +601,23 @@ def _discover_manifest(file: pathlib.Path, split: str) -> list[Case]:
         label = root / row["label"] if row.get("label") else None
         if label is not None and not label.is_file():
             raise PancsegError(f"case {case_id} ({where}): label file not found: {label}")
+        values = _manifest_label_values(row.get("label_values", ""), f"{where}: case {case_id}")
+        if values is not None and label is None:
+            raise PancsegError(f"{where}: case {case_id} has label_values but no label")
         if split == "all" or (split == "train") == (label is not None):
-            cases.append(Case(case_id, image, label, modality))
+            cases.append(Case(case_id, image, label, modality, values))
     return cases
+
+
+def _manifest_label_values(text: str, where: str) -> tuple[int, ...] | str | None:
+    """A manifest's ``label_values`` cell: None when empty, else ints or ``"nonzero"``."""
+    from pancseg_tf.preprocessing.labels import parse_label_values
+
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        values = parse_label_values(re.sub(r"[;\s]+", ",", text))
+    except PancsegError as error:
+        raise PancsegError(f"{where}: label_values {text!r}: {error}") from None
+    return "nonzero" if values is None else values

@@ -1,0 +1,110 @@
+"""Real CT in the loop: per-case label values in a manifest, and capacity on a real scan.
+
+The real cases of ``../shared/data`` (see its README): NIH Pancreas-CT 0002 (DICOM, manual
+label, pancreas = 1), TotalSegmentator's s0009 (NIfTI, pancreas mask = 1) and its 3 mm example
+(a multi-organ map: pancreas = 7, other organs other values).
+"""
+
+import pathlib
+
+import numpy as np
+import pytest
+
+from pancseg_tf.config import Config, apply_overrides
+from pancseg_tf.data import prepare_cohort
+from pancseg_tf.errors import PancsegError
+from pancseg_tf.io.cohorts import discover_cohort
+from pancseg_tf.preprocessing.geometry import GeometryPlan
+
+# The quick config's grid (training/configs/quick.yaml), without its model section.
+QUICK_GRID = [
+    "preprocess.spacing_mm=1.6",
+    "preprocess.slice_spacing_mm=2.5",
+    "preprocess.size=[128,128]",
+]
+
+
+def write_manifest(path: pathlib.Path, rows: list[str]) -> pathlib.Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(["case_id,image,label,modality,label_values", *rows]) + "\n")
+    return path
+
+
+# === Per-case label values ===
+
+
+def test_manifest_label_values_pick_each_cases_pancreas(
+    tmp_path, shared_data, ts_ct_path, ts_labels_path
+):
+    s0009 = shared_data / "totalsegmentator_s0009"
+    manifest = write_manifest(
+        tmp_path / "manifest.csv",
+        [
+            f"ts_3mm,{ts_ct_path},{ts_labels_path},ct,totalsegmentator",
+            f"ts_3mm_liver,{ts_ct_path},{ts_labels_path},ct,5",
+            f"s0009,{s0009 / 'ct.nii.gz'},{s0009 / 'pancreas.nii.gz'},ct,",
+        ],
+    )
+    cases = {c.case_id: c for c in discover_cohort(manifest)}
+    assert cases["ts_3mm"].label_values == (7,)
+    assert cases["ts_3mm_liver"].label_values == (5,)
+    assert cases["s0009"].label_values is None  # the config's preprocess.label_values
+
+    # The config's label values [1, 2] would take the 3 mm map's spleen and right kidney.
+    config = apply_overrides(Config(), [*QUICK_GRID, "preprocess.label_values=[1,2]"])
+    out = tmp_path / "prepared"
+    index = prepare_cohort(manifest, out, config=config, progress=False)
+    entries = {e["case_id"]: e for e in index["cases"]}
+    labels = np.asarray(cases["ts_3mm"].load_label().array)
+    for case_id, value in (("ts_3mm", 7), ("ts_3mm_liver", 5)):
+        plan = GeometryPlan.from_dict(entries[case_id]["geometry"])
+        expected = plan.forward((labels == value).astype(np.uint8), is_label=True)
+        assert entries[case_id]["pancreas_voxels"] == int(expected.sum()) > 0
+        assert entries[case_id]["label_values"] == [value]
+    # The real files: 644 pancreas voxels against 7,114 for s0009 (README of ../shared/data);
+    # on the 1.6 mm grid the pancreas is far smaller than the liver.
+    assert entries["ts_3mm"]["pancreas_voxels"] < entries["ts_3mm_liver"]["pancreas_voxels"] / 10
+    assert "label_values" not in entries["s0009"]
+    assert entries["s0009"]["pancreas_voxels"] > 0
+
+
+@pytest.mark.parametrize(
+    "cell, expected",
+    [
+        ("7", (7,)),
+        ("1;2", (1, 2)),
+        ('"2,1"', (1, 2)),
+        ("1 2", (1, 2)),
+        ("nih", (1,)),
+        ("nonzero", "nonzero"),
+    ],
+)
+def test_manifest_label_values_cell(tmp_path, ts_ct_path, ts_labels_path, cell, expected):
+    manifest = write_manifest(tmp_path / "m.csv", [f"a,{ts_ct_path},{ts_labels_path},ct,{cell}"])
+    assert discover_cohort(manifest)[0].label_values == expected
+
+
+@pytest.mark.parametrize(
+    "cell, label, message",
+    [
+        ("0", True, "label_values '0'.*>= 1"),
+        ("liver", True, "label_values 'liver'"),
+        ("7", False, "label_values but no label"),
+    ],
+)
+def test_manifest_label_values_errors_name_the_row(
+    tmp_path, ts_ct_path, ts_labels_path, cell, label, message
+):
+    label_path = ts_labels_path if label else ""
+    manifest = write_manifest(tmp_path / "m.csv", [f"a,{ts_ct_path},{label_path},ct,{cell}"])
+    with pytest.raises(PancsegError, match=f"row 2: case a.*{message}|row 2.*{message}"):
+        discover_cohort(manifest, split="all")
+
+
+def test_a_label_without_the_cases_values_is_refused(tmp_path, ts_ct_path, ts_labels_path):
+    # 12 is in no structure of the map: prepare must not train this case on an empty mask.
+    manifest = write_manifest(tmp_path / "m.csv", [f"a,{ts_ct_path},{ts_labels_path},ct,12"])
+    with pytest.raises(PancsegError, match=r"none of the pancreas values \[12\]"):
+        prepare_cohort(
+            manifest, tmp_path / "out", config=apply_overrides(Config(), QUICK_GRID), progress=False
+        )

@@ -22,8 +22,9 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["pancseg_tf", "pancseg_tf.*"]),
-    # The named configs (training/configs/ links to them), so `--config quick` works installed.
-    package_data={"pancseg_tf": ["configs/*.yaml"]},
+    # The named configs (training/configs/ links to them), so `--config quick` works installed;
+    # the test data manifest for `python -m pancseg_tf.testdata fetch`.
+    package_data={"pancseg_tf": ["configs/*.yaml", "testdata_manifest.tsv"]},
     install_requires=[
         "tensorflow>=2.18,<3",
         # TensorFlow 2.21 no longer pulls it in; the TensorBoard callback needs it.

@@ -1,15 +1,31 @@
-"""Shared fixtures: the real data in ../shared/data and the `large` marker."""
+"""Shared fixtures: the real data ($PANCSEG_TEST_DATA, default ../shared/data) and the `large`
+marker."""
 
 import os
 import pathlib
 
 import pytest
 
+from pancseg_tf import testdata
+
 # Keep TensorFlow's C++ start-up lines out of test output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = testdata.default_data_dir(REPO)
+
+
+# The reason the real-data tests were skipped, repeated once at the end of the run.
+_DATA_SKIPPED: list[str] = []
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _DATA_SKIPPED:
+        terminalreporter.write_line(f"real-data tests skipped: {_DATA_SKIPPED[0]}")
 
 
 def pytest_addoption(parser):
@@ -29,9 +45,20 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def shared_data() -> pathlib.Path:
-    """The read-only real images of ../shared/data (see its README)."""
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"real test data not found at {SHARED_DATA}")
+    """The read-only real images (see ../shared/data/README.md) in $PANCSEG_TEST_DATA, by default
+    ../shared/data. Missing or incomplete (sizes checked against the manifest): the tests that
+    need them skip with how to get them, or fail where CI is set."""
+    manifest = testdata.load_manifest()
+    missing = testdata.problems(SHARED_DATA, manifest, hashes=False)
+    if missing:
+        incomplete = None
+        if len(missing) < len(manifest):
+            incomplete = f"{len(missing)} of {len(manifest)} files wrong, e.g. {missing[0]}"
+        message = testdata.how_to_get(SHARED_DATA, incomplete)
+        if _in_ci():
+            pytest.fail(message, pytrace=False)
+        _DATA_SKIPPED.append(message)
+        pytest.skip(message)
     return SHARED_DATA
 
 

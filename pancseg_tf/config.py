@@ -81,6 +81,13 @@ class DataConfig:
         rotation_deg: largest rotation, degrees.
         scale_range: smallest and largest zoom.
         intensity_jitter: largest shift and relative scale of normalised intensities.
+        contrast_range: smallest and largest factor on normalised intensities, about the
+            window's low end (CT: fat stays where it is, enhanced tissue moves most): ``[0.5,
+            1.2]`` spans an unenhanced scan's pancreas (about -6 HU, TotalSegmentator s0009)
+            to a contrast-enhanced one's (about 100 HU, NIH); ``[1, 1]``: off.
+        gamma_range: smallest and largest gamma of ``x ** gamma`` on normalised intensities
+            (drawn log-uniformly); ``[1, 1]``: off.
+        noise_std: standard deviation of Gaussian noise added to normalised intensities; 0: off.
         flip_left_right: off by default: anatomy is not left-right symmetric.
         crop_size: in-plane size ``(H, W)`` of training windows, cut at a random offset within
             the body's box of the prepared plane (a translation augmentation that also makes
@@ -97,6 +104,9 @@ class DataConfig:
     rotation_deg: float = 10.0
     scale_range: tuple[float, float] = (0.9, 1.1)
     intensity_jitter: float = 0.05
+    contrast_range: tuple[float, float] = (1.0, 1.0)
+    gamma_range: tuple[float, float] = (1.0, 1.0)
+    noise_std: float = 0.0
     flip_left_right: bool = False
     crop_size: tuple[int, int] | None = None
 
@@ -113,6 +123,12 @@ class DataConfig:
             raise PancsegError("data.batch_size and data.slice_batch_size must be >= 1")
         if not 0 < self.scale_range[0] <= self.scale_range[1]:
             raise PancsegError(f"data.scale_range must be [low, high] > 0, got {self.scale_range}")
+        for name in ("contrast_range", "gamma_range"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high:
+                raise PancsegError(f"data.{name} must be [low, high] > 0, got {[low, high]}")
+        if not 0.0 <= self.noise_std <= 1.0:
+            raise PancsegError(f"data.noise_std must be in [0, 1], got {self.noise_std}")
         if self.crop_size is not None and (len(self.crop_size) != 2 or min(self.crop_size) < 16):
             raise PancsegError(
                 f"data.crop_size must be two sizes >= 16 or null, got {list(self.crop_size)}"
@@ -123,50 +139,104 @@ LOSSES = ("jaccard", "jaccard_per_sample", "dice", "bce", "weighted_bce", "jacca
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
-#: The network keywords ``model.overrides`` may set: `SliceCNN`'s, then `ContextualSegmenter`'s.
-SLICE_CNN_OVERRIDES = ("dropout", "aggregation_filters", "max_filters")
-CONTEXT_OVERRIDES = (
-    "context_channels",
-    "lstm_kernel_size",
-    "lstm_resolution",
-    "fusion_channels",
-    "fusion_gate",
-)
+#: Keys of the old untyped ``model.overrides`` that the typed model section took over; read
+#: from run folders written before it (`config_from_dict`).
+_TYPED_MODEL_KEYS = ("dropout", "aggregation_filters", "max_filters", "lstm_kernel_size",
+                     "lstm_resolution")
+#: Options of the old contextual design that the paper's design replaced (no longer built).
+_REMOVED_MODEL_KEYS = ("context_channels", "fusion_channels", "fusion_gate")
+PRESETS = ("tiny", "quick", "paper")
 
 
 @dataclasses.dataclass
 class ModelConfig:
-    """Which network and at what size.
+    """Which network and at what size. Every size left ``null`` takes the preset's.
+
+    The contextual model is the paper's (`pancseg_tf.models.ContextualSegmenter`): the CNN's
+    probability map, and nothing else, is read by a bidirectional ConvLSTM whose output is the
+    segmentation.
 
     Attributes:
-        preset: ``"quick"`` (2 CPU cores, minutes) or ``"paper"`` (GPUs); the sizes below
-            override the preset where set.
+        preset: ``"quick"`` (2 CPU cores, minutes), ``"paper"`` (GPUs) or ``"tiny"`` (tests).
         base_filters: filters of the CNN's first level.
-        depth: CNN encoder levels.
+        depth: CNN encoder levels (2x2 poolings).
         deep_supervision: side outputs at several scales, trained against the resized mask.
+        dropout: dropout rate in the CNN's deepest blocks, in [0, 1).
+        aggregation_filters: channels each decoder level contributes to the CNN's multi-scale
+            aggregation.
+        max_filters: cap on the CNN's filters per level.
         lstm_filters: ConvLSTM filters per direction.
-        overrides: other keywords of `SliceCNN` / `ContextualSegmenter`, by name
-            (``SLICE_CNN_OVERRIDES``, ``CONTEXT_OVERRIDES``).
+        lstm_kernel_size: kernel size of the ConvLSTM's convolutions.
+        lstm_resolution: the ConvLSTM runs at 1 / this of the model grid (1: full resolution);
+            must divide ``2**depth``.
     """
 
     preset: str = "quick"
     base_filters: int | None = None
     depth: int | None = None
     deep_supervision: bool = True
+    dropout: float | None = None
+    aggregation_filters: int | None = None
+    max_filters: int | None = None
     lstm_filters: int | None = None
-    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    lstm_kernel_size: int | None = None
+    lstm_resolution: int | None = None
 
     def validate(self) -> None:
-        if self.preset not in ("quick", "paper", "tiny"):
+        if self.preset not in PRESETS:
             raise PancsegError(
-                f"model.preset must be 'quick', 'paper' or 'tiny', got {self.preset!r}"
+                f"model.preset must be one of {', '.join(PRESETS)}, got {self.preset!r}"
             )
-        for key in self.overrides:
-            if key not in SLICE_CNN_OVERRIDES + CONTEXT_OVERRIDES:
+        for name in (
+            "base_filters",
+            "depth",
+            "aggregation_filters",
+            "max_filters",
+            "lstm_filters",
+            "lstm_kernel_size",
+            "lstm_resolution",
+        ):
+            value = getattr(self, name)
+            if value is not None and value < 1:
                 raise PancsegError(
-                    f"unknown config key model.overrides.{key}; it takes "
-                    f"{', '.join(SLICE_CNN_OVERRIDES + CONTEXT_OVERRIDES)}"
+                    f"model.{name} must be >= 1 (or null: the preset's), got {value}"
                 )
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise PancsegError(f"model.dropout must be in [0, 1) (or null), got {self.dropout}")
+
+    def slice_cnn_kwargs(self) -> dict[str, Any]:
+        """The `SliceCNN` keywords this section sets (on top of the preset)."""
+        names = ("base_filters", "depth", "dropout", "aggregation_filters", "max_filters")
+        kwargs = {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+        kwargs["deep_supervision"] = self.deep_supervision
+        return kwargs
+
+    def contextual_kwargs(self) -> dict[str, Any]:
+        """The `ContextualSegmenter` keywords this section sets (on top of the preset)."""
+        names = ("lstm_filters", "lstm_kernel_size", "lstm_resolution")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+
+def _upgrade_model_section(model: Any) -> Any:
+    """A run folder's ``model:`` section written before the section was typed: the old
+    ``overrides`` mapping's keys become typed keys; the old design's options are refused."""
+    if not isinstance(model, dict) or "overrides" not in model:
+        return model
+    model = dict(model)
+    overrides = model.pop("overrides") or {}
+    if not isinstance(overrides, dict):
+        raise PancsegError(f"config key 'model.overrides' must be a mapping, got {overrides!r}")
+    for key, value in overrides.items():
+        if key in _REMOVED_MODEL_KEYS:
+            raise PancsegError(
+                f"model.overrides.{key} belongs to the contextual design before the paper's "
+                "(residual fusion, feature channels, neighbour gate), which this version no "
+                "longer builds; remove it"
+            )
+        if key not in _TYPED_MODEL_KEYS:
+            raise PancsegError(f"unknown config key model.overrides.{key}")
+        model.setdefault(key, value)
+    return model
 
 
 @dataclasses.dataclass
@@ -191,14 +261,12 @@ class TrainConfig:
             (`pancseg_tf.losses.SharpenedLoss`): the same 0.5 boundary, the stage-1 CNN's haze
             of low probabilities weighed out, so the new layers cannot lower the loss by
             shrinking every mask. 1 is the plain loss.
-        cross_fit_folds: 0, or the number of folds (>= 2) the training cases are split into for
-            cross-fitted stage 2 (`pancseg_tf.training.crossfit`): one more CNN per fold, trained
-            on the other folds, segments that fold's windows while the context layers learn
-            (the frozen-CNN epochs). Needs ``model.overrides.context_channels: 0``.
-        cross_fit_epochs: epochs of each fold CNN; default ``stage1_epochs``.
         early_stopping_patience: epochs without a better validation DSC before a stage stops;
             0 turns early stopping off.
-        validation_fraction: share of the cases held out for validation (at least one case).
+        validation_fraction: share of the cases held out for validation (at least one case);
+            0 holds none out: validation, and so each stage's checkpoint and the shipped model,
+            is chosen on the training cases themselves (for a cohort of one to three cases,
+            where holding one out leaves too little to learn from; `splits.json` says so).
         validation_cases: at most this many validation volumes are predicted per epoch.
         precision: ``float32``, ``mixed_float16`` or ``mixed_bfloat16``.
         jit_compile: XLA-compile the train step.
@@ -216,8 +284,6 @@ class TrainConfig:
     freeze_cnn_epochs: int = 0
     context_learning_rate: float | None = None
     stage2_loss_sharpness: float = 1.0
-    cross_fit_folds: int = 0
-    cross_fit_epochs: int | None = None
     early_stopping_patience: int = 0
     validation_fraction: float = 0.2
     validation_cases: int = 8
@@ -241,24 +307,15 @@ class TrainConfig:
                 f"train.stage2_loss_sharpness must be a number >= 1, got "
                 f"{self.stage2_loss_sharpness!r}"
             )
-        if self.cross_fit_folds == 1 or self.cross_fit_folds < 0:
-            raise PancsegError(
-                f"train.cross_fit_folds must be 0 (off) or >= 2, got {self.cross_fit_folds}"
-            )
-        if self.cross_fit_epochs is not None and self.cross_fit_epochs < 1:
-            raise PancsegError(
-                f"train.cross_fit_epochs must be >= 1 (or null: stage1_epochs), got "
-                f"{self.cross_fit_epochs}"
-            )
         if self.loss not in LOSSES:
             raise PancsegError(f"train.loss must be one of {', '.join(LOSSES)}; got {self.loss!r}")
         if self.precision not in PRECISIONS:
             raise PancsegError(
                 f"train.precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}"
             )
-        if not 0.0 < self.validation_fraction < 1.0:
+        if not 0.0 <= self.validation_fraction < 1.0:
             raise PancsegError(
-                f"train.validation_fraction must be in (0, 1), got {self.validation_fraction}"
+                f"train.validation_fraction must be in [0, 1), got {self.validation_fraction}"
             )
 
 
@@ -295,19 +352,6 @@ class Config:
             section = getattr(self, field.name)
             if hasattr(section, "validate"):
                 section.validate()
-        if self.train.cross_fit_folds and self.model.overrides.get("context_channels") != 0:
-            raise PancsegError(
-                "train.cross_fit_folds needs model.overrides.context_channels: 0 (the context "
-                "must read the CNN probability alone to take another CNN's output)"
-            )
-        if (
-            self.train.cross_fit_folds
-            and min(self.train.freeze_cnn_epochs, self.train.stage2_epochs) < 1
-        ):
-            raise PancsegError(
-                "train.cross_fit_folds needs train.freeze_cnn_epochs >= 1 and "
-                "train.stage2_epochs >= 1: the fold CNNs feed the frozen-CNN epochs"
-            )
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(self)
@@ -406,6 +450,8 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     """Builds and validates a `Config` from plain data (as YAML gives it)."""
     data = dict(data or {})
     data.pop("provenance", None)  # written by save_config; not a setting
+    if "model" in data:
+        data["model"] = _upgrade_model_section(data["model"])
     cfg = _from_dict(Config, data)
     cfg.validate()
     return cfg
@@ -480,9 +526,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             if not isinstance(node.get(part), dict):
                 raise PancsegError(f"unknown config key {'.'.join(parts[: i + 1])!r}")
             node = node[part]
-        # model.overrides takes network keywords that the file may not list (checked by
-        # ModelConfig.validate).
-        if parts[-1] not in node and parts[:-1] != ["model", "overrides"]:
+        if parts[-1] not in node:
             raise PancsegError(f"unknown config key {key.strip()!r}")
         try:
             node[parts[-1]] = yaml.safe_load(raw)

@@ -723,38 +723,26 @@ class Segmenter:
         """``(T, H, W, 1)`` -> ``(T, H, W, 1)``: CNN in slice batches, ConvLSTM in one pass.
 
         Uses the contextual model's three parts (`slice_encoder` per batch of slices,
-        `sequence_context` once over the whole low-resolution sequence, `slice_fusion` per
-        batch), which compose to the full model: the CNN's full-resolution activations are
-        never held for more than ``slice_batch`` slices at once.
+        `sequence_context` once over the whole sequence of CNN probabilities, `slice_head` per
+        batch), which compose to the full model: the CNN's activations are never held for more
+        than ``slice_batch`` slices at once.
         """
         model = self.model
         if not hasattr(model, "slice_encoder"):
             return np.asarray(_main_output(compiled_call(model, "model")(slices[None])))[0]
         encoder = compiled_call(model, "slice_encoder")
         sequence_context = compiled_call(model, "sequence_context")
-        fusion = compiled_call(model, "slice_fusion")
+        head = compiled_call(model, "slice_head")
         batches = range(0, slices.shape[0], self.slice_batch)
-        logits, contexts = [], []
-        for start in batches:
-            encoded = encoder(slices[start : start + self.slice_batch])
-            logits.append(np.asarray(encoded["logit"]))
-            contexts.append(np.asarray(encoded["context"]))
-        sequence = np.concatenate(contexts, axis=0)[None]
-        context = np.asarray(sequence_context(sequence))[0]
-        # A gated fusion compares each slice with its neighbours: the gate of the whole volume.
-        gate = (
-            np.asarray(model.fusion_gate_of(np.concatenate(logits, axis=0)))
-            if getattr(model, "fusion_gate", None)
-            else None
+        contexts = [
+            np.asarray(encoder(slices[start : start + self.slice_batch])["context"])
+            for start in batches
+        ]
+        sequence = np.asarray(sequence_context(np.concatenate(contexts, axis=0)[None]))[0]
+        return np.concatenate(
+            [np.asarray(head(sequence[start : start + self.slice_batch])) for start in batches],
+            axis=0,
         )
-        probs = []
-        for i, start in enumerate(batches):
-            stop = start + self.slice_batch
-            inputs = {"logit": logits[i], "context": context[start:stop]}
-            if gate is not None:
-                inputs["gate"] = gate[start:stop]
-            probs.append(np.asarray(fusion(inputs)))
-        return np.concatenate(probs, axis=0)
 
     # --- the whole volume ---
 
@@ -833,7 +821,7 @@ _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def compiled_call(model, part: str):
     """``model`` (``part="model"``) or one of its parts (``slice_encoder``,
-    ``sequence_context``, ``slice_fusion``) as an inference call, compiled once per model.
+    ``sequence_context``, ``slice_head``) as an inference call, compiled once per model.
 
     With the TensorFlow backend the call goes through a ``tf.function`` traced once for the
     model's input shapes with the batch and slice counts open: Keras models called eagerly run the

@@ -76,3 +76,52 @@ def test_bad_files_are_clear(tmp_path):
     unknown.write_text("preprocess:\n  spacing: 1.0\n")
     with pytest.raises(PancsegError, match="preprocess.*spacing"):
         load_config(unknown)
+
+
+def test_model_section_is_typed():
+    cfg = apply_overrides(
+        Config(), ["model.lstm_resolution=2", "model.aggregation_filters=4", "model.dropout=0"]
+    )
+    assert cfg.model.contextual_kwargs() == {"lstm_resolution": 2}
+    assert cfg.model.slice_cnn_kwargs() == {
+        "dropout": 0.0,
+        "aggregation_filters": 4,
+        "deep_supervision": True,
+    }
+    for bad, named in (
+        ("model.lstm_resolution=0", "model.lstm_resolution"),
+        ("model.lstm_filters=two", "model.lstm_filters"),
+        ("model.dropout=1.5", "model.dropout"),
+        ("model.preset=huge", "model.preset"),
+        ("model.overrides={lstm_resolution: 2}", "model.overrides"),
+    ):
+        with pytest.raises(PancsegError, match=named):
+            apply_overrides(Config(), [bad])
+
+
+def test_a_run_config_from_before_the_typed_model_section_loads():
+    """Run folders written with the untyped `model.overrides` mapping still load: its keys
+    become typed keys; the old design's options are refused with one line that says why."""
+    from pancseg_tf.config import config_from_dict
+
+    old = Config().to_dict()
+    old["model"] = {"preset": "quick", "overrides": {"aggregation_filters": 4}}
+    assert config_from_dict(old).model.aggregation_filters == 4
+    old["model"]["overrides"] = {}
+    assert config_from_dict(old).model == Config().model
+    old["model"]["overrides"] = {"context_channels": 0, "fusion_gate": "range"}
+    with pytest.raises(PancsegError, match="context_channels belongs to the contextual design"):
+        config_from_dict(old)
+
+
+def test_validation_fraction_zero_validates_on_the_training_cases():
+    from pancseg_tf.training.trainer import split_cases
+
+    cfg = apply_overrides(Config(), ["train.validation_fraction=0"])
+    assert cfg.train.validation_fraction == 0.0
+    one = split_cases(["case_a"], 0.0, seed=1)
+    assert one["train"] == one["validation"] == ["case_a"] and one["validation_on_training"]
+    with pytest.raises(PancsegError, match="validation_fraction=0"):
+        split_cases(["case_a"], 0.2, seed=1)
+    with pytest.raises(PancsegError, match="train.validation_fraction"):
+        apply_overrides(Config(), ["train.validation_fraction=1"])

@@ -50,7 +50,6 @@ def tiny_run(tmp_path_factory):
         slice_cnn=SliceCNN(base_filters=4, depth=2, input_size=(48, 48)),
         lstm_filters=4,
         lstm_resolution=2,
-        context_channels=2,
     )
     transfer_stage1_weights(cnn, model)
     model.save(run / "model.keras")

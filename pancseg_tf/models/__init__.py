@@ -7,7 +7,7 @@ Example:
     >>> transfer_stage1_weights(cnn, model)
 """
 
-from pancseg_tf.models.blocks import FoldTime, SliceChannels, UnfoldTime, downsample_mask
+from pancseg_tf.models.blocks import FoldTime, UnfoldTime, downsample_mask
 from pancseg_tf.models.contextual import (
     CNN_PROB,
     CONTEXTUAL_PRESETS,
@@ -33,7 +33,6 @@ __all__ = [
     "ContextualSegmenter",
     "FoldTime",
     "SliceCNN",
-    "SliceChannels",
     "UnfoldTime",
     "downsample_mask",
     "side_output_name",

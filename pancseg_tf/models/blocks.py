@@ -164,94 +164,6 @@ class UnfoldTime(keras.layers.Layer):
         return keras.KerasTensor(shape, dtype=folded.dtype)
 
 
-@keras.saving.register_keras_serializable(package="pancseg_tf")
-class SliceChannels(keras.layers.Layer):
-    """Keeps the channels ``start:stop`` of the last axis (a serialisable ``x[..., start:stop]``).
-
-    Args:
-        start: first channel kept.
-        stop: one past the last channel kept; ``None`` keeps all channels from ``start`` on.
-        **kwargs: forwarded to `keras.layers.Layer` (``name``, ``dtype``, ...).
-
-    Call arguments:
-        inputs: tensor `(..., C)`.
-
-    Returns:
-        Tensor `(..., stop - start)`.
-
-    Example:
-    ```python
-    SliceChannels(1, None)(keras.ops.ones((2, 8, 8, 5))).shape  # (2, 8, 8, 4)
-    ```
-    """
-
-    def __init__(self, start: int, stop: int | None = None, **kwargs: Any):
-        kwargs.setdefault("autocast", False)
-        super().__init__(**kwargs)
-        self.start = start
-        self.stop = stop
-
-    def call(self, inputs: Any) -> Any:
-        return inputs[..., self.start : self.stop]
-
-    def compute_output_shape(self, input_shape: tuple) -> tuple:
-        channels = input_shape[-1]
-        kept = None if channels is None else len(range(channels)[self.start : self.stop])
-        return (*input_shape[:-1], kept)
-
-    def compute_output_spec(self, inputs: Any) -> keras.KerasTensor:
-        return keras.KerasTensor(self.compute_output_shape(inputs.shape), dtype=inputs.dtype)
-
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config.update({"start": self.start, "stop": self.stop})
-        return config
-
-
-def neighbour_range_gate(prob: Any) -> Any:
-    """How far each slice's probability lies outside the range of its two neighbours'.
-
-    ``relu(p - max(p_prev, p_next)) + relu(min(p_prev, p_next) - p)`` per pixel, along the slice
-    axis, the first and last slice taking themselves as their missing neighbour. Zero wherever a
-    slice lies between its neighbours (a shape that grows or shrinks smoothly from slice to
-    slice), up to 1 where a slice alone says pancreas (or alone says not) against both.
-
-    Args:
-        prob: `(B, T, H, W, C)` probabilities in [0, 1].
-
-    Returns:
-        The gate, same shape, float32.
-    """
-    prob = ops.cast(prob, "float32")
-    before = ops.concatenate([prob[:, :1], prob[:, :-1]], axis=1)
-    after = ops.concatenate([prob[:, 1:], prob[:, -1:]], axis=1)
-    low, high = ops.minimum(before, after), ops.maximum(before, after)
-    return ops.relu(prob - high) + ops.relu(low - prob)
-
-
-@keras.saving.register_keras_serializable(package="pancseg_tf")
-class NeighbourRangeGate(keras.layers.Layer):
-    """`neighbour_range_gate` as a layer: `(B, T, H, W, C)` probabilities -> float32 gate.
-
-    Example:
-    ```python
-    p = keras.ops.reshape(keras.ops.array([0.9, 0.1, 0.9, 0.5, 0.3]), (1, 5, 1, 1, 1))
-    NeighbourRangeGate()(p)[0, :, 0, 0, 0]  # [0, 0.8, 0.4, 0, 0]
-    ```
-    """
-
-    def __init__(self, **kwargs: Any):
-        kwargs.setdefault("autocast", False)
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
-
-    def call(self, inputs: Any) -> Any:
-        return neighbour_range_gate(inputs)
-
-    def compute_output_shape(self, input_shape: tuple) -> tuple:
-        return tuple(input_shape)
-
-
 def downsample_mask(mask: Any, factor: int) -> Any:
     """Area-downsamples a mask by an integer factor (the fraction of foreground in each cell).
 
@@ -271,6 +183,14 @@ def downsample_mask(mask: Any, factor: int) -> Any:
     if factor == 1:
         return mask
     return ops.average_pool(mask, pool_size=factor, strides=factor, padding="valid")
+
+
+def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` if it is an integer >= ``minimum`` (not a bool), else a `PancsegError` naming
+    ``name`` and what it got."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise PancsegError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
 
 
 def normalise_input_size(input_size: Any, depth: int) -> tuple[int, int] | None:

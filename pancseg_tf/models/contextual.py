@@ -1,5 +1,6 @@
-"""The contextual model: the slice CNN on every slice, then a bidirectional ConvLSTM along the
-slice axis, fine-tuned end to end (stage 2).
+"""The contextual model: the slice CNN on every slice, its probability map read by a
+bidirectional ConvLSTM along the slice axis whose output is the segmentation, fine-tuned end to
+end (stage 2).
 
 Reference:
     Cai J., Lu L., Xie Y., Xing F., Yang L. "Improving Deep Pancreas Segmentation in CT and MRI
@@ -18,52 +19,33 @@ from keras import ops
 from pancseg_tf.errors import PancsegError
 from pancseg_tf.models.blocks import (
     FoldTime,
-    NeighbourRangeGate,
-    SliceChannels,
     UnfoldTime,
+    check_positive_int,
     downsample_mask,
-    neighbour_range_gate,
     normalise_input_size,
 )
-from pancseg_tf.models.slice_cnn import FEATURES, LOGIT, PROB, SliceCNN
+from pancseg_tf.models.slice_cnn import PROB, SliceCNN
 
 #: Named sizes, each on top of the `SliceCNN` preset of the same name. `ContextualSegmenter()`
 #: with no arguments is ``"quick"``. Costs per slice: ``python benchmarks/model_cost.py``.
 CONTEXTUAL_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {
-        "slice_cnn": "tiny",
-        "context_channels": 2,
-        "lstm_filters": 4,
-        "lstm_kernel_size": 3,
-        "lstm_resolution": 2,
-        "fusion_channels": 2,
-    },
-    "quick": {
-        "slice_cnn": "quick",
-        "context_channels": 8,
-        "lstm_filters": 16,
-        "lstm_kernel_size": 3,
-        "lstm_resolution": 4,
-        "fusion_channels": 4,
-    },
-    "paper": {
-        "slice_cnn": "paper",
-        "context_channels": 8,
-        "lstm_filters": 32,
-        "lstm_kernel_size": 3,
-        "lstm_resolution": 4,
-        "fusion_channels": 4,
-    },
+    "tiny": {"slice_cnn": "tiny", "lstm_filters": 2, "lstm_kernel_size": 3, "lstm_resolution": 2},
+    "quick": {"slice_cnn": "quick", "lstm_filters": 8, "lstm_kernel_size": 3, "lstm_resolution": 1},
+    "paper": {"slice_cnn": "paper", "lstm_filters": 8, "lstm_kernel_size": 3, "lstm_resolution": 1},
 }
 
 #: Key of the CNN's own probability among the auxiliary outputs.
 CNN_PROB = "cnn_prob"
-#: Keys of the per-slice encoder's outputs (see `ContextualSegmenter.slice_encoder`).
+#: Key of the per-slice encoder's output that the ConvLSTM reads (see `slice_encoder`).
 CONTEXT = "context"
-#: Key of `slice_fusion`'s gate input (models with ``fusion_gate``).
-GATE = "gate"
-#: Values of ``fusion_gate``.
-FUSION_GATES = (None, "range")
+#: Key of the ConvLSTM's output sequence that `slice_head` reads.
+SEQUENCE = "sequence"
+
+# The identity start (`ContextualSegmenter.start_as_cnn`): one unit per direction whose output
+# is a monotone function of its own slice's CNN probability, zero at p = 0.5.
+_IDENTITY_CANDIDATE_GAIN = 4.0  # tanh(4 p - 2): +-0.96 at p = 1 / 0
+_IDENTITY_GATE_BIAS = 3.0  # input and output gates ~0.95, forget gate ~0.05
+_IDENTITY_HEAD_GAIN = 2.5  # per direction: logit ~ +-4 at a confident probability
 
 
 def _resolve_slice_cnn(slice_cnn: Any, dtype: Any) -> SliceCNN:
@@ -88,62 +70,48 @@ def _resolve_slice_cnn(slice_cnn: Any, dtype: Any) -> SliceCNN:
     )
 
 
-def _check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise PancsegError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
 @keras.saving.register_keras_serializable(package="pancseg_tf")
 class ContextualSegmenter(keras.Model):
-    """Slice CNN + bidirectional ConvLSTM over the slice axis (the paper's contextual model).
+    """The paper's contextual model: the slice CNN on every slice, its output map read by a
+    bidirectional ConvLSTM along the slice axis, whose output is the segmentation.
 
-    The nested `SliceCNN` (attribute ``slice_cnn``) runs on all ``B x T`` slices of a window as one
-    batched call (`FoldTime` folds the slice axis into the batch, so batch normalisation sees every
-    slice); its probability and its fused features, reduced by a 1x1 conv to
-    ``context_channels``, are average-pooled by ``lstm_resolution`` and unfolded back into
-    sequences. A ``keras.layers.Bidirectional(ConvLSTM2D)`` runs over them top-down and bottom-up
-    (each slice sees the CNN's predictions on all its neighbours), a 1x1x1 Conv3D projects its
-    output to ``fusion_channels``, which are upsampled bilinearly to full resolution and fused
-    with the CNN's full-resolution logit by a 3x3 conv that is *added* to that logit (residual);
-    a float32 sigmoid gives the probability.
+    Cai et al.: the CNN sub-network is pre-trained from scratch; "the output layer of this network
+    module is then connected to recurrent layers", which segment each slice "by integrating its
+    neighbouring slice segmentation predictions"; the whole is fine-tuned end to end. So here:
 
-    Why the ConvLSTM runs at 1/4 resolution on ``1 + context_channels`` channels: it cannot be
-    batched over slices (a recurrence of small convolutions plus memory-bound gate arithmetic),
-    and the bidirectional pass must hold its sequence for a whole volume at once, whereas the CNN
-    can run on chunks of slices. Costs per slice from ``python benchmarks/model_cost.py`` (conv
-    FLOPs, multiply-add = 2; float32 activations a training step keeps; the last column is what
-    the sequence part holds for a 600-slice volume at inference):
+    1. `slice_encoder`: the nested `SliceCNN` (attribute ``slice_cnn``) on all ``B x T`` slices
+       of a window as one batched call (`FoldTime` folds the slice axis into the batch, so batch
+       normalisation sees every slice); its probability map, one channel, average-pooled by
+       ``lstm_resolution`` when that is above 1, is the ``"context"``;
+    2. `sequence_context`: a ``keras.layers.Bidirectional(ConvLSTM2D)`` over the sequence of
+       those maps, top-down and bottom-up, so each slice sees the predictions on all its
+       neighbours;
+    3. `slice_head`: the ConvLSTM's output (both directions), upsampled bilinearly when
+       ``lstm_resolution`` is above 1, through a 1x1 convolution to one logit, and a float32
+       sigmoid.
 
-    =================  ==========  ==============  ================  ==============
-    preset             GFLOPs CNN  GFLOPs context  MB CNN / context  600 slices, GB
-    =================  ==========  ==============  ================  ==============
-    quick (256, r=4)   7.30        0.26            162 / 11          0.41
-    quick, r=1         7.30        3.81            162 / 63          6.59
-    paper (512, r=4)   120.3       3.19            1166 / 58         2.82
-    paper, r=1         120.3       49.8            1166 / 477        45.1
-    =================  ==========  ==============  ================  ==============
+    Nothing goes around the recurrent layers: the CNN's logit and features never reach the output
+    except through the ConvLSTM (with the ConvLSTM's weights zeroed the output is a constant).
 
-    Measured on the 2-core CPU (quick, window of 8 slices, CPU ms per slice): at full resolution
-    the ConvLSTM took 60 ms next to the CNN's 84 ms, ran at 53 % of a plain conv's FLOP rate
-    (the CNN at 74 %), and a training step cost 489 ms; at 1/4 resolution it takes 5.6 ms and a
-    training step 307 ms. The residual fusion keeps the CNN's full-resolution boundary detail,
-    so the ConvLSTM only has to carry the between-slice context, which is coarse.
+    Where the ConvLSTM runs: at the model grid's full resolution in the ``quick`` and ``paper``
+    presets (``lstm_resolution=1``), so the output has the CNN's boundary detail; it reads one
+    channel and keeps ``lstm_filters`` per direction, so it costs little next to the CNN (per
+    slice, conv FLOPs with multiply-add = 2: quick at 128 x 128 ~0.17 GFLOP against the CNN's
+    ~1.8; paper at 512 x 512 ~2.7 against ~120). At inference it holds
+    ``2 * lstm_filters`` float32 channels per pixel for every slice of the volume (paper, 300
+    slices of 512 x 512: 5 GB); ``lstm_resolution=2`` divides that by 4, and `Segmenter`'s
+    ``chunk`` bounds it.
 
-    With ``context_channels=0`` the ConvLSTM reads the CNN probability alone (the paper's design),
-    and with ``fusion_gate="range"`` the fusion's correction of each pixel is scaled by how far the
-    CNN's probability there lies outside the range of the two neighbouring slices'
-    (`neighbour_range_gate`): the context then fixes what a slice alone gets wrong against both
-    neighbours and cannot recalibrate the whole mask, which is what the ungated layers mostly
-    learned on the quick budget (``benchmarks/results/README.md``). The quick config uses both.
+    Start of stage 2 (`start_as_cnn`, called on construction): one unit of each direction is set
+    up so that its output is a monotone function of its own slice's CNN probability, zero at
+    0.5, and the head reads only those two units: right after `transfer_stage1_weights` the
+    model's mask is the stage-1 CNN's (up to a leak of ~5 % of the previous slice's state), and
+    training moves it from there. The other units start from Keras' initialisers, their head
+    weights at zero.
 
-    The fusion conv starts at zero, so right after `transfer_stage1_weights` the model's output is
-    the stage-1 CNN's logit plus an exact zero: fine-tuning starts from stage 1's quality (the
-    ConvLSTM receives gradients from the second step on).
-
-    For a whole volume the three parts are also usable one by one: `slice_encoder` per chunk of
-    slices, `sequence_context` once over all slices (low resolution, fits a 600-slice volume) and
-    `slice_fusion` per chunk; composed they equal the full model.
+    For a whole volume the three parts are usable one by one: `slice_encoder` per chunk of
+    slices, `sequence_context` once over all slices, `slice_head` per chunk; composed they equal
+    the full model (`Segmenter` runs them so).
 
     Outputs (a dict):
         - ``"prob"``: `(B, T, H, W, 1)` float32 probability.
@@ -156,36 +124,23 @@ class ContextualSegmenter(keras.Model):
         slice_cnn: the CNN sub-network: a `SliceCNN` (used as is, weights shared), its config (as
             `get_config` or `keras.saving.serialize_keras_object` write it), a preset name or
             ``None`` (the ``"quick"`` CNN).
-        context_channels: channels the CNN's features are reduced to before the ConvLSTM (it also
-            gets the CNN probability: ``1 + context_channels`` input channels); 0: the
-            probability alone, as in the paper (see `context_head`).
-        lstm_filters: filters of each direction of the ConvLSTM.
-        lstm_kernel_size: kernel size of the ConvLSTM's input and recurrent convolutions.
         input_size: ``(H, W)`` of the slices (or one integer), multiples of ``2**depth``;
             ``None`` takes the CNN's. Required when the CNN has ``input_size=None``:
             ConvLSTM2D needs static spatial dimensions (see `with_input_size`).
+        lstm_filters: filters of each direction of the ConvLSTM (>= 1).
+        lstm_kernel_size: kernel size of the ConvLSTM's input and recurrent convolutions.
         lstm_resolution: the ConvLSTM runs at ``1 / lstm_resolution`` of the input resolution;
             must divide ``2**slice_cnn.depth``.
-        fusion_channels: channels of the ConvLSTM output that are upsampled and fused.
-        fusion_gate: ``None``, or ``"range"``: the fusion's correction of each pixel is scaled by
-            how far the CNN's probability there lies outside the range of the two neighbouring
-            slices' (`neighbour_range_gate`), so the context corrects a slice where it disagrees
-            with both neighbours and cannot recalibrate the whole mask (measured in
-            ``benchmarks/results/README.md``). `slice_fusion` then takes a ``"gate"`` input,
-            computed over the whole sequence (`fusion_gate_of`).
         auxiliary_outputs: also output the CNN's probability and side outputs. Without them the
             CNN's side-output convolutions are unused here and are made non-trainable.
-        time_distributed: build the per-slice parts with ``keras.layers.TimeDistributed``
-            instead of folding the slice axis into the batch (same weights; for benchmarks: the
-            CNN is then called ``T`` times on ``B`` slices). Not with ``auxiliary_outputs``.
         dtype: dtype policy of the layers (``None``: the global policy when built); also used for
-            a CNN built here. The ConvLSTM always computes in float32.
+            a CNN built here. The ConvLSTM and the head always compute in float32.
         **kwargs: ``name`` and ``trainable``, forwarded to `keras.Model`.
 
     Raises:
         PancsegError: for a non-positive size, no fixed input size, an input size the CNN does
-            not accept, an ``lstm_resolution`` that does not divide ``2**depth``, an unknown preset
-            or ``time_distributed`` with ``auxiliary_outputs``.
+            not accept, an ``lstm_resolution`` that does not divide ``2**depth`` or an unknown
+            preset.
 
     Call arguments:
         inputs: `(B, T, H, W, 1)` windows of ``T`` consecutive slices scaled to [0, 1]; ``T`` may
@@ -195,7 +150,7 @@ class ContextualSegmenter(keras.Model):
     Example:
     ```python
     model = ContextualSegmenter(slice_cnn=SliceCNN(base_filters=4, depth=2, input_size=32),
-                                lstm_filters=4, lstm_resolution=2)
+                                lstm_filters=4)
     model(keras.ops.zeros((1, 7, 32, 32, 1)))["prob"].shape  # (1, 7, 32, 32, 1)
     ```
     """
@@ -206,36 +161,22 @@ class ContextualSegmenter(keras.Model):
         self,
         slice_cnn: SliceCNN | dict | str | None = None,
         input_size: int | tuple[int, int] | None = None,
-        context_channels: int = 8,
-        lstm_filters: int = 16,
+        lstm_filters: int = 8,
         lstm_kernel_size: int = 3,
-        lstm_resolution: int = 4,
-        fusion_channels: int = 4,
-        fusion_gate: str | None = None,
+        lstm_resolution: int = 1,
         auxiliary_outputs: bool = False,
-        time_distributed: bool = False,
         dtype: Any = None,
         **kwargs: Any,
     ):
         cnn = _resolve_slice_cnn(slice_cnn, dtype)
-        context_channels = _check_positive_int("context_channels", context_channels, minimum=0)
-        lstm_filters = _check_positive_int("lstm_filters", lstm_filters)
-        lstm_kernel_size = _check_positive_int("lstm_kernel_size", lstm_kernel_size)
-        lstm_resolution = _check_positive_int("lstm_resolution", lstm_resolution)
-        fusion_channels = _check_positive_int("fusion_channels", fusion_channels)
+        lstm_filters = check_positive_int("lstm_filters", lstm_filters)
+        lstm_kernel_size = check_positive_int("lstm_kernel_size", lstm_kernel_size)
+        lstm_resolution = check_positive_int("lstm_resolution", lstm_resolution)
         if (2**cnn.depth) % lstm_resolution:
             raise PancsegError(
                 f"lstm_resolution must divide 2**depth = {2**cnn.depth} of the slice CNN "
                 f"(so every input size the CNN accepts can be pooled), got {lstm_resolution}"
             )
-        if time_distributed and auxiliary_outputs:
-            raise PancsegError("time_distributed=True does not support auxiliary_outputs=True")
-        if fusion_gate not in FUSION_GATES:
-            raise PancsegError(
-                f"fusion_gate must be one of {list(FUSION_GATES)}, got {fusion_gate!r}"
-            )
-        if time_distributed and fusion_gate:
-            raise PancsegError("time_distributed=True does not support a fusion_gate")
         size = normalise_input_size(
             input_size if input_size is not None else cnn.input_size, cnn.depth
         )
@@ -254,19 +195,13 @@ class ContextualSegmenter(keras.Model):
         low_height, low_width = height // factor, width // factor
 
         # === Layers ===
-        context_reduce = (
-            keras.layers.Conv2D(context_channels, 1, dtype=dtype, name="context_reduce")
-            if context_channels
-            else None
-        )
-        context_concat = keras.layers.Concatenate(dtype=dtype, name="context_concat")
         context_pool = (
             keras.layers.AveragePooling2D(factor, dtype=dtype, name="context_pool")
             if factor > 1
             else None
         )
         # float32 whatever the policy: at inference the cell state runs through hundreds of
-        # slices, where bfloat16's 8-bit mantissa would drift; at 1/4 resolution it is cheap.
+        # slices, where bfloat16's 8-bit mantissa would drift.
         context_lstm = keras.layers.Bidirectional(
             keras.layers.ConvLSTM2D(
                 lstm_filters,
@@ -280,124 +215,49 @@ class ContextualSegmenter(keras.Model):
             dtype="float32",
             name="context_lstm",
         )
-        context_project = keras.layers.Conv3D(
-            fusion_channels, (1, 1, 1), dtype=dtype, name="context_project"
-        )
-        fusion_up = (
+        head_up = (
             keras.layers.UpSampling2D(
-                factor, interpolation="bilinear", dtype=dtype, name="fusion_up"
+                factor, interpolation="bilinear", dtype="float32", name="head_up"
             )
             if factor > 1
             else None
         )
-        # Zero init: the correction starts at 0, so the model starts as the stage-1 CNN.
-        fusion_conv = keras.layers.Conv2D(
-            1,
-            3,
-            padding="same",
-            kernel_initializer="zeros",
-            dtype=dtype,
-            name="fusion_conv",
+        head_conv = keras.layers.Conv2D(
+            1, 1, kernel_initializer="zeros", dtype="float32", name="head_conv"
         )
 
-        # === Per-slice encoder: (N, H, W, 1) -> logit (N, H, W, 1), context (N, h, w, 1 + c) ===
+        # === Per-slice encoder: (N, H, W, 1) -> context (N, h, w, 1), the CNN's probability ===
         slice_in = keras.Input(shape=(height, width, 1), name="slice")
         cnn_out = cnn(slice_in)
-        context_full = (
-            context_concat([cnn_out[PROB], context_reduce(cnn_out[FEATURES])])
-            if context_reduce is not None
-            else cnn_out[PROB]
-        )
-        context = context_pool(context_full) if context_pool is not None else context_full
-        encoder_outputs = {LOGIT: cnn_out[LOGIT], CONTEXT: context}
+        context = context_pool(cnn_out[PROB]) if context_pool is not None else cnn_out[PROB]
+        encoder_outputs = {CONTEXT: context}
         if auxiliary_outputs:
             encoder_outputs[CNN_PROB] = cnn_out[PROB]
             for key in cnn.side_output_keys:
                 encoder_outputs[key] = cnn_out[key]
         slice_encoder = keras.Model(slice_in, encoder_outputs, name="slice_encoder")
 
-        # === Sequence context: (B, T, h, w, 1 + c) -> (B, T, h, w, fusion_channels) ===
-        sequence_in = keras.Input(
-            shape=(None, low_height, low_width, 1 + context_channels), name="context_sequence"
+        # === Sequence context: (B, T, h, w, 1) -> (B, T, h, w, 2 * lstm_filters) ===
+        sequence_in = keras.Input(shape=(None, low_height, low_width, 1), name="context_sequence")
+        sequence_context = keras.Model(
+            sequence_in, context_lstm(sequence_in), name="sequence_context"
         )
-        sequence_out = context_project(context_lstm(sequence_in))
-        sequence_context = keras.Model(sequence_in, sequence_out, name="sequence_context")
 
-        # === Per-slice fusion: logit (N, H, W, 1) + context (N, h, w, k) -> prob (N, H, W, 1) ===
-        fusion_logit = keras.Input(shape=(height, width, 1), name=LOGIT)
-        fusion_context = keras.Input(shape=(low_height, low_width, fusion_channels), name=CONTEXT)
-        fusion_inputs = {LOGIT: fusion_logit, CONTEXT: fusion_context}
-        upsampled = fusion_up(fusion_context) if fusion_up is not None else fusion_context
-        correction = fusion_conv(
-            keras.layers.Concatenate(dtype=dtype, name="fusion_concat")([fusion_logit, upsampled])
-        )
-        if fusion_gate:
-            # The correction only where the slice disagrees with both neighbours (see
-            # `neighbour_range_gate`): the context cannot recalibrate the whole mask.
-            fusion_inputs[GATE] = keras.Input(shape=(height, width, 1), name=GATE)
-            correction = keras.layers.Multiply(dtype="float32", name="fusion_gate")(
-                [fusion_inputs[GATE], correction]
-            )
-        # float32 residual and sigmoid: the CNN logit keeps its precision under mixed precision.
-        fused_logit = keras.layers.Add(dtype="float32", name="fusion_add")(
-            [fusion_logit, correction]
-        )
-        fused_prob = keras.layers.Activation("sigmoid", dtype="float32", name=PROB)(fused_logit)
-        slice_fusion = keras.Model(fusion_inputs, fused_prob, name="slice_fusion")
+        # === Per-slice head: (N, h, w, 2 * lstm_filters) -> prob (N, H, W, 1) ===
+        head_in = keras.Input(shape=(low_height, low_width, 2 * lstm_filters), name=SEQUENCE)
+        head_logit = head_conv(head_up(head_in) if head_up is not None else head_in)
+        head_prob = keras.layers.Activation("sigmoid", dtype="float32", name=PROB)(head_logit)
+        slice_head = keras.Model(head_in, head_prob, name="slice_head")
 
         # === Functional model ===
         slices = keras.Input(shape=(None, height, width, 1), name="slices")
-        outputs = {}
-        if not time_distributed:
-            encoded = slice_encoder(FoldTime(name="fold_slices")(slices))
-            context_sequence = UnfoldTime(name="unfold_context")([encoded[CONTEXT], slices])
-            projected = FoldTime(name="fold_context")(sequence_context(context_sequence))
-            fusion_args = {LOGIT: encoded[LOGIT], CONTEXT: projected}
-            if fusion_gate:
-                cnn_prob = keras.layers.Activation("sigmoid", dtype="float32", name="gate_prob")(
-                    encoded[LOGIT]
-                )
-                prob_sequence = UnfoldTime(name="unfold_gate_prob")([cnn_prob, slices])
-                fusion_args[GATE] = FoldTime(name="fold_gate")(
-                    NeighbourRangeGate(name="neighbour_range_gate")(prob_sequence)
-                )
-            prob = slice_fusion(fusion_args)
-            outputs[PROB] = UnfoldTime(name="unfold_prob")([prob, slices])
-            if auxiliary_outputs:
-                for key in [CNN_PROB, *cnn.side_output_keys]:
-                    outputs[key] = UnfoldTime(name=f"unfold_{key}")([encoded[key], slices])
-        else:
-            # Same layers, applied slice by slice. TimeDistributed wraps single-tensor layers, so
-            # the encoder's logit and full-resolution context travel as one float32 tensor.
-            packed = keras.layers.Concatenate(dtype="float32", name="packed_concat")(
-                [cnn_out[LOGIT], context_full]
-            )
-            packed_encoder = keras.Model(slice_in, packed, name="packed_encoder")
-            packed_seq = keras.layers.TimeDistributed(packed_encoder, name="td_slice_encoder")(
-                slices
-            )
-            logit_seq = SliceChannels(0, 1, name="td_logit")(packed_seq)
-            context_seq = SliceChannels(1, None, name="td_context")(packed_seq)
-            if context_pool is not None:
-                context_seq = keras.layers.TimeDistributed(context_pool, name="td_context_pool")(
-                    context_seq
-                )
-            projected_seq = sequence_context(context_seq)
-            if fusion_up is not None:
-                projected_seq = keras.layers.TimeDistributed(fusion_up, name="td_fusion_up")(
-                    projected_seq
-                )
-            correction_seq = keras.layers.TimeDistributed(fusion_conv, name="td_fusion_conv")(
-                keras.layers.Concatenate(dtype=dtype, name="td_fusion_concat")(
-                    [logit_seq, projected_seq]
-                )
-            )
-            fused_seq = keras.layers.Add(dtype="float32", name="td_fusion_add")(
-                [logit_seq, correction_seq]
-            )
-            outputs[PROB] = keras.layers.Activation("sigmoid", dtype="float32", name="td_prob")(
-                fused_seq
-            )
+        encoded = slice_encoder(FoldTime(name="fold_slices")(slices))
+        context_sequence = UnfoldTime(name="unfold_context")([encoded[CONTEXT], slices])
+        sequence = FoldTime(name="fold_sequence")(sequence_context(context_sequence))
+        outputs = {PROB: UnfoldTime(name="unfold_prob")([slice_head(sequence), slices])}
+        if auxiliary_outputs:
+            for key in [CNN_PROB, *cnn.side_output_keys]:
+                outputs[key] = UnfoldTime(name=f"unfold_{key}")([encoded[key], slices])
 
         kwargs.setdefault("name", "contextual_segmenter")
         super().__init__(inputs=slices, outputs=outputs, **kwargs)
@@ -408,20 +268,17 @@ class ContextualSegmenter(keras.Model):
         self.slice_cnn = cnn
         self.slice_encoder = slice_encoder
         self.sequence_context = sequence_context
-        self.slice_fusion = slice_fusion
+        self.slice_head = slice_head
 
         # === Config ===
         self.input_size = size
-        self.context_channels = context_channels
         self.lstm_filters = lstm_filters
         self.lstm_kernel_size = lstm_kernel_size
         self.lstm_resolution = lstm_resolution
-        self.fusion_channels = fusion_channels
-        self.fusion_gate = fusion_gate
         self.auxiliary_outputs = bool(auxiliary_outputs)
-        self.time_distributed = bool(time_distributed)
 
         self._freeze_unused_side_outputs()
+        self.start_as_cnn()
 
     def _freeze_unused_side_outputs(self) -> None:
         # Without auxiliary outputs the CNN's side convs get no gradient here; freezing them keeps
@@ -430,6 +287,49 @@ class ContextualSegmenter(keras.Model):
             return
         for key in self.slice_cnn.side_output_keys:
             self.slice_cnn.get_layer(f"{key}_conv").trainable = False
+
+    def start_as_cnn(self) -> None:
+        """Sets the recurrent layers and the head so that the model's mask starts as the CNN's.
+
+        Unit 0 of each direction gets constant gates (input and output ~0.95, forget ~0.05:
+        no recurrent or cross-unit weights into it) and a candidate ``tanh(4 p - 2)`` of its own
+        pixel's CNN probability ``p``, so its output is monotone in ``p`` and zero at 0.5; the
+        head adds the two units' outputs (gain 2.5 each) and ignores the others (zero weights),
+        so the model's probability is above 0.5 exactly where the CNN's is (up to the ~5 %
+        forget-gate leak of the previous slice's state, and pooling when ``lstm_resolution`` is
+        above 1). Called on construction; loading a saved model then overwrites these weights.
+        """
+        import numpy as np
+
+        lstm = self.sequence_context.get_layer("context_lstm")
+        centre = self.lstm_kernel_size // 2
+        units = self.lstm_filters
+        for direction in (lstm.forward_layer, lstm.backward_layer):
+            cell = direction.cell
+            kernel = np.asarray(keras.ops.convert_to_numpy(cell.kernel), dtype=np.float32)
+            recurrent = np.asarray(
+                keras.ops.convert_to_numpy(cell.recurrent_kernel), dtype=np.float32
+            )
+            bias = np.asarray(keras.ops.convert_to_numpy(cell.bias), dtype=np.float32)
+            # Gate blocks along the last axis, in Keras' order: input, forget, candidate, output.
+            gate_i, gate_f, gate_c, gate_o = (k * units for k in range(4))
+            for gate in (gate_i, gate_f, gate_c, gate_o):
+                kernel[..., gate] = 0.0
+                recurrent[..., gate] = 0.0
+            kernel[centre, centre, 0, gate_c] = _IDENTITY_CANDIDATE_GAIN
+            bias[gate_c] = -_IDENTITY_CANDIDATE_GAIN / 2
+            bias[gate_i] = _IDENTITY_GATE_BIAS
+            bias[gate_f] = -_IDENTITY_GATE_BIAS
+            bias[gate_o] = _IDENTITY_GATE_BIAS
+            cell.kernel.assign(kernel)
+            cell.recurrent_kernel.assign(recurrent)
+            cell.bias.assign(bias)
+        head = self.slice_head.get_layer("head_conv")
+        head_kernel = np.zeros(tuple(head.kernel.shape), dtype=np.float32)
+        head_kernel[0, 0, 0, 0] = _IDENTITY_HEAD_GAIN  # forward unit 0
+        head_kernel[0, 0, units, 0] = _IDENTITY_HEAD_GAIN  # backward unit 0
+        head.kernel.assign(head_kernel)
+        head.bias.assign(np.zeros(tuple(head.bias.shape), dtype=np.float32))
 
     def with_input_size(self, input_size: int | tuple[int, int]) -> ContextualSegmenter:
         """The same model, with the same weights, for slices of another size.
@@ -451,56 +351,6 @@ class ContextualSegmenter(keras.Model):
         clone = type(self).from_config(config)
         clone.set_weights(self.get_weights())
         return clone
-
-    def context_head(self, logit: Any, prob: Any, windows: int, training: bool = False) -> Any:
-        """The model after its CNN, from a CNN's outputs on folded windows.
-
-        Only for ``context_channels=0``, where the ConvLSTM sees the CNN's probability alone (the
-        paper's design: each slice is segmented from its neighbours' predictions): then any CNN
-        of the same input size can feed this model's context layers. Stage 2's cross-fitted
-        training (`pancseg_tf.training.crossfit`) feeds it CNNs that did not see the window's
-        case. With the model's own CNN it equals calling the model.
-
-        Args:
-            logit: `(B * T, H, W, 1)` CNN logits of ``B`` windows of ``T`` slices, folded
-                window-major (as `FoldTime` folds them).
-            prob: the matching `(B * T, H, W, 1)` CNN probabilities.
-            windows: ``B``.
-            training: run the context layers in training mode.
-
-        Returns:
-            `(B, T, H, W, 1)` float32 probabilities, the model's ``"prob"`` output.
-
-        Raises:
-            PancsegError: when the model's context also reads CNN features.
-        """
-        if self.context_channels:
-            raise PancsegError(
-                "context_head needs a model whose context is the CNN probability alone "
-                f"(context_channels=0), this one has context_channels={self.context_channels}"
-            )
-        logit, prob = ops.convert_to_tensor(logit), ops.convert_to_tensor(prob)
-        height, width = self.input_size
-        factor = self.lstm_resolution
-        context = ops.average_pool(prob, factor, factor, "valid") if factor > 1 else prob
-        low = ops.shape(context)
-        sequence = ops.reshape(context, (windows, -1, low[1], low[2], low[3]))
-        projected = self.sequence_context(sequence, training=training)
-        folded = ops.reshape(projected, (-1, low[1], low[2], self.fusion_channels))
-        fusion_args = {LOGIT: logit, CONTEXT: folded}
-        if self.fusion_gate:
-            sequence = ops.reshape(logit, (windows, -1, height, width, 1))
-            gate = neighbour_range_gate(ops.sigmoid(ops.cast(sequence, "float32")))
-            fusion_args[GATE] = ops.reshape(gate, (-1, height, width, 1))
-        fused = self.slice_fusion(fusion_args, training=training)
-        return ops.reshape(fused, (windows, -1, height, width, 1))
-
-    def fusion_gate_of(self, logit: Any) -> Any:
-        """`slice_fusion`'s ``"gate"`` input for the CNN logits `(T, H, W, 1)` of one whole
-        sequence of slices (what the model computes inside; for running its parts one by one).
-        """
-        prob = ops.sigmoid(ops.cast(logit, "float32"))
-        return neighbour_range_gate(prob[None])[0]
 
     @property
     def loss_keys(self) -> list[str]:
@@ -569,14 +419,10 @@ class ContextualSegmenter(keras.Model):
             "dtype": keras.dtype_policies.serialize(self.dtype_policy),
             "slice_cnn": keras.saving.serialize_keras_object(self.slice_cnn),
             "input_size": self.input_size,
-            "context_channels": self.context_channels,
             "lstm_filters": self.lstm_filters,
             "lstm_kernel_size": self.lstm_kernel_size,
             "lstm_resolution": self.lstm_resolution,
-            "fusion_channels": self.fusion_channels,
-            "fusion_gate": self.fusion_gate,
             "auxiliary_outputs": self.auxiliary_outputs,
-            "time_distributed": self.time_distributed,
         }
 
     @classmethod

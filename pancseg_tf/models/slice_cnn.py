@@ -19,6 +19,7 @@ from pancseg_tf.errors import PancsegError
 from pancseg_tf.models.blocks import (
     BN_MOMENTUM,
     KERNEL_INITIALIZER,
+    check_positive_int,
     conv_block,
     downsample_mask,
     normalise_input_size,
@@ -67,12 +68,6 @@ FEATURES = "features"
 def side_output_name(scale: int) -> str:
     """Name of the deep-supervision output at 1 / 2**scale resolution (``"side_1"``, ...)."""
     return f"side_{scale}"
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise PancsegError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
 
 
 @keras.saving.register_keras_serializable(package="pancseg_tf")
@@ -157,12 +152,12 @@ class SliceCNN(keras.Model):
         dtype: Any = None,
         **kwargs: Any,
     ):
-        base_filters = _check_positive_int("base_filters", base_filters)
-        depth = _check_positive_int("depth", depth)
-        max_filters = _check_positive_int("max_filters", max_filters)
+        base_filters = check_positive_int("base_filters", base_filters)
+        depth = check_positive_int("depth", depth)
+        max_filters = check_positive_int("max_filters", max_filters)
         if aggregation_filters is None:
             aggregation_filters = base_filters
-        aggregation_filters = _check_positive_int("aggregation_filters", aggregation_filters)
+        aggregation_filters = check_positive_int("aggregation_filters", aggregation_filters)
         size = normalise_input_size(input_size, depth)
         if not 0.0 <= float(dropout) < 1.0:
             raise PancsegError(f"dropout must be in [0, 1), got {dropout!r}")

@@ -96,7 +96,7 @@ class WholeVolumeValidation(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is None or not self.cases:
             return
-        self.last_scores = self.scores(deployed(self.model))
+        self.last_scores = self.scores(self.model)
         logs["val_dsc"] = float(np.mean(list(self.last_scores.values())))
 
 
@@ -219,7 +219,7 @@ class BestModel(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if self.enabled:
-            self.update(deployed(self.model), epoch, (logs or {}).get("val_dsc"))
+            self.update(self.model, epoch, (logs or {}).get("val_dsc"))
 
     def update(
         self,
@@ -246,12 +246,6 @@ class BestModel(keras.callbacks.Callback):
             write_atomic(self.state_path, json.dumps(state, indent=2))
 
 
-def deployed(model: keras.Model) -> keras.Model:
-    """The model a fit trains for users: ``model`` itself, or what a training view (such as
-    `pancseg_tf.training.crossfit.CrossFittedContext`) names as its ``deployed`` model."""
-    return getattr(model, "deployed", model)
-
-
 def save_model_atomic(model: keras.Model, path: pathlib.Path) -> None:
     """``model.save`` under a temporary ``.keras`` name in the same folder, then a rename."""
     path = pathlib.Path(path)
@@ -259,6 +253,62 @@ def save_model_atomic(model: keras.Model, path: pathlib.Path) -> None:
 
     with replacing(path, keep_suffix=True) as tmp:
         model.save(tmp)
+
+
+#: The run folder's files: the best model of each stage, and the one the run ships.
+STAGE1_FILE, STAGE2_FILE, SHIPPED_FILE = "stage1.keras", "stage2.keras", "model.keras"
+
+
+def ship_best_model(run_dir: pathlib.Path) -> str:
+    """Makes ``model.keras`` the better of the run's two stages on its validation cases.
+
+    The contextual model (``stage2.keras``) is shipped only when its best validation DSC beats
+    stage 1's (``stage1.keras``) strictly; otherwise, or when no stage 2 was trained, the
+    stage-1 CNN is, and one log line says why. ``state.json`` records the choice under
+    ``shipped`` (``"stage1"`` or ``"stage2"``) with both scores, so `pancseg predict RUN`,
+    ``export``, ``cv`` and the demo use the better model (nnU-Net picks its configuration on
+    validation the same way). Idempotent: a resumed run ships again with the same result.
+
+    Returns:
+        ``"stage1"`` or ``"stage2"``.
+
+    Raises:
+        PancsegError: the run has no stage-1 model.
+    """
+    import shutil
+
+    from pancseg_tf.atomic import replacing
+    from pancseg_tf.errors import PancsegError
+
+    run_dir = pathlib.Path(run_dir)
+    state_path = run_dir / "state.json"
+    state = read_json(state_path, {})
+    stage1_path, stage2_path = run_dir / STAGE1_FILE, run_dir / STAGE2_FILE
+    if not stage1_path.is_file():
+        raise PancsegError(f"no stage-1 model in {run_dir}: nothing to ship")
+    score1, score2 = state.get("stage1"), state.get("stage2")
+    if stage2_path.is_file() and score2 is not None and (score1 is None or score2 > score1):
+        shipped, source = "stage2", stage2_path
+        log.info(
+            "shipping the contextual model: validation DSC %.4f against stage 1's %s",
+            score2,
+            "none" if score1 is None else f"{score1:.4f}",
+        )
+    else:
+        shipped, source = "stage1", stage1_path
+        if stage2_path.is_file():
+            log.warning(
+                "stage 2 did not beat stage 1 on the validation cases (DSC %s against %s): "
+                "the run ships the stage-1 CNN as model.keras",
+                "none" if score2 is None else f"{score2:.4f}",
+                "none" if score1 is None else f"{score1:.4f}",
+            )
+    with replacing(run_dir / SHIPPED_FILE, keep_suffix=True) as tmp:
+        shutil.copyfile(source, tmp)
+    state = read_json(state_path, {})
+    state["shipped"] = shipped
+    write_atomic(state_path, json.dumps(state, indent=2))
+    return shipped
 
 
 def mark_state(state_path: pathlib.Path, key: str) -> None:

@@ -290,7 +290,7 @@ class CrossValidation:
         cases: list[Any],
     ) -> dict[str, Any]:
         """Trains, chooses post-processing, segments and scores one fold; skips a done fold."""
-        from pancseg_tf.training.callbacks import read_json
+        from pancseg_tf.training.callbacks import STAGE1_FILE, STAGE2_FILE, read_json
         from pancseg_tf.training.trainer import Trainer
 
         folder = self.fold_dir(loss, k)
@@ -326,10 +326,13 @@ class CrossValidation:
                 cases=train_cases,
             ).run(self.stages)
         splits = json.loads((run_dir / "splits.json").read_text())
-        models = {"stage1": run_dir / "stage1.keras", "stage2": run_dir / "model.keras"}
+        models = {"stage1": run_dir / STAGE1_FILE, "stage2": run_dir / STAGE2_FILE}
         models = {s: models[s] for s in self.stage_names}
+        # The model the fold's run ships (`ship_best_model`: stage 2 only where it beat stage 1
+        # on the fold's validation cases); its post-processing goes into the run's config.
+        shipped = read_json(run_dir / "state.json", {}).get("shipped", self.stage_names[-1])
         choice = choose_postprocessing(models, self.data_dir, splits["validation"], cfg)
-        record_postprocessing(run_dir, choice, self.stage_names[-1])
+        record_postprocessing(run_dir, choice, shipped)
         by_id = {c.case_id: c for c in cases}
         ambiguous = _ambiguous(self.cohort)
         results = {}
@@ -342,6 +345,8 @@ class CrossValidation:
                 largest_component=choice[stage]["largest_component"],
                 ambiguous=ambiguous,
             )
+        # The shipped model's scores are its stage's: no second prediction.
+        results["shipped"] = {**results[shipped], "stage": shipped}
         record = {
             "loss": loss,
             "fold": k,

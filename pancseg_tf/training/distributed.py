@@ -15,14 +15,15 @@ import shutil
 import tempfile
 from typing import Any
 
-from pancseg_tf.errors import PancsegError
 from pancseg_tf.training.callbacks import (
+    STAGE2_FILE,
     BestModel,
     RunLog,
     WholeVolumeValidation,
     mark_state,
     read_json,
     save_model_atomic,
+    ship_best_model,
 )
 
 log = logging.getLogger("pancseg_tf.training")
@@ -50,11 +51,6 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
     )
 
     cfg = trainer.config
-    if cfg.train.cross_fit_folds:
-        raise PancsegError(
-            "train.cross_fit_folds is not supported with --strategy multiworker yet; set it to "
-            "0 (--set train.cross_fit_folds=0) or train with one worker"
-        )
     run = trainer.run_dir
     chief = is_chief(strategy)
     splits = trainer._prepare_run_dir(index, chief=chief)
@@ -195,12 +191,17 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
                 last,
                 init,
                 targets2,
-                "model.keras",
+                STAGE2_FILE,
             )
             init = model.get_weights()
         if chief:
             mark_state(state_path, "stage2_done")
     state = read_json(state_path, {})
+    if chief and state.get("stage1_done") and (
+        state.get("stage2_done") or cfg.train.stage2_epochs == 0
+    ):
+        ship_best_model(run)
+        state = read_json(state_path, {})
     return TrainResult(run, splits, {k: v for k, v in state.items() if k in ("stage1", "stage2")})
 
 

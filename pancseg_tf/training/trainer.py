@@ -14,15 +14,17 @@ early stopping replays its record (tests/training/test_resume_determinism.py).
 The run folder (stable; tools read it):
 
 - ``config.yaml``: the resolved config, with the package version and the data index's hash;
-- ``splits.json``: training and validation case ids (seeded, by case); with cross-fitting
-  (``train.cross_fit_folds``) also ``cross_fit``, the training cases' folds;
+- ``splits.json``: training and validation case ids (seeded, by case; with
+  ``train.validation_fraction: 0`` the validation cases are the training cases and
+  ``validation_on_training`` is true);
 - ``log.csv``: one row per finished epoch (``stage, epoch, loss, val_dsc, learning_rate,
-  seconds``); ``stage`` is 1, 2 or ``fold{k}`` (a cross-fitting fold CNN, trained when stage
-  2 starts);
-- ``tensorboard/stage1``, ``tensorboard/stage2`` (and ``tensorboard/stagefold{k}``);
-- ``stage1.keras``: the best stage-1 CNN; ``model.keras``: the final (best) contextual model;
-  ``stage1_fold{k}.keras``: the fold CNNs of cross-fitting (`pancseg_tf.training.crossfit`);
-- ``state.json``: best validation scores and finished stages; ``backup/``: resume state.
+  seconds``); ``stage`` is 1 or 2;
+- ``tensorboard/stage1``, ``tensorboard/stage2``;
+- ``stage1.keras``: the best stage-1 CNN; ``stage2.keras``: the best contextual model;
+  ``model.keras``: the model the run ships, a copy of ``stage2.keras`` only when it beats
+  stage 1 on the validation cases, else of ``stage1.keras`` (`ship_best_model`);
+- ``state.json``: best validation scores, finished stages and ``shipped`` (``"stage1"`` or
+  ``"stage2"``); ``backup/``: resume state.
 
 Test-only: with ``PANCSEG_TEST_KILL_AFTER_BATCHES=N`` in the environment the process sends
 itself SIGKILL when it is about to run its ``N + 1``-th training batch (counted over all stages
@@ -45,20 +47,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from pancseg_tf._version import __version__
-from pancseg_tf.config import (
-    CONTEXT_OVERRIDES,
-    SLICE_CNN_OVERRIDES,
-    Config,
-    config_from_dict,
-    save_config,
-)
+from pancseg_tf.config import Config, config_from_dict, save_config
 from pancseg_tf.errors import PancsegError
 from pancseg_tf.training.callbacks import (
+    STAGE2_FILE,
     BestModel,
     RunLog,
     WholeVolumeValidation,
     mark_state,
     read_json,
+    ship_best_model,
     write_atomic,
 )
 
@@ -70,17 +68,30 @@ STRATEGIES = ("auto", "none", "mirrored", "multiworker")
 # === Pieces ===
 
 
-def split_cases(case_ids: list[str], fraction: float, seed: int) -> dict[str, list[str]]:
-    """Seeded split by case: at least one validation case and one training case.
+def split_cases(case_ids: list[str], fraction: float, seed: int) -> dict[str, Any]:
+    """Seeded split by case: at least one validation case and one training case, or, with
+    ``fraction`` 0, no held-out case (validation on the training cases themselves).
 
     Raises:
-        PancsegError: fewer than two cases.
+        PancsegError: fewer than two cases (one, with ``fraction`` 0: none).
     """
     import numpy as np
 
     ids = sorted(case_ids)
+    if fraction == 0:
+        if not ids:
+            raise PancsegError("training needs at least 1 prepared case, found 0")
+        log.warning(
+            "train.validation_fraction is 0: no case is held out; checkpoints and the shipped "
+            "model are chosen on the %d training case(s) themselves",
+            len(ids),
+        )
+        return {"seed": seed, "train": ids, "validation": ids, "validation_on_training": True}
     if len(ids) < 2:
-        raise PancsegError(f"training needs at least 2 prepared cases, found {len(ids)}")
+        raise PancsegError(
+            f"training needs at least 2 prepared cases, found {len(ids)} (or "
+            "train.validation_fraction=0 to validate on the training cases)"
+        )
     order = np.random.default_rng(seed).permutation(len(ids))
     n_val = min(len(ids) - 1, max(1, round(fraction * len(ids))))
     validation = sorted(ids[i] for i in order[:n_val])
@@ -92,30 +103,21 @@ def build_slice_cnn(cfg: Config):
     """The stage-1 CNN of the config (input size = the preprocessing's plane size)."""
     from pancseg_tf.models import SliceCNN
 
-    m = cfg.model
     # Training on crops smaller than the prepared plane needs a size-agnostic network.
     size = tuple(cfg.preprocess.size) if cfg.data.crop_size is None else None
-    kwargs: dict[str, Any] = {"input_size": size}
-    if m.base_filters is not None:
-        kwargs["base_filters"] = m.base_filters
-    if m.depth is not None:
-        kwargs["depth"] = m.depth
-    kwargs["deep_supervision"] = m.deep_supervision
-    kwargs.update({k: v for k, v in m.overrides.items() if k in SLICE_CNN_OVERRIDES})
-    return SliceCNN.from_preset(m.preset, **kwargs)
+    return SliceCNN.from_preset(
+        cfg.model.preset, input_size=size, **cfg.model.slice_cnn_kwargs()
+    )
 
 
 def build_contextual(cfg: Config, slice_cnn=None):
     """The stage-2 model of the config around a `SliceCNN` (a new one if not given)."""
     from pancseg_tf.models import ContextualSegmenter
 
-    m = cfg.model
     cnn = slice_cnn if slice_cnn is not None else build_slice_cnn(cfg)
-    kwargs: dict[str, Any] = {"slice_cnn": cnn}
-    if m.lstm_filters is not None:
-        kwargs["lstm_filters"] = m.lstm_filters
-    kwargs.update({k: v for k, v in m.overrides.items() if k in CONTEXT_OVERRIDES})
-    return ContextualSegmenter.from_preset(m.preset, **kwargs)
+    return ContextualSegmenter.from_preset(
+        cfg.model.preset, slice_cnn=cnn, **cfg.model.contextual_kwargs()
+    )
 
 
 def make_loss(name: str):
@@ -310,16 +312,6 @@ class Trainer:
                     )
                 case_ids = self.cases
             splits = split_cases(case_ids, self.config.train.validation_fraction, self.seed)
-        folds = self.config.train.cross_fit_folds
-        if folds and "cross_fit" not in splits:
-            from pancseg_tf.training.crossfit import cross_fit_folds
-
-            if len(splits["train"]) < folds:
-                raise PancsegError(
-                    f"train.cross_fit_folds is {folds} but the run has only "
-                    f"{len(splits['train'])} training cases"
-                )
-            splits["cross_fit"] = cross_fit_folds(splits["train"], folds, self.seed)
         if chief:
             run.mkdir(parents=True, exist_ok=True)
             save_config(
@@ -353,23 +345,15 @@ class Trainer:
         best_path: pathlib.Path,
         strategy,
         chief: bool,
-        log_stage: int | str | None = None,
-        train_cases: list[str] | None = None,
-        fold_cases: list[list[str]] | None = None,
     ) -> None:
-        """One phase of training: compile, fit with the run's callbacks, resumable.
-
-        ``log_stage`` names the phase in ``log.csv``, ``state.json`` (``stage{log_stage}``) and
-        TensorBoard (default: ``stage``); ``train_cases`` default to the split's training cases.
-        With ``fold_cases`` (cross-fitted stage 2), batches alternate between the folds and
-        carry their fold index: ``({"slices", "fold"}, targets)`` for `CrossFittedContext`.
-        """
+        """One phase of training: compile, fit with the run's callbacks, resumable; the phase
+        is ``stage{stage}`` in ``log.csv``, ``state.json`` and TensorBoard."""
         import keras
 
         from pancseg_tf.data.pipeline import make_training_dataset
 
         cfg = self.config
-        log_stage = stage if log_stage is None else log_stage
+        log_stage = stage
         backup_dir = self.run_dir / "backup" / phase
         meta = read_json(backup_dir / "training_metadata.json", {})
         initial_epoch = max(first_epoch, int(meta.get("epoch", first_epoch)))
@@ -390,31 +374,18 @@ class Trainer:
         steps = cfg.train.steps_per_epoch
         targets = _target_fn(model, stage)
 
-        train_ids = splits["train"] if train_cases is None else train_cases
+        train_ids = splits["train"]
 
         def one_epoch(epoch: int):
-            if fold_cases:
-                from pancseg_tf.training.crossfit import cross_fitted_windows
-
-                ds = cross_fitted_windows(
-                    self.data_dir,
-                    cfg,
-                    fold_cases,
-                    seed=self.seed,
-                    epoch=epoch,
-                    deterministic=self.deterministic,
-                )
-            else:
-                ds = make_training_dataset(
-                    self.data_dir,
-                    cfg,
-                    stage=stage,
-                    seed=self.seed,
-                    epoch=epoch,
-                    deterministic=self.deterministic,
-                    cases=train_ids,
-                ).repeat()
-            return ds.take(steps)
+            return make_training_dataset(
+                self.data_dir,
+                cfg,
+                stage=stage,
+                seed=self.seed,
+                epoch=epoch,
+                deterministic=self.deterministic,
+                cases=train_ids,
+            ).repeat().take(steps)
 
         dataset = one_epoch(initial_epoch)
         for epoch in range(initial_epoch + 1, epochs):
@@ -524,25 +495,16 @@ class Trainer:
                 transfer_stage1_weights(stage1, model)
                 del stage1
                 self._resume_stage2_weights(model)
-                folds = splits.get("cross_fit") if cfg.train.cross_fit_folds else None
-                fold_cnns = self._fold_cnns(folds, splits, validation, strategy) if folds else None
                 freeze = min(cfg.train.freeze_cnn_epochs, cfg.train.stage2_epochs)
                 phases = [("stage2_frozen", 0, freeze), ("stage2", freeze, cfg.train.stage2_epochs)]
                 for phase, first, last in phases:
                     if last <= first:
                         continue
                     freeze_for_stage2(model, frozen=phase == "stage2_frozen")
-                    view = model
-                    if fold_cnns and phase == "stage2_frozen":
-                        from pancseg_tf.training.crossfit import CrossFittedContext
-
-                        with strategy.scope():
-                            view = CrossFittedContext(model, fold_cnns)
                     self._fit_stage(
                         stage=2,
                         phase=phase,
-                        model=view,
-                        fold_cases=folds if view is not model else None,
+                        model=model,
                         loss=stage_losses(cfg, ["prob"], stage=2),
                         loss_weights=None,
                         learning_rate=stage2_learning_rate(cfg, phase),
@@ -550,40 +512,22 @@ class Trainer:
                         first_epoch=first,
                         splits=splits,
                         validation=validation,
-                        best_path=self.run_dir / "model.keras",
+                        best_path=self.run_dir / STAGE2_FILE,
                         strategy=strategy,
                         chief=True,
                     )
                 model.freeze_cnn(False)
                 mark_state(state_path, "stage2_done")
+            state = read_json(state_path, {})
+            if state.get("stage1_done") and (
+                state.get("stage2_done") or cfg.train.stage2_epochs == 0
+            ):
+                ship_best_model(self.run_dir)
         finally:
             keras.mixed_precision.set_global_policy(previous_policy)
         state = read_json(self.run_dir / "state.json", {})
         best = {k: v for k, v in state.items() if k in ("stage1", "stage2")}
         return TrainResult(self.run_dir, splits, best)
-
-    def _fold_cnns(self, folds, splits, validation, strategy) -> list:
-        """Cross-fitting's fold CNNs: CNN ``k`` trained on every training case outside fold
-        ``k`` (resumable like stage 1), then loaded for stage 2's frozen-CNN epochs."""
-        from pancseg_tf.inference import load_model
-
-        cfg = self.config
-        cnns = []
-        for k, fold in enumerate(folds):
-            path = self.run_dir / f"stage1_fold{k}.keras"
-            self._train_cnn(
-                f"fold{k}",
-                path,
-                epochs=cfg.train.cross_fit_epochs or cfg.train.stage1_epochs,
-                splits=splits,
-                validation=validation,
-                strategy=strategy,
-                log_stage=f"fold{k}",
-                train_cases=[c for c in splits["train"] if c not in fold],
-            )
-            with strategy.scope():
-                cnns.append(load_model(path))
-        return cnns
 
     def _train_cnn(
         self,
@@ -594,11 +538,9 @@ class Trainer:
         splits: dict,
         validation,
         strategy,
-        log_stage: str | None = None,
-        train_cases: list[str] | None = None,
     ) -> None:
-        """Trains a new `SliceCNN` on single slices (stage 1, or a cross-fitting fold CNN) into
-        ``best_path``, unless ``state.json`` marks ``{phase}_done``; seeded by ``phase``."""
+        """Trains a new `SliceCNN` on single slices into ``best_path``, unless ``state.json``
+        marks ``{phase}_done``; seeded by ``phase``."""
         import keras
 
         cfg = self.config
@@ -622,8 +564,6 @@ class Trainer:
             best_path=best_path,
             strategy=strategy,
             chief=True,
-            log_stage=log_stage,
-            train_cases=train_cases,
         )
         mark_state(state_path, f"{phase}_done")
 

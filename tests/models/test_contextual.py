@@ -1,5 +1,6 @@
-"""ContextualSegmenter: dynamic T, one batched CNN call, bidirectional context, stage-1 weight
-transfer, freezing, config, save / load, mixed precision, time-distributed variant, fit."""
+"""ContextualSegmenter (the paper's design): dynamic T, one batched CNN call, the ConvLSTM reads
+the CNN probability alone and its output is the segmentation, bidirectional context, the start as
+the stage-1 CNN, stage-1 weight transfer, freezing, config, save / load, mixed precision, fit."""
 
 import json
 
@@ -16,11 +17,11 @@ from pancseg_tf.models import (
     UnfoldTime,
     transfer_stage1_weights,
 )
-from pancseg_tf.models.blocks import BN_MOMENTUM, NeighbourRangeGate, neighbour_range_gate
+from pancseg_tf.models.blocks import BN_MOMENTUM
 
 # Test sizes: a 2-level CNN on 32 x 32 slices, a 4-filter ConvLSTM at 1/2 resolution.
 CNN = {"base_filters": 4, "depth": 2, "input_size": 32}
-HEAD = {"context_channels": 2, "lstm_filters": 4, "lstm_resolution": 2, "fusion_channels": 2}
+HEAD = {"lstm_filters": 4, "lstm_resolution": 2}
 
 
 @pytest.fixture
@@ -37,12 +38,16 @@ def build(**kwargs) -> ContextualSegmenter:
     return ContextualSegmenter(**{"slice_cnn": dict(CNN), **HEAD, **kwargs})
 
 
-def activate_fusion(model: ContextualSegmenter, seed: int = 0) -> None:
-    """Gives the zero-initialised fusion conv random weights, as training would, so the output
-    depends on the ConvLSTM."""
-    conv = model.slice_fusion.get_layer("fusion_conv")
+def activate_context(model: ContextualSegmenter, seed: int = 0) -> None:
+    """Gives the recurrent layers and the head random weights, as training would, so that
+    every unit carries context between slices (the identity start uses two units only)."""
     rng = np.random.default_rng(seed)
-    conv.kernel.assign(rng.normal(0, 0.5, conv.kernel.shape).astype(np.float32))
+    for layer in (
+        model.sequence_context.get_layer("context_lstm"),
+        model.slice_head.get_layer("head_conv"),
+    ):
+        for weight in layer.weights:
+            weight.assign(rng.normal(0, 0.5, weight.shape).astype(np.float32))
 
 
 def windows(batch: int, time: int, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -103,7 +108,7 @@ def test_cnn_runs_once_on_all_slices_of_the_batch():
     images, _ = windows(2, 5)
     cnn = model.slice_cnn
     # Inference: the folded call equals the CNN on each slice alone.
-    folded = numpy(model.slice_encoder(images.reshape(10, 32, 32, 1))["logit"])
+    folded = numpy(model.slice_cnn(images.reshape(10, 32, 32, 1))["logit"])
     for b in range(2):
         for t in range(5):
             alone = numpy(cnn(images[b, t][None])["logit"])[0]
@@ -122,82 +127,69 @@ def test_cnn_runs_once_on_all_slices_of_the_batch():
 
 
 def test_context_flows_in_both_directions():
+    """Each slice's output depends on the CNN's predictions on the slices before and after it
+    (top-down and bottom-up)."""
     model = build()
-    activate_fusion(model)
-    images, _ = windows(1, 6)
-    base = numpy(model(images)["prob"])
-    changed_last = images.copy()
-    changed_last[0, -1] = 1.0 - changed_last[0, -1]
-    changed_first = images.copy()
-    changed_first[0, 0] = 1.0 - changed_first[0, 0]
+    activate_context(model)
+
+    def segment(prob):
+        return numpy(model.slice_head(model.sequence_context(prob[None])[0]))
+
+    prob = np.random.default_rng(5).random((6, 16, 16, 1)).astype(np.float32)
+    base = segment(prob)
+    changed_last, changed_first = prob.copy(), prob.copy()
+    changed_last[-1] = 1.0 - changed_last[-1]
+    changed_first[0] = 1.0 - changed_first[0]
     # bottom-up: the last slice reaches the first one; top-down: the first reaches the last
-    assert np.abs(numpy(model(changed_last)["prob"])[0, 0] - base[0, 0]).max() > 1e-4
-    assert np.abs(numpy(model(changed_first)["prob"])[0, -1] - base[0, -1]).max() > 1e-4
+    assert np.abs(segment(changed_last)[0] - base[0]).max() > 1e-4
+    assert np.abs(segment(changed_first)[-1] - base[-1]).max() > 1e-4
 
 
 def test_parts_compose_to_the_full_model():
-    """slice_encoder -> sequence_context -> slice_fusion, as chunked inference uses them."""
+    """slice_encoder -> sequence_context -> slice_head, as whole-volume inference uses them;
+    the ConvLSTM reads one channel, the CNN's probability (pooled at lstm_resolution 2)."""
     model = build()
-    activate_fusion(model)
+    activate_context(model)
     images, _ = windows(1, 9)
     encoded = model.slice_encoder(images[0])
-    projected = model.sequence_context(keras.ops.expand_dims(encoded["context"], 0))[0]
-    prob = model.slice_fusion({"logit": encoded["logit"], "context": projected})
+    assert sorted(encoded) == ["context"]
+    cnn_prob = numpy(model.slice_cnn(images[0])["prob"])
+    expected_context = cnn_prob.reshape(9, 16, 2, 16, 2, 1).mean(axis=(2, 4))
+    np.testing.assert_allclose(numpy(encoded["context"]), expected_context, atol=1e-6)
+    sequence = model.sequence_context(keras.ops.expand_dims(encoded["context"], 0))[0]
+    assert tuple(sequence.shape) == (9, 16, 16, 8)  # both directions, 4 filters each
+    prob = model.slice_head(sequence)
     np.testing.assert_allclose(numpy(prob), numpy(model(images)["prob"])[0], rtol=1e-5, atol=1e-6)
-    assert tuple(encoded["context"].shape) == (9, 16, 16, 3)  # prob + 2 feature channels
 
 
-def test_probability_only_context_and_its_head():
-    """context_channels=0: the ConvLSTM reads the CNN probability alone, and `context_head` on
-    the model's own CNN outputs is the model; another CNN's outputs give another answer."""
-    model = build(context_channels=0)
-    activate_fusion(model)
-    assert "context_reduce" not in [layer.name for layer in model.slice_encoder.layers]
-    images, _ = windows(2, 6)
-    encoded = model.slice_encoder(images.reshape(12, 32, 32, 1))
-    assert tuple(encoded["context"].shape) == (12, 16, 16, 1)
-    folded = model.slice_cnn(images.reshape(12, 32, 32, 1))
-    head = model.context_head(folded["logit"], folded["prob"], 2)
-    np.testing.assert_allclose(numpy(head), numpy(model(images)["prob"]), rtol=1e-5, atol=1e-6)
-    other = SliceCNN(**CNN)(images.reshape(12, 32, 32, 1))
-    moved = numpy(model.context_head(other["logit"], other["prob"], 2))
-    assert np.abs(moved - numpy(head)).max() > 1e-3
-    with pytest.raises(PancsegError, match="context_channels=0"):
-        build().context_head(folded["logit"], folded["prob"], 2)
+def test_nothing_goes_around_the_recurrent_layers():
+    """The paper's design: the output is the ConvLSTM's (through the head). With the
+    ConvLSTM's weights zeroed the output no longer depends on the image."""
+    for kwargs in ({}, {"lstm_resolution": 1}):
+        model = build(**kwargs)
+        activate_context(model)
+        lstm = model.sequence_context.get_layer("context_lstm")
+        assert lstm.forward_layer.cell.kernel.shape[2] == 1  # one input channel
+        a, _ = windows(1, 5, seed=1)
+        b, _ = windows(1, 5, seed=2)
+        assert np.abs(numpy(model(a)["prob"]) - numpy(model(b)["prob"])).max() > 1e-3
+        for weight in lstm.weights:
+            weight.assign(np.zeros(weight.shape, np.float32))
+        out_a, out_b = numpy(model(a)["prob"]), numpy(model(b)["prob"])
+        np.testing.assert_array_equal(out_a, out_b)
+        assert np.ptp(out_a) == 0.0
 
 
-def test_neighbour_range_gate():
-    """How far a slice lies outside the range of its two neighbours; edges are their own."""
-    p = np.array([0.9, 0.1, 0.9, 0.5, 0.3, 0.3], np.float32).reshape(1, 6, 1, 1, 1)
-    gate = numpy(neighbour_range_gate(p))[0, :, 0, 0, 0]
-    np.testing.assert_allclose(gate, [0.0, 0.8, 0.4, 0.0, 0.0, 0.0], atol=1e-6)
-    layer = NeighbourRangeGate.from_config(NeighbourRangeGate(name="g").get_config())
-    np.testing.assert_array_equal(numpy(layer(p)), numpy(neighbour_range_gate(p)))
-
-
-def test_gated_fusion_corrects_only_where_a_slice_disagrees_with_both_neighbours():
-    """fusion_gate="range": where every slice agrees with its neighbours the model is the CNN
-    exactly, whatever the context layers learned; a slice that alone says pancreas is
-    corrected. The parts, run over a whole sequence, compose to the model."""
-    model = build(context_channels=0, fusion_gate="range")
-    activate_fusion(model)
-    rng = np.random.default_rng(3)
-    logit = rng.normal(0, 2, (1, 32, 32, 1)).astype(np.float32)
-    same = np.repeat(logit, 6, axis=0)  # six identical slices: no slice disagrees
-    out = numpy(model.context_head(same, numpy(keras.ops.sigmoid(same)), 1))
-    np.testing.assert_allclose(out[0], numpy(keras.ops.sigmoid(same)), rtol=1e-6, atol=1e-7)
-    odd = same.copy()
-    odd[3] = np.abs(logit) + 4.0  # slice 3 alone says pancreas everywhere
-    out = numpy(model.context_head(odd, numpy(keras.ops.sigmoid(odd)), 1))[0]
-    np.testing.assert_allclose(out[[0, 5]], numpy(keras.ops.sigmoid(odd[[0, 5]])), atol=1e-6)
-    assert np.abs(out[3] - numpy(keras.ops.sigmoid(odd[3]))).max() > 1e-3
-    # Parts, with the gate computed over the whole sequence, equal the model.
-    images, _ = windows(1, 9)
-    encoded = model.slice_encoder(images[0])
-    projected = model.sequence_context(keras.ops.expand_dims(encoded["context"], 0))[0]
-    gate = model.fusion_gate_of(encoded["logit"])
-    prob = model.slice_fusion({"logit": encoded["logit"], "context": projected, "gate": gate})
-    np.testing.assert_allclose(numpy(prob), numpy(model(images)["prob"])[0], rtol=1e-5, atol=1e-6)
+def test_the_model_starts_as_the_cnn():
+    """`start_as_cnn`: before stage 2 trains, the model's mask is the CNN's wherever the CNN is
+    not within a hair of its threshold (full resolution: the quick and paper presets)."""
+    model = build(lstm_resolution=1)
+    prob = np.random.default_rng(4).random((1, 12, 32, 32, 1)).astype(np.float32)
+    sequence = model.sequence_context(prob)[0]
+    out = numpy(model.slice_head(sequence))[None]
+    clear = np.abs(prob - 0.5) > 0.05
+    np.testing.assert_array_equal((out >= 0.5)[clear], (prob >= 0.5)[clear])
+    assert np.corrcoef(out.ravel(), prob.ravel())[0, 1] > 0.9
 
 
 def test_transfer_stage1_weights_reproduces_stage1_exactly():
@@ -213,10 +205,13 @@ def test_transfer_stage1_weights_reproduces_stage1_exactly():
     assert not np.array_equal(before, numpy(expected["prob"]))
     for key in expected:
         np.testing.assert_array_equal(numpy(got[key]), numpy(expected[key]))
-    # the fusion starts at zero: the stage-2 model starts as the stage-1 CNN
-    np.testing.assert_allclose(
-        numpy(model(images)["prob"])[0], numpy(expected["prob"]), rtol=1e-5, atol=1e-6
-    )
+    # the stage-2 model starts with the stage-1 CNN's mask where the CNN is clear
+    full = build(slice_cnn=stage1.get_config(), lstm_resolution=1)
+    transfer_stage1_weights(stage1, full)
+    cnn_prob = numpy(expected["prob"])
+    clear = np.abs(cnn_prob - 0.5) > 0.05
+    start = numpy(full(images)["prob"])[0]
+    np.testing.assert_array_equal((start >= 0.5)[clear], (cnn_prob >= 0.5)[clear])
 
 
 @pytest.mark.parametrize(
@@ -256,7 +251,6 @@ def test_freeze_cnn():
 
 def test_frozen_cnn_is_unchanged_by_a_training_step():
     model = build()
-    activate_fusion(model)  # at zero init the ConvLSTM gets no gradient in the first step
     model.freeze_cnn()
     model.compile(optimizer="adam", loss={"prob": keras.losses.BinaryCrossentropy()})
     images, masks = windows(2, 3)
@@ -319,12 +313,9 @@ def test_a_given_slice_cnn_is_shared():
         ({"lstm_resolution": 8}, "lstm_resolution must divide 2\\*\\*depth = 4"),
         ({"lstm_resolution": 3}, "lstm_resolution must divide"),
         ({"lstm_filters": 0}, "lstm_filters must be an integer >= 1"),
-        ({"context_channels": -1}, "context_channels must be an integer >= 0"),
-        ({"fusion_gate": "mean"}, "fusion_gate must be one of"),
-        ({"fusion_gate": "range", "time_distributed": True}, "does not support a fusion_gate"),
+        ({"lstm_kernel_size": True}, "lstm_kernel_size must be an integer >= 1"),
         ({"slice_cnn": 3}, "slice_cnn must be a SliceCNN"),
         ({"slice_cnn": "huge"}, "unknown SliceCNN preset"),
-        ({"time_distributed": True, "auxiliary_outputs": True}, "does not support"),
         ({"slice_cnn": {**CNN, "input_size": None}}, "needs a fixed input_size"),
         ({"input_size": 64}, "input_size \\(64, 64\\) differs from the slice CNN's \\(32, 32\\)"),
         ({"slice_cnn": {**CNN, "input_size": None}, "input_size": 30}, "multiple of 2"),
@@ -338,7 +329,7 @@ def test_invalid_config_is_refused(kwargs, message):
 def test_size_agnostic_cnn_and_with_input_size():
     # a CNN trained on crops of any size; the ConvLSTM needs a fixed size
     model = build(slice_cnn={**CNN, "input_size": None}, input_size=(32, 48))
-    activate_fusion(model)
+    activate_context(model)
     assert model.input_size == (32, 48) and model.slice_cnn.input_size is None
     images, _ = windows(1, 3, size=64)
     assert tuple(model(images[:, :, :32, :48])["prob"].shape) == (1, 3, 32, 48, 1)
@@ -384,14 +375,12 @@ def test_config_round_trip():
     [
         {},
         {"auxiliary_outputs": True},
-        {"time_distributed": True},
-        {"context_channels": 0},
-        {"context_channels": 0, "fusion_gate": "range"},
+        {"lstm_resolution": 1},
     ],
 )
 def test_save_and_load_give_identical_predictions(tmp_path, kwargs):
     model = build(**kwargs)
-    activate_fusion(model)
+    activate_context(model)
     images, _ = windows(1, 5)
     model(images, training=True)  # move the batch-norm statistics
     path = tmp_path / "contextual.keras"
@@ -416,27 +405,11 @@ def test_mixed_precision_outputs_are_float32(mixed_bfloat16):
     assert model.slice_cnn.get_layer("enc0_conv1").compute_dtype == "bfloat16"
     # the recurrence runs through whole volumes: kept in float32
     assert model.sequence_context.get_layer("context_lstm").compute_dtype == "float32"
-    assert model.sequence_context.get_layer("context_project").compute_dtype == "bfloat16"
+    assert model.slice_head.get_layer("head_conv").compute_dtype == "float32"
 
 
 def test_policy_is_restored_after_mixed_precision_test():
     assert keras.mixed_precision.global_policy().name == "float32"
-
-
-def test_time_distributed_variant_gives_the_same_model():
-    folded = build()
-    activate_fusion(folded)
-    distributed = build(time_distributed=True)
-    assert [tuple(w.shape) for w in distributed.weights] == [tuple(w.shape) for w in folded.weights]
-    distributed.set_weights(folded.get_weights())
-    for time in (3, 7):
-        images, _ = windows(1, time)
-        np.testing.assert_allclose(
-            numpy(distributed(images)["prob"]),
-            numpy(folded(images)["prob"]),
-            rtol=1e-5,
-            atol=1e-6,
-        )
 
 
 def test_stage2_fit_lowers_the_loss():

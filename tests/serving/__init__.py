@@ -18,7 +18,7 @@ PROVENANCE = {"package": "pancseg_tf", "package_version": "test", "seed": 0}
 
 
 def tiny_model(seed: int = 0):
-    """A built `ContextualSegmenter` with an active (non-zero) fusion conv."""
+    """A built `ContextualSegmenter` with active recurrent layers (random weights)."""
     import keras
 
     from pancseg_tf.models import ContextualSegmenter, SliceCNN
@@ -28,18 +28,23 @@ def tiny_model(seed: int = 0):
         slice_cnn=SliceCNN(base_filters=4, depth=2, input_size=SIZE),
         lstm_filters=4,
         lstm_resolution=2,
-        context_channels=2,
     )
     model(np.zeros((1, 3, *SIZE, 1), np.float32))
-    activate_fusion(model, seed)
+    activate_context(model, seed)
     return model
 
 
-def activate_fusion(model, seed: int = 0, scale: float = 0.5) -> None:
-    """Random fusion-conv weights, as training would leave them (it starts at zero)."""
-    conv = model.slice_fusion.get_layer("fusion_conv")
+def activate_context(model, seed: int = 0, scale: float = 0.5) -> None:
+    """Random noise added to the recurrent layers' and the head's weights, as training would
+    move them from their start (`ContextualSegmenter.start_as_cnn`, which uses two units only)."""
     rng = np.random.default_rng(seed)
-    conv.kernel.assign(rng.normal(0, scale, conv.kernel.shape).astype(np.float32))
+    for layer in (
+        model.sequence_context.get_layer("context_lstm"),
+        model.slice_head.get_layer("head_conv"),
+    ):
+        for weight in layer.weights:
+            noise = rng.normal(0, scale, weight.shape).astype(np.float32)
+            weight.assign(keras.ops.convert_to_numpy(weight) + noise)
 
 
 def write_run(folder: pathlib.Path, model, *, modality: str = "ct", extra=()) -> pathlib.Path:

@@ -435,7 +435,7 @@ def test_query_agrees_with_one_pass_predict(tmp_path, ts_ct_path, ts_labels_path
     from pancseg_tf.serving.client import GrpcClient, query_volume
     from pancseg_tf.serving.export import export_model
     from pancseg_tf.serving.testserver import LocalModelServer
-    from tests.serving import activate_fusion, tiny_model
+    from tests.serving import activate_context, tiny_model
 
     volume, labels = read_volume(ts_ct_path), read_volume(ts_labels_path)
     plan = plan_volume(volume, PreprocessConfig(size=SIZE, spacing_mm=3.2))
@@ -451,7 +451,7 @@ def test_query_agrees_with_one_pass_predict(tmp_path, ts_ct_path, ts_labels_path
     cnn.fit(x, {"prob": y}, batch_size=12, epochs=20, verbose=0)
     model = tiny_model()
     transfer_stage1_weights(cnn, model)
-    activate_fusion(model, seed=1, scale=0.1)
+    activate_context(model, seed=1, scale=0.1)
     run = write_run(tmp_path / "run", model)
     export_model(run, tmp_path / "exports", chunk=CHUNK)
 

@@ -163,7 +163,7 @@ def test_killed_and_resumed_run_ends_with_the_uninterrupted_weights(tiny_data, t
         proc_a.kill()
     assert proc_a.returncode == 0, err_a
 
-    for name in ("stage1.keras", "model.keras"):
+    for name in ("stage1.keras", "stage2.keras", "model.keras"):
         wa, wb = weights_of(run_a / name), weights_of(run_b / name)
         assert [w.shape for w in wa] == [w.shape for w in wb], name
         for i, (a, b) in enumerate(zip(wa, wb)):

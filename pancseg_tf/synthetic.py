@@ -19,6 +19,7 @@ NumPy and SciPy only: no TensorFlow.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import json
@@ -32,7 +33,7 @@ from scipy import ndimage
 
 from pancseg_tf.errors import PancsegError
 
-DEFAULT_SHAPE = (192, 192, 48)
+DEFAULT_SHAPE = (192, 192, 64)
 DEFAULT_SPACING = (0.8, 0.8, 2.5)
 GENERATOR = "pancseg_tf.synthetic"
 AMBIGUOUS_SLICES_FILE = "ambiguous_slices.json"
@@ -62,6 +63,12 @@ _TISSUES = (
     "duodenum",
     "bowel",
     "gallbladder",
+    "lung",
+    "lung_vessel",
+    "myocardium",
+    "blood_pool",
+    "urine",
+    "contrast_bowel",
     "pancreas",
     "pancreas_ambiguous",
     "lookalike",
@@ -92,6 +99,12 @@ _CT_HU = {
     "duodenum": (85.0, 10.0),
     "bowel": (70.0, 12.0),
     "gallbladder": (8.0, 3.0),
+    "lung": (-850.0, 30.0),
+    "lung_vessel": (150.0, 20.0),
+    "myocardium": (50.0, 8.0),
+    "blood_pool": (200.0, 10.0),  # mean replaced per case (150-250 HU)
+    "urine": (10.0, 4.0),
+    "contrast_bowel": (250.0, 25.0),  # positive oral contrast, mean replaced per case
     "pancreas": (110.0, 14.0),  # mean replaced per case (100-120 HU)
     "pancreas_ambiguous": (110.0, 14.0),  # set to the look-alike's mean
     "lookalike": (105.0, 14.0),  # set per case to within a few HU of the pancreas
@@ -121,13 +134,27 @@ _MRI_T1 = {
     "duodenum": (340.0, 20.0),
     "bowel": (330.0, 25.0),
     "gallbladder": (140.0, 8.0),
+    "lung": (20.0, 6.0),
+    "lung_vessel": (60.0, 10.0),
+    "myocardium": (310.0, 15.0),
+    "blood_pool": (480.0, 25.0),  # gradient-echo inflow: bright, a T1 look-alike
+    "urine": (100.0, 8.0),
+    "contrast_bowel": (650.0, 30.0),  # T1-bright oral contrast
     "pancreas": (560.0, 25.0),
     "pancreas_ambiguous": (560.0, 25.0),
     "lookalike": (550.0, 25.0),
 }
 
 # Tissues that an ambiguous slice's look-alike may displace (never organs, vessels or bone).
-_DISPLACEABLE = ("visceral_fat", "bowel", "duodenum", "fluid", "gas", "stomach_wall")
+_DISPLACEABLE = (
+    "visceral_fat",
+    "bowel",
+    "contrast_bowel",
+    "duodenum",
+    "fluid",
+    "gas",
+    "stomach_wall",
+)
 
 
 # === Geometry ===
@@ -307,19 +334,30 @@ def make_phantom(
     body = qb < 1.0 + outline
     canvas.tissue[body] = _T["subcutaneous_fat"]
     canvas.tissue[qb < (1.0 - fat_t) ** 2 + outline] = _T["muscle"]
-    canvas.tissue[qb < (1.0 - fat_t - wall_t) ** 2 + outline] = _T["visceral_fat"]
+    inner = qb < (1.0 - fat_t - wall_t) ** 2 + outline
+    canvas.tissue[inner] = _T["visceral_fat"]
+    # the ribs' layer: the inner two thirds of the muscle wall
+    rib_layer = ~inner & (qb < (1.0 - fat_t - 0.35 * wall_t) ** 2 + outline)
     del qb, dx, dy, b_post
+
+    # --- z layout: the thorax above the diaphragm (the top 17-23 % of the slices), the abdomen,
+    # the pelvis below the iliac crests (the bottom 8-12 %) ---
+    z_hi = fov_z / 2.0 - u(0.17, 0.23) * fov_z
+    z_lo = -fov_z / 2.0 + u(0.08, 0.12) * fov_z
+    ab_c, ab_h = (z_hi + z_lo) / 2.0, (z_hi - z_lo) / 2.0
 
     def at(uu, vv):  # body-relative position (fractions of A and B) -> mm
         return bx + uu * A, by + vv * B
 
-    def zat(w):  # fraction of the half z extent -> mm
-        return w * fov_z / 2.0
+    def zat(w):  # position: fraction of the abdomen's half z extent from its centre -> mm
+        return ab_c + w * ab_h
+
+    def zlen(w):  # length: fraction of the abdomen's half z extent -> mm
+        return w * ab_h
 
     # --- spine, canal, paraspinal and psoas muscles (the whole z range) ---
     spx, spy = at(u(-0.03, 0.03), -0.62)
-    top, bottom = zat(1.2), zat(-1.2)
-    zc, zr = 0.0, (top - bottom) / 2
+    zc, zr = 0.0, 0.6 * fov_z
     w, m = canvas.ellipsoid((spx - 0.22 * A, spy - 0.12 * B, zc), (0.16 * A, 0.2 * B, zr))
     canvas.paint("muscle", w, m)
     w, m = canvas.ellipsoid((spx + 0.22 * A, spy - 0.12 * B, zc), (0.16 * A, 0.2 * B, zr))
@@ -339,7 +377,7 @@ def make_phantom(
     for side in (-1, 1):  # psoas: lower abdomen, growing downwards
         w, m = canvas.ellipsoid(
             (spx + side * 1.9 * vert_r, spy + 0.2 * vert_r, zat(-1.1)),
-            (13.0 * s, 11.0 * s, zat(1.3)),
+            (13.0 * s, 11.0 * s, zlen(1.3)),
             wobble=0.08,
         )
         canvas.paint("muscle", w, m, where=("visceral_fat",))
@@ -347,29 +385,41 @@ def make_phantom(
     # --- pancreas centre line: head right of midline, body arching over the spine, tail to the
     # splenic hilum (left, posterior, higher) ---
     pz = zat(u(-0.12, 0.12))
-    head = np.array([*at(u(0.14, 0.24), u(-0.02, 0.10)), pz - zat(u(0.08, 0.14))])
-    tail = np.array([*at(u(-0.58, -0.48), u(-0.22, -0.08)), pz + zat(u(0.12, 0.2))])
-    ctrl = np.array([*at(u(-0.15, 0.0), u(0.22, 0.42)), pz + zat(u(-0.04, 0.06))])
+    head = np.array([*at(u(0.14, 0.24), u(-0.02, 0.10)), pz - zlen(u(0.08, 0.14))])
+    tail = np.array([*at(u(-0.58, -0.48), u(-0.22, -0.08)), pz + zlen(u(0.12, 0.2))])
+    ctrl = np.array([*at(u(-0.15, 0.0), u(0.22, 0.42)), pz + zlen(u(-0.04, 0.06))])
     t = np.linspace(0.0, 1.0, 48)
     centre = _bezier(head, ctrl, tail, t)
     r_head, r_body, r_tail = (u(0.17, 0.20) * A, u(0.105, 0.125) * A, u(0.085, 0.10) * A)
     radii_xy = np.interp(t, [0.0, 0.18, 0.5, 1.0], [r_head, r_body * 1.05, r_body, r_tail])
-    rz_scale = zat(1.0) / 60.0  # z sizes follow the z extent (a third of the slices)
+    rz_scale = zlen(1.0) / 60.0  # z sizes follow the abdomen's z extent
     rz_head, rz_body, rz_tail = (u(14.0, 18.0), u(9.0, 11.0), u(8.0, 10.0))
     radii_z = rz_scale * np.interp(t, [0.0, 0.18, 0.5, 1.0], [rz_head, rz_body, rz_body, rz_tail])
 
     # --- organs ---
-    # aorta (left of midline, in front of the spine) and IVC (right), whole z range
+    # aorta (left of midline, in front of the spine; in the chest the descending aorta beside the
+    # spine) from its bifurcation up, and IVC (right) from the iliac veins' confluence to the heart
     ao_x, ao_y = spx - 0.35 * vert_r, spy + 0.85 * vert_r + 14.0 * s
-    w, m = canvas.ellipsoid((ao_x, ao_y, zc), (12.0 * s, 12.0 * s, zr))
+    z_bif, z_top = zat(-0.95), fov_z / 2.0 + 5.0
+    aorta = np.concatenate(
+        [
+            np.linspace((ao_x, ao_y, z_bif), (ao_x, ao_y, zat(0.8)), 16),
+            np.linspace(
+                (ao_x, ao_y, zat(0.8)), (spx - 1.3 * vert_r, spy + 0.3 * vert_r, z_top), 12
+            ),
+        ]
+    )
+    w, m, _ = canvas.tube(aorta, np.full(len(aorta), 12.0 * s), np.full(len(aorta), 12.0 * s))
     canvas.paint("aorta", w, m)
-    w, m = canvas.ellipsoid((spx + 1.5 * vert_r, ao_y - 2.0 * s, zc), (14.0 * s, 10.0 * s, zr))
+    ivc_x, ivc_y = spx + 1.5 * vert_r, ao_y - 2.0 * s
+    ivc = np.linspace((ivc_x, ivc_y, z_bif - 3.0 * s), (ivc_x, ivc_y, zat(1.1)), 20)
+    w, m, _ = canvas.tube(ivc, np.full(len(ivc), 12.0 * s), np.full(len(ivc), 12.0 * s))
     canvas.paint("ivc", w, m)
     # kidneys: cortex, medulla, sinus fat; mid to lower abdomen, left one a little higher
     for side, zk in ((1, u(-0.35, -0.15)), (-1, u(-0.2, 0.0))):
         kc = (*at(side * u(0.42, 0.5), u(-0.5, -0.4)), zat(zk))
         angle = side * u(0.3, 0.6)
-        radii = np.array([24.0 * s, 34.0 * s, zat(0.4)])
+        radii = np.array([24.0 * s, 34.0 * s, zlen(0.4)])
         for tissue, f in (
             ("kidney_cortex", 1.0),
             ("kidney_medulla", 0.72),
@@ -380,29 +430,29 @@ def make_phantom(
     # liver: right upper abdomen, its lower tip lateral to the duodenum and pancreatic head
     w, m = canvas.ellipsoid(
         (*at(u(0.6, 0.66), u(0.0, 0.12)), zat(u(0.75, 0.95))),
-        (0.42 * A, 0.8 * B, zat(u(1.05, 1.2))),
+        (0.42 * A, 0.8 * B, zlen(u(1.05, 1.2))),
         angle=u(-0.2, 0.1),
         wobble=0.05,
     )
     canvas.paint("liver", w, m, where=("visceral_fat",))
     # gallbladder: under the liver, anterior, at the level of the pancreatic head
     w, m = canvas.ellipsoid(
-        (*at(u(0.35, 0.45), u(0.35, 0.5)), head[2] + zat(0.08)),
-        (14.0 * s, 20.0 * s, zat(0.18)),
+        (*at(u(0.35, 0.45), u(0.35, 0.5)), head[2] + zlen(0.08)),
+        (14.0 * s, 20.0 * s, zlen(0.18)),
         angle=u(-0.5, 0.5),
     )
     canvas.paint("gallbladder", w, m, where=("visceral_fat", "liver"))
     # spleen: left, posterior, upper abdomen
     w, m = canvas.ellipsoid(
         (*at(u(-0.72, -0.64), u(-0.25, -0.05)), zat(u(0.45, 0.7))),
-        (0.2 * A, 0.38 * B, zat(u(0.45, 0.6))),
+        (0.2 * A, 0.38 * B, zlen(u(0.45, 0.6))),
         angle=u(-0.7, -0.3),
         wobble=0.05,
     )
     canvas.paint("spleen", w, m, where=("visceral_fat", "muscle"))
     # stomach: left anterior, upper abdomen; fluid with a gas cap anteriorly (the patient is supine)
     st_c = (*at(u(-0.38, -0.25), u(0.3, 0.45)), zat(u(0.55, 0.75)))
-    st_r = (0.3 * A, 0.38 * B, zat(u(0.4, 0.55)))
+    st_r = (0.3 * A, 0.38 * B, zlen(u(0.4, 0.55)))
     w, m = canvas.ellipsoid(st_c, st_r, angle=u(-0.4, 0.0), wobble=0.04)
     canvas.paint("stomach_wall", w, m, where=("visceral_fat",))
     w, m = canvas.ellipsoid(st_c, (st_r[0] - 4.0 * s, st_r[1] - 4.0 * s, st_r[2]), wobble=0.04)
@@ -431,7 +481,7 @@ def make_phantom(
         [
             bx + A * np.interp(colon_t, [0, 1], [u(0.45, 0.6), u(-0.65, -0.5)]),
             by + B * (u(0.5, 0.62) - 0.08 * np.sin(np.pi * colon_t)),
-            pz + zat(u(-0.1, 0.05)) - zat(u(0.1, 0.3)) * np.sin(np.pi * colon_t),
+            pz + zlen(u(-0.1, 0.05)) - zlen(u(0.1, 0.3)) * np.sin(np.pi * colon_t),
         ],
         axis=1,
     )
@@ -443,14 +493,23 @@ def make_phantom(
     # small-bowel loops: lower and anterior abdomen, some up beside the pancreas
     for _ in range(int(rng.integers(8, 12))):
         w, m = canvas.ellipsoid(
-            (*at(u(-0.6, 0.5), u(-0.1, 0.55)), zat(u(-1.0, 0.05))),
-            (u(0.08, 0.13) * A, u(0.08, 0.13) * A, zat(u(0.1, 0.2))),
+            (*at(u(-0.6, 0.5), u(-0.1, 0.55)), zat(u(-1.25, 0.05))),
+            (u(0.08, 0.13) * A, u(0.08, 0.13) * A, zlen(u(0.1, 0.2))),
             wobble=0.1,
         )
         canvas.paint("bowel", w, m, where=("visceral_fat",))
-        if w is not None and rng.random() < 0.35:  # some loops hold gas or fluid
-            inner = ndimage.binary_erosion(m, iterations=3)
-            canvas.paint("gas" if rng.random() < 0.5 else "fluid", w, inner, where=("bowel",))
+        content = rng.random()
+        if w is not None and content < 0.6:  # loops hold gas, fluid or positive oral contrast
+            lumen = ndimage.binary_erosion(m, iterations=3)
+            kind = "gas" if content < 0.17 else "fluid" if content < 0.35 else "contrast_bowel"
+            canvas.paint(kind, w, lumen, where=("bowel",))
+
+    # --- beyond the abdomen: the chest above the diaphragm, the pelvis below the crests ---
+    body = _Body(bx, by, A, B, s, fat_t + wall_t, spx, spy, vert_r, ao_x, ao_y, ivc_x, ivc_y)
+    _paint_ribs(canvas, rng, body, rib_layer, zat, zlen)
+    _paint_thorax(canvas, rng, body, inner, zat, zlen)
+    _paint_pelvis(canvas, rng, body, zat, zlen, z_bif)
+    del inner, rib_layer
 
     # --- pancreas (over everything painted so far), then the veins along it ---
     w_p, m_p, _ = canvas.tube(centre, radii_xy, radii_z, wobble=0.22)
@@ -478,6 +537,12 @@ def make_phantom(
     )
     w, m, _ = canvas.tube(smv, np.full(len(smv), 1.2 * r_vein), np.full(len(smv), 1.2 * r_vein))
     canvas.paint("portal_vein", w, m, where=("visceral_fat", "bowel", "duodenum", "muscle"))
+    # the superior mesenteric artery, left of the vein: a small bright circle beside the neck
+    sma = smv.copy()
+    sma[:, 0] -= 2.6 * r_vein
+    sma[:, 2] = np.minimum(sma[:, 2], neck[2] + zlen(0.15))
+    w, m, _ = canvas.tube(sma, np.full(len(sma), 0.8 * r_vein), np.full(len(sma), 0.8 * r_vein))
+    canvas.paint("aorta", w, m, where=("visceral_fat", "bowel", "duodenum", "contrast_bowel"))
     label &= (canvas.tissue == _T["pancreas"]).astype(np.uint8)
 
     # --- ambiguous slices: a look-alike fills the fat around the pancreas on that slice alone ---
@@ -509,6 +574,12 @@ def make_phantom(
     table["pancreas"] = (p_mean, table["pancreas"][1])
     table["pancreas_ambiguous"] = (look_mean, table["pancreas"][1])
     table["lookalike"] = (look_mean, table["lookalike"][1])
+    if modality == "ct":
+        table["blood_pool"] = (u(150.0, 250.0), table["blood_pool"][1])
+        table["contrast_bowel"] = (u(180.0, 320.0), table["contrast_bowel"][1])
+    else:
+        table["blood_pool"] = (table["blood_pool"][0] * u(0.9, 1.1), table["blood_pool"][1])
+        table["contrast_bowel"] = (table["contrast_bowel"][0] * u(0.9, 1.1), 30.0)
     means = np.array([table[name][0] for name in _TISSUES], dtype=np.float32)
     amps = np.array([table[name][1] for name in _TISSUES], dtype=np.float32)
     texture = rng.standard_normal(shape, dtype=np.float32)
@@ -544,6 +615,159 @@ def make_phantom(
     imag = rng.normal(0.0, sigma, size=shape).astype(np.float32)
     image = np.sqrt(real * real + imag * imag)
     return image.astype(np.float32), label, ambiguous
+
+
+@dataclasses.dataclass(frozen=True)
+class _Body:
+    """Where a phantom's body and midline structures are, in mm (see `make_phantom`)."""
+
+    bx: float  # body centre
+    by: float
+    A: float  # body half-width and half-depth
+    B: float
+    s: float  # in-plane size scale relative to an adult
+    wall: float  # subcutaneous fat + muscle wall, as a fraction of the half axes
+    spx: float  # vertebral body centre and radius
+    spy: float
+    vert_r: float
+    ao_x: float  # abdominal aorta
+    ao_y: float
+    ivc_x: float
+    ivc_y: float
+
+
+_SOFT_VISCERA = (
+    "visceral_fat",
+    "liver",
+    "spleen",
+    "kidney_cortex",
+    "kidney_medulla",
+    "renal_sinus_fat",
+    "ivc",
+    "portal_vein",
+    "stomach_wall",
+    "fluid",
+    "gas",
+    "duodenum",
+    "bowel",
+    "contrast_bowel",
+    "gallbladder",
+)
+
+
+def _paint_ribs(canvas, rng, body, rib_layer, zat, zlen):
+    """Ribs in the muscle wall of the chest and upper abdomen, sloping down anteriorly.
+
+    In an axial slice a rib cage shows as a row of bone segments along the body wall; each rib
+    is a band of the wall's inner layer, ~10 mm of every ~24 mm (scaled with the abdomen's z).
+    """
+    u = rng.uniform
+    pitch = zlen(u(22.0, 26.0) / 60.0)
+    slope = pitch * u(2.0, 2.6)  # how much lower a rib is in front than at the back
+    phase = u(0.0, 1.0)
+    du = ((canvas.x - body.bx) / body.A)[:, None, None]
+    dv = ((canvas.y - body.by) / body.B)[None, :, None]
+    rib_z = (canvas.z[None, None, :] + slope * (dv + 1.0) / 2.0) / pitch + phase
+    ribs = rib_layer & (rib_z % 1.0 < 0.35) & (canvas.z[None, None, :] > zat(0.3))
+    ribs &= ~((np.abs(du) < 0.2) & (dv > 0))  # the costal cartilages in front: no bone
+    canvas.paint("cortical_bone", (slice(None),) * 3, ribs, where=("muscle",))
+
+
+def _diaphragm(canvas, rng, body, zat, zlen):
+    """The diaphragm's height (mm) over the axial plane: two domes, the right one higher.
+
+    At the body's midline it is the top of the abdomen; towards the body wall, and most at the
+    back (the costophrenic recesses), the lungs reach lower, so the slices of the domes show the
+    liver, spleen and stomach ringed by lung.
+    """
+    u = rng.uniform
+    du = ((canvas.x - body.bx) / body.A)[:, None]
+    dv = ((canvas.y - body.by) / body.B)[None, :]
+    r2 = (du**2 + dv**2) / (1.0 - body.wall) ** 2
+    depth, left_drop = u(0.2, 0.3), u(0.03, 0.08)
+    drop = depth * r2 + left_drop * (du < 0) + 0.1 * np.maximum(-dv, 0.0)
+    return (zat(1.0) - zlen(1.0) * drop).astype(np.float32)
+
+
+def _paint_thorax(canvas, rng, body, inner, zat, zlen):
+    """Above the diaphragm: lungs (with vessels), the heart on the dome, the diaphragm itself.
+
+    The heart is the chest's pancreas look-alike on CT: a contrast-filled blood pool of
+    150-250 HU in a ~40-60 HU myocardium, ringed by epicardial fat and lung; it rests on the
+    dome at the midline, left of centre, its long axis turned to the left and front.
+    """
+    u = rng.uniform
+    A, B, s = body.A, body.B, body.s
+    dome = _diaphragm(canvas, rng, body, zat, zlen)
+    z = canvas.z[None, None, :]
+    above = inner & (z > dome[:, :, None])
+    viscera = np.isin(canvas.tissue, [_T[name] for name in _SOFT_VISCERA])
+    canvas.tissue[above & viscera & (z < dome[:, :, None] + 4.0)] = _T["muscle"]  # the diaphragm
+    lungs = above & viscera & (z >= dome[:, :, None] + 4.0)
+    canvas.tissue[lungs] = _T["lung"]
+    canvas.tissue[lungs & (canvas.coarse > 1.9)] = _T["lung_vessel"]  # vessels in cross-section
+    del lungs, viscera
+
+    # the heart: epicardial fat, myocardium, then three chambers' blood pool
+    hx, hy = body.bx + u(-0.22, -0.08) * A, body.by + u(0.05, 0.25) * B
+    i = int(np.clip(np.searchsorted(canvas.x, hx), 0, len(canvas.x) - 1))
+    j = int(np.clip(np.searchsorted(canvas.y, hy), 0, len(canvas.y) - 1))
+    rx, ry, rz = u(52.0, 62.0) * s, u(40.0, 48.0) * s, zlen(u(0.75, 0.95))
+    hz = float(dome[i, j]) + 0.6 * rz
+    angle = u(-0.9, -0.5)
+    replaceable = ("lung", "lung_vessel", "muscle", "visceral_fat", *_SOFT_VISCERA)
+
+    def paint_heart(tissue, centre, radii, where):
+        w, m = canvas.ellipsoid(centre, radii, angle=angle, wobble=0.03)
+        if w is not None:
+            canvas.paint(tissue, w, m & above[w], where=where)
+
+    paint_heart("visceral_fat", (hx, hy, hz), (1.12 * rx, 1.15 * ry, rz), replaceable)
+    paint_heart("myocardium", (hx, hy, hz), (rx, ry, rz), replaceable)
+    c, sn = np.cos(angle), np.sin(angle)
+    for along, across, fx, fy in (
+        (0.25, -0.2, 0.45, 0.5),  # left ventricle
+        (0.1, 0.45, 0.5, 0.28),  # right ventricle
+        (-0.5, 0.0, 0.3, 0.45),  # right atrium
+    ):
+        ox, oy = along * rx, across * ry
+        centre = (hx + c * ox - sn * oy, hy + sn * ox + c * oy, hz)
+        paint_heart("blood_pool", centre, (fx * rx, fy * ry, 0.85 * rz), ("myocardium",))
+
+
+def _paint_pelvis(canvas, rng, body, zat, zlen, z_bif):
+    """Below the iliac crests: iliac wings in their muscles, iliac vessels, the bladder.
+
+    The bladder is a round fluid structure of ~0-20 HU (urine) with a thin wall; the iliac wings
+    are plates of cortical bone around marrow, running from the sacrum forwards and outwards.
+    """
+    u = rng.uniform
+    A, B, s = body.A, body.B, body.s
+    soft = ("visceral_fat", "bowel", "contrast_bowel", "fluid", "gas", "duodenum")
+    centre = (body.bx + u(-0.05, 0.05) * A, body.by + u(0.25, 0.4) * B, zat(u(-1.4, -1.25)))
+    radii = (u(0.25, 0.32) * A, u(0.2, 0.26) * B, zlen(u(0.3, 0.4)))
+    w, m = canvas.ellipsoid(centre, radii, wobble=0.03)
+    canvas.paint("muscle", w, m, where=soft)  # the bladder wall
+    w, m = canvas.ellipsoid(centre, (radii[0] - 3.0 * s, radii[1] - 3.0 * s, radii[2]), wobble=0.03)
+    canvas.paint("urine", w, m, where=("muscle",))
+    for side in (-1, 1):
+        centre = (body.bx + side * u(0.5, 0.58) * A, body.by + u(-0.3, -0.15) * B, zat(-1.35))
+        angle = side * u(0.6, 0.9)
+        w, m = canvas.ellipsoid(centre, (0.36 * A, 0.2 * A, zlen(0.5)), angle=angle, wobble=0.05)
+        canvas.paint("muscle", w, m, where=soft)  # iliacus inside, gluteal muscles outside
+        w, m = canvas.ellipsoid(centre, (0.32 * A, 0.07 * A, zlen(0.45)), angle=angle)
+        canvas.paint("cortical_bone", w, m, where=("muscle", *soft))
+        w, m = canvas.ellipsoid(centre, (0.3 * A, 0.035 * A, zlen(0.43)), angle=angle)
+        canvas.paint("cancellous_bone", w, m, where=("cortical_bone",))
+        # common iliac artery and vein, diverging from the bifurcation towards the pelvic wall
+        for tissue, (x0, y0), r in (
+            ("aorta", (body.ao_x, body.ao_y), 8.0 * s),
+            ("ivc", (body.ivc_x, body.ivc_y), 9.0 * s),
+        ):
+            end = (centre[0] - side * 0.25 * A, y0 + 0.05 * B, canvas.z[0] - 5.0)
+            path = np.linspace((x0, y0, z_bif), end, 10)
+            w, m, _ = canvas.tube(path, np.full(10, r), np.full(10, r))
+            canvas.paint(tissue, w, m, where=("muscle", *soft))
 
 
 def _pick_ambiguous(rng, label):

@@ -12,7 +12,7 @@ from pancseg_tf.errors import PancsegError
 from pancseg_tf.io.cohorts import ambiguous_slices, discover_cohort
 from pancseg_tf.synthetic import make_cohort, make_phantom
 
-SMALL = (64, 64, 24)  # cohort tests: fast; phantom tests use the default (192, 192, 48)
+SMALL = (64, 64, 24)  # cohort tests: fast; phantom tests use the default (192, 192, 64)
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,20 @@ def lookalike_share(image, label, k, tolerance):
 
 def pancreas_slices(label):
     return [int(k) for k in np.flatnonzero(label.sum(axis=(0, 1)))]
+
+
+PIXEL_MM2 = 0.8 * 0.8  # the phantoms' default in-plane voxel area
+
+
+def largest_area_mm2(mask):
+    """The area of the largest connected component of a 2D mask, in mm^2 at the default size."""
+    components, n = ndimage.label(mask)
+    return 0.0 if n == 0 else float(np.bincount(components.ravel())[1:].max() * PIXEL_MM2)
+
+
+def smoothed(image):
+    """In-plane smoothing over ~1 mm, so that noise does not split a tissue's region."""
+    return ndimage.gaussian_filter(image.astype(np.float32), (1.0, 1.0, 0.0))
 
 
 # === The cohort on disk ===
@@ -162,13 +176,13 @@ def test_bad_arguments(tmp_path, kwargs, message):
 
 def test_label_is_a_pancreas_sized_smooth_organ(ct_phantoms):
     for image, label, _ in ct_phantoms:
-        assert image.shape == label.shape == (192, 192, 48)
+        assert image.shape == label.shape == (192, 192, 64)
         assert label.dtype == np.uint8 and set(np.unique(label)) == {0, 1}
-        assert 0.003 < label.mean() < 0.015
+        assert 0.002 < label.mean() < 0.015
         assert ndimage.label(label)[1] == 1  # one piece
         ks = pancreas_slices(label)
         assert ks == list(range(ks[0], ks[-1] + 1))  # no gap along z
-        assert 0.25 <= len(ks) / label.shape[2] <= 0.5
+        assert 0.15 <= len(ks) / label.shape[2] <= 0.4  # a third of the abdomen's slices
         dice = [
             2
             * np.sum(label[:, :, k] & label[:, :, k + 1])
@@ -187,6 +201,36 @@ def test_ct_intensities(ct_phantoms):
         assert -1005 < np.median(image[:12, :12]) < -995  # air outside the body
         assert image.max() > 600  # bone
         assert np.any((image > -130) & (image < -60))  # fat
+
+
+def test_ct_phantom_has_a_chest_above_and_a_pelvis_below(ct_phantoms):
+    """Negatives a model must learn: a heart in lung above the abdomen, bone and bladder below."""
+    for image, label, _ in ct_phantoms:
+        ks = pancreas_slices(label)
+        assert ks[-1] < 0.75 * label.shape[2] and ks[0] > 0.1 * label.shape[2]
+        top, bottom = smoothed(image[:, :, -1:])[..., 0], smoothed(image[:, :, :1])[..., 0]
+        body = ndimage.binary_fill_holes(top > -500)
+        assert np.mean(top[body] < -700) > 0.25  # lungs (~-850 HU) fill much of the chest
+        # the heart's contrast-filled chambers (150-250 HU): a bright region larger than the
+        # pancreas' largest cross-section is on some slices
+        assert largest_area_mm2((top > 120) & (top < 300)) > 400.0
+        # the pelvis: iliac wings (far more bone than the spine alone, as on the pancreas'
+        # slices) and the bladder's urine (~10 HU)
+        middle = smoothed(image[:, :, ks[len(ks) // 2]][..., None])[..., 0]
+        assert np.sum(bottom > 300) > 2 * np.sum(middle > 300)
+        assert largest_area_mm2((bottom > -10) & (bottom < 35)) > 250.0
+
+
+def test_brightness_alone_does_not_segment_the_pancreas(ct_phantoms):
+    """Vessels, kidneys, contrast-filled bowel and the heart share or exceed its intensity."""
+    for image, label, _ in ct_phantoms:
+        image = smoothed(image)
+        inside = image[label > 0]
+        low, high = np.percentile(inside, [10, 90])
+        band = (image >= low) & (image <= high)
+        assert 2 * np.sum(band & (label > 0)) / (band.sum() + label.sum()) < 0.45
+        brighter = (image > high) & (label == 0)
+        assert brighter.sum() > 3 * label.sum()
 
 
 def test_ambiguous_slices_are_resolvable_only_from_their_neighbours(ct_phantoms):
@@ -233,6 +277,12 @@ def test_mri_phantom_has_mri_contrast_and_a_bias_field(mri_pair):
     # ambiguous slices: most of the ring around the pancreas looks like it (within 10 %); with
     # fat brighter and vessels darker than the pancreas on T1, the ring's mean would tell little
     tolerance = 0.1 * float(image[label > 0].mean())
+    # the chest on T1: dark lungs around a heart whose blood pool is bright (gradient-echo inflow)
+    top = smoothed(flat[:, :, -1:])[..., 0]
+    body = ndimage.binary_fill_holes(top > 200.0)
+    assert np.mean(top[body] < 80.0) > 0.25
+    assert largest_area_mm2((top > 380.0) & (top < 700.0)) > 400.0
+    assert not label[:, :, -1].any()
     ks = pancreas_slices(label)
     clear = [lookalike_share(image, label, k, tolerance) for k in ks if k not in ambiguous]
     for k in ambiguous:

@@ -7,7 +7,8 @@ ImageOrientationPatient, PixelSpacing and the ImagePositionPatient of the sorted
 DICOM's patient LPS coordinates and then turned into nibabel's RAS+ (x and y negated).
 
 Privacy: a series is named by its SeriesNumber and SeriesDescription only. No message, log line
-or returned object holds a UID or a patient, study or institution field.
+or returned object holds a UID or a patient, study or institution field, except the slice headers
+that `read_dicom_series_with_headers` returns for a DICOM SEG (`pancseg_tf.io.dicom_seg`).
 """
 
 from __future__ import annotations
@@ -484,12 +485,37 @@ def read_dicom_series(
             RescaleIntercept that is not a finite number, a slope of 0, or rescaled values
             beyond the float32 range.
     """
+    return read_dicom_series_with_headers(folder, series=series, allow_uneven=allow_uneven)[0]
+
+
+def read_dicom_series_with_headers(
+    folder: PathLike, *, series: int | None = None, allow_uneven: bool = False
+) -> tuple[Volume, list]:
+    """`read_dicom_series`, and the headers of the slices in the volume's slice order.
+
+    For a derived DICOM object (a Segmentation) that must reference each source slice: its
+    frame ``k`` is the volume's ``array[:, :, k].T``, the slice of ``headers[k]``.
+
+    Args:
+        folder, series, allow_uneven: as `read_dicom_series`.
+
+    Returns:
+        ``(volume, headers)``: the `Volume`, and one `pydicom.Dataset` per slice (read without
+        pixel data, with its file meta) with ``headers[k]`` the slice at ``array[:, :, k]``.
+        The headers hold the series' UIDs and patient and study fields: they are for a DICOM
+        SEG only, never for a message, a log or another output.
+
+    Raises:
+        PancsegError: as `read_dicom_series`.
+    """
     folder = pathlib.Path(folder)
     with _quiet_pydicom():
         return _read_series(folder, series, allow_uneven)
 
 
-def _read_series(folder: pathlib.Path, series: int | None, allow_uneven: bool) -> Volume:
+def _read_series(
+    folder: pathlib.Path, series: int | None, allow_uneven: bool
+) -> tuple[Volume, list]:
     infos, headers, num_files = _scan(folder)
     chosen = _choose(folder, infos, series, num_files)
     info, group = infos[chosen], headers[chosen]
@@ -529,4 +555,4 @@ def _read_series(folder: pathlib.Path, series: int | None, allow_uneven: bool) -
     if volume.is_sheared:
         # A qform is a rotation plus zooms: it cannot hold a tilt, so only the sform is valid.
         volume = dataclasses.replace(volume, qform_code=0)
-    return volume
+    return volume, [group[index] for index in geometry.order]

@@ -49,6 +49,8 @@ setup(
         "serving": ["tensorflow-serving-api>=2.18,<3", "grpcio>=1.60"],
         # benchmarks/run.py's peer part (MONAI's SliceInferer + BasicUNet); CPU torch is enough.
         "benchmarks": ["torch>=2.4", "monai>=1.4"],
+        # `pancseg predict --output-format dicom-seg` (0.23: the first release on pydicom 3).
+        "dicom-seg": ["highdicom>=0.23"],
         "test": [
             "pytest>=7.4",
             "hypothesis>=6.80",
@@ -60,6 +62,8 @@ setup(
             "nbclient>=0.10",
             "nbformat>=5.9",
             "ipykernel>=6.29",
+            # tests/io/test_dicom_seg.py and the DICOM SEG output of predict.
+            "highdicom>=0.23",
         ],
     },
     entry_points={"console_scripts": ["pancseg=pancseg_tf.cli:main"]},

@@ -21,6 +21,9 @@ Per epoch, for each training case (its shard is read once, interleaved with othe
    (``scale_range``) about the plane's centre, the same for every slice of the window, applied
    with one ``ImageProjectiveTransformV3`` call to the image (bilinear) and the mask (nearest);
    an intensity jitter ``x (1 + a) + b``, ``|a|, |b| <= intensity_jitter``, clipped to [0, 1];
+   then, where configured (all off by default), a contrast factor ``x c`` about the window's
+   low end (``contrast_range``: an unenhanced scan's tissue against an enhanced one's), a gamma
+   ``x ** g`` (``gamma_range``) and Gaussian noise (``noise_std``), clipped to [0, 1] again;
    a left-right flip only when ``flip_left_right`` (off: the anatomy is not symmetric).
 6. **Batch** (drop remainder) and prefetch.
 
@@ -63,6 +66,9 @@ log = logging.getLogger("pancseg_tf.data")
 
 # Salts that separate the random streams derived from (seed, epoch).
 _SALT_ORDER, _SALT_WINDOWS, _SALT_SHUFFLE, _SALT_AUGMENT = 11, 23, 37, 41
+# Salts of the optional intensity augmentations, folded into a window's key: the draws of the
+# rotation, zoom, jitter and flip stay those of a config without them.
+_SALT_CONTRAST, _SALT_GAMMA, _SALT_NOISE = 53, 59, 61
 # Cases decoded at once per input pipeline: enough to mix cases and keep two cores busy, few
 # enough that their volumes (about 10 MB each at 256 x 256 x 80 int16) stay small.
 _CYCLE_LENGTH = 8
@@ -244,7 +250,7 @@ def _affine_transform(key: tf.Tensor, height: int, width: int, data: Any) -> tf.
 def augment_window(
     image: tf.Tensor, mask: tf.Tensor, key: tf.Tensor, config: Config
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Random rotation, zoom, intensity jitter (and optional flip), one draw per window.
+    """Random rotation, zoom, intensity changes (and optional flip), one draw per window.
 
     Args:
         image: ``(T, H, W, 1)`` float32 in [0, 1].
@@ -255,7 +261,9 @@ def augment_window(
     Returns:
         ``(image, mask)`` of the same shapes: the same geometric transform on every slice and
         on the mask (bilinear for the image, nearest for the mask, 0 outside), so they stay
-        aligned; the image stays in [0, 1] and the mask in {0, 1}.
+        aligned; the image stays in [0, 1] and the mask in {0, 1}. The intensity changes
+        (jitter, then ``contrast_range``, ``gamma_range``, ``noise_std`` where set) are the
+        same for every slice of the window, except the noise, drawn per voxel.
     """
     data = config.data
     shape = image.shape
@@ -283,12 +291,30 @@ def augment_window(
     )
     jitter = (2.0 * tf.random.stateless_uniform([3], seed=keys[1]) - 1.0) * data.intensity_jitter
     image = tf.clip_by_value(image * (1.0 + jitter[0]) + jitter[1], 0.0, 1.0)
+    image = _intensity_augment(image, key, data)
     if data.flip_left_right:
         # H (axis 1 of a window) runs from the subject's left to right on the model grid.
         flip = tf.random.stateless_uniform([], seed=keys[2]) < 0.5
         image = tf.where(flip, tf.reverse(image, [1]), image)
         mask = tf.where(flip, tf.reverse(mask, [1]), mask)
     return image, mask
+
+
+def _intensity_augment(image: tf.Tensor, key: tf.Tensor, data: Any) -> tf.Tensor:
+    """Contrast factor, gamma and noise on normalised intensities (each only where set)."""
+    fold = tf.random.experimental.stateless_fold_in
+    if tuple(data.contrast_range) != (1.0, 1.0):
+        low, high = (float(v) for v in data.contrast_range)
+        u = tf.random.stateless_uniform([], seed=fold(key, _SALT_CONTRAST))
+        image = image * (low + u * (high - low))
+    if tuple(data.gamma_range) != (1.0, 1.0):
+        low, high = (math.log(float(v)) for v in data.gamma_range)
+        u = tf.random.stateless_uniform([], seed=fold(key, _SALT_GAMMA))
+        image = tf.pow(image, tf.exp(low + u * (high - low)))
+    if data.noise_std > 0:
+        noise = tf.random.stateless_normal(tf.shape(image), seed=fold(key, _SALT_NOISE))
+        image = image + float(data.noise_std) * noise
+    return tf.clip_by_value(image, 0.0, 1.0)
 
 
 # === The training dataset ===

@@ -12,10 +12,21 @@ paired by case id. The report folder gets:
                                 and failed cases (the value this function returns)
 ``summary.md``                  the paper's table (metric | mean ± std | min | max | n), lists
 ``dsc_boxplot.png``             per-case DSC as a box plot (when a case was evaluated)
-``cases/<case>.png``            axial montage: ground truth (green) and prediction (red)
-                                outlines, yellow where they coincide, over the image or the masks
+``cases/<case>.png``            axial montage, 1218 px wide: ground truth (green) and
+                                prediction (red) outlines, yellow where they coincide, over the
+                                image or the masks; slices through the pancreas and the worst
+                                false-positive and false-negative slices, each captioned
+``cases/<case>.html``           the case's page: its metrics, the montage (each tile links to its
+                                slice) and a slice scroller (plain HTML and inline JavaScript)
+``cases/<case>/slice_<n>.png``  every slice through either mask, 640 px wide (``n``: the index
+                                along the stored file's slice axis)
 ``index.html``                  all of the above by relative links; no external resources
 ==============================  ===============================================================
+
+The pictures (`pancseg_tf.evaluation.figures`) are axial slices in the radiological view,
+anterior at the top and the patient's right on the image's left, from the volume's own affine.
+The report is a folder of files that works offline; each page counts its images once loaded
+(``data-images-total`` / ``data-images-loaded`` on ``<body>``) and says so when one is missing.
 
 Nothing is dropped silently: a prediction without a truth or a truth without a prediction is
 "unpaired", and a case that cannot be scored (unreadable file, a prediction on another grid, a
@@ -23,9 +34,7 @@ prediction that is not binary) is "failed" with its reason; both are listed in `
 ``summary.md`` and ``index.html`` while the other cases are evaluated. Every file is written under
 a temporary name and renamed, so a reader never sees half a file; ``index.html`` comes last.
 
-Plain numpy / scipy / nibabel / matplotlib; nothing here imports TensorFlow. matplotlib draws on
-its own Agg canvas (``matplotlib.figure.Figure`` + ``FigureCanvasAgg``) inside the functions, so
-importing this module, or calling it from a notebook, never changes the global backend.
+Plain numpy / scipy / nibabel; nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -47,6 +56,20 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from pancseg_tf.errors import PancsegError
+from pancseg_tf.evaluation.figures import (
+    ORIENTATION_NOTE,
+    CaseVolumes,
+    Montage,
+    boxplot_png,
+    canonical_case,
+    display_window,
+    montage_png,
+    radiological_view,
+    scroller_slices,
+    slice_box,
+    slice_counts,
+    slice_png,
+)
 from pancseg_tf.evaluation.metrics import CASE_KEYS, SUMMARY_KEYS, evaluate_case, summarize
 from pancseg_tf.io.cohorts import check_case_id
 from pancseg_tf.io.volume import Volume
@@ -56,6 +79,10 @@ log = logging.getLogger("pancseg_tf.evaluation")
 PathLike = str | os.PathLike
 
 __all__ = ["GRID_TOLERANCE_MM", "REPORT_KEYS", "evaluate_predictions"]
+
+# The figures' names this module had before they moved to `pancseg_tf.evaluation.figures`.
+_canonical = canonical_case
+_display = radiological_view
 
 # Two grids are the same when every corner voxel of the volume lands within this many mm.
 GRID_TOLERANCE_MM = 1e-4
@@ -80,16 +107,6 @@ _DISPLAY: dict[str, tuple[str, float, int]] = {
 
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _PROBABILITY_SUFFIX = "_prob"  # pancseg predict --probabilities writes <case>_prob.nii.gz
-_CT_WINDOW_HU = (-100.0, 240.0)  # abdominal soft tissue, as used for the model's input
-_MRI_PERCENTILES = (1.0, 99.0)
-_MAX_MONTAGE_SLICES = 12
-_MONTAGE_COLUMNS = 4
-_MAX_TILE_PIXELS = 320  # larger crops are decimated for display
-_MIN_TILE_PIXELS = 160  # smaller crops are enlarged by an integer factor
-_CROP_MARGIN_MM = 15.0
-_GT_COLOUR = (0.0, 0.85, 0.0)
-_PRED_COLOUR = (1.0, 0.1, 0.1)
-_BOTH_COLOUR = (1.0, 0.9, 0.0)
 
 
 # === Pairing ===
@@ -262,221 +279,6 @@ def axial_axis(affine: np.ndarray) -> int:
     return int(np.argmax(np.abs(directions[2])))
 
 
-# === Montage ===
-
-
-@dataclasses.dataclass
-class _Canonical:
-    """A case's masks (and image) in RAS voxel order, for display only."""
-
-    gt: np.ndarray  # bool (I, J, K), i to the Right, j Anterior, k Superior
-    pred: np.ndarray
-    image: np.ndarray | None
-    spacing: tuple[float, float, float]
-    stored_axis: int  # which stored voxel axis became k
-    stored_flipped: bool  # whether k runs against the stored index
-
-
-def _canonical(gt: np.ndarray, pred: np.ndarray, image: np.ndarray | None, reference: Volume):
-    from nibabel.orientations import apply_orientation, io_orientation
-
-    ornt = io_orientation(reference.affine)
-    spacing = [0.0, 0.0, 0.0]
-    for axis, (target, _) in enumerate(ornt):
-        spacing[int(target)] = reference.spacing[axis]
-    stored_axis = int(np.flatnonzero(ornt[:, 0] == 2)[0])
-    return _Canonical(
-        gt=apply_orientation(gt, ornt),
-        pred=apply_orientation(pred, ornt),
-        image=None if image is None else apply_orientation(image, ornt),
-        spacing=(spacing[0], spacing[1], spacing[2]),
-        stored_axis=stored_axis,
-        stored_flipped=bool(ornt[stored_axis, 1] < 0),
-    )
-
-
-def _montage_layout(volume: _Canonical) -> tuple[list[int], tuple[slice, slice]]:
-    """The axial slices to show and the in-plane box (i, j) to crop them to.
-
-    Slices: up to `_MAX_MONTAGE_SLICES`, evenly spread over those where either mask has
-    foreground, superior first (the middle slice when both masks are empty). Box: both masks'
-    extent over all slices, grown by `_CROP_MARGIN_MM` or a quarter of the extent, whichever is
-    larger, so the organ fills the tile but keeps some context.
-    """
-    union = volume.gt | volume.pred
-    footprint = union.any(axis=2)  # (I, J)
-    present = np.flatnonzero(union.any(axis=(0, 1)))
-    if present.size == 0:
-        slices = [union.shape[2] // 2]
-    else:
-        picks = np.linspace(0, present.size - 1, min(present.size, _MAX_MONTAGE_SLICES))
-        slices = sorted({int(present[int(round(p))]) for p in picks}, reverse=True)
-    box = []
-    for axis in (0, 1):
-        size = union.shape[axis]
-        occupied = np.flatnonzero(footprint.any(axis=1 - axis))
-        if occupied.size == 0:
-            box.append(slice(0, size))
-            continue
-        extent = occupied[-1] + 1 - occupied[0]
-        margin = max(int(math.ceil(_CROP_MARGIN_MM / volume.spacing[axis])), extent // 4)
-        box.append(slice(max(0, occupied[0] - margin), min(size, occupied[-1] + 1 + margin)))
-    return slices, (box[0], box[1])
-
-
-def _display(plane: np.ndarray) -> np.ndarray:
-    """An axial RAS slice ``(I, J)`` as seen in radiology: anterior up, patient right on the left.
-
-    Rows run from anterior (top) to posterior and columns from the patient's right to left, so
-    ``display[row, col] = plane[I - 1 - col, J - 1 - row]``.
-    """
-    return plane[::-1, ::-1].T
-
-
-def _outline(mask: np.ndarray) -> np.ndarray:
-    from scipy.ndimage import binary_erosion
-
-    return mask & ~binary_erosion(mask, border_value=0)
-
-
-def _grey_levels(image: np.ndarray, modality: str) -> tuple[float, float]:
-    if modality == "ct":
-        return _CT_WINDOW_HU
-    # A strided sample is plenty for two percentiles and keeps a 512^2 x 200 MRI cheap.
-    sample = image[::4, ::4, ::2].astype(np.float32)
-    low, high = np.percentile(sample, _MRI_PERCENTILES)
-    if high <= low:  # a constant image: any window shows it
-        high = low + 1.0
-    return float(low), float(high)
-
-
-def _tile(volume: _Canonical, k: int, box: tuple[slice, slice], window, stride: int, factor: int):
-    """One RGB tile (float in [0, 1]) of slice k, with both outlines."""
-
-    def prepare(plane: np.ndarray) -> np.ndarray:
-        shown = _display(plane[box[0], box[1]])[::stride, ::stride]
-        return np.repeat(np.repeat(shown, factor, axis=0), factor, axis=1)
-
-    gt = prepare(volume.gt[:, :, k])
-    pred = prepare(volume.pred[:, :, k])
-    if volume.image is not None:
-        low, high = window
-        grey = (prepare(volume.image[:, :, k]).astype(np.float32) - low) / (high - low)
-        grey = np.clip(grey, 0.0, 1.0)
-    else:
-        # No image: the masks themselves are the background, so the regions stay visible.
-        grey = 0.2 * gt + 0.2 * pred
-    tile = np.repeat(grey[:, :, None], 3, axis=2).astype(np.float32)
-    gt_line, pred_line = _outline(gt), _outline(pred)
-    tile[gt_line & ~pred_line] = _GT_COLOUR
-    tile[pred_line & ~gt_line] = _PRED_COLOUR
-    tile[gt_line & pred_line] = _BOTH_COLOUR
-    return tile
-
-
-def _montage_png(
-    case: str,
-    volume: _Canonical,
-    window: tuple[float, float] | None,
-    row: Mapping[str, object],
-) -> bytes:
-    """The case's axial montage as PNG bytes."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    slices, box = _montage_layout(volume)
-    crop = (box[1].stop - box[1].start, box[0].stop - box[0].start)  # displayed (rows, columns)
-    stride = max(1, math.ceil(max(crop) / _MAX_TILE_PIXELS))
-    shown = (math.ceil(crop[0] / stride), math.ceil(crop[1] / stride))
-    factor = max(1, _MIN_TILE_PIXELS // max(shown))
-    tiles = [_tile(volume, k, box, window, stride, factor) for k in slices]
-    height, width = tiles[0].shape[:2]
-    columns = min(_MONTAGE_COLUMNS, len(tiles))
-    rows = math.ceil(len(tiles) / columns)
-    gap = 4
-    sheet = np.ones(
-        (rows * height + (rows - 1) * gap, columns * width + (columns - 1) * gap, 3), np.float32
-    )
-    for n, tile in enumerate(tiles):
-        top, left = (n // columns) * (height + gap), (n % columns) * (width + gap)
-        sheet[top : top + height, left : left + width] = tile
-
-    # Rows are j (anterior-posterior) and columns i (right-left): one row is spacing_j tall.
-    aspect = volume.spacing[1] / volume.spacing[0]
-    dpi, header = 100, 58
-    sheet_height = sheet.shape[0] * aspect
-    fig = Figure(figsize=(max(sheet.shape[1], 480) / dpi, (sheet_height + header) / dpi), dpi=dpi)
-    FigureCanvasAgg(fig)
-    ax = fig.add_axes((0.0, 0.0, 1.0, sheet_height / (sheet_height + header)))
-    ax.imshow(sheet, interpolation="nearest", aspect=aspect)
-    ax.set_axis_off()
-    name = "ijk"[volume.stored_axis]
-    size = volume.gt.shape[2]
-    for n, k in enumerate(slices):
-        stored = size - 1 - k if volume.stored_flipped else k
-        top, left = (n // columns) * (height + gap), (n % columns) * (width + gap)
-        ax.text(
-            left + 3,
-            top + 3,
-            f"{name}={stored}",
-            color="white",
-            fontsize=8,
-            va="top",
-            ha="left",
-            bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "linewidth": 0},
-        )
-    dsc = float(row["dsc"])
-    background = "image" if volume.image is not None else "masks (no image)"
-    fig.text(
-        0.01,
-        1.0 - 4 / (sheet_height + header),
-        f"{case}   DSC {100 * dsc:.1f} %",
-        fontsize=11,
-        va="top",
-        ha="left",
-        weight="bold",
-    )
-    fig.text(
-        0.01,
-        1.0 - 24 / (sheet_height + header),
-        "green: ground truth, red: prediction, yellow: both\n"
-        f"over the {background}; anterior up, patient right on the left",
-        fontsize=7.5,
-        va="top",
-        ha="left",
-    )
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, facecolor="white")
-    return buffer.getvalue()
-
-
-def _boxplot_png(dsc_values: Sequence[float]) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    values = 100.0 * np.asarray(dsc_values, dtype=np.float64)
-    fig = Figure(figsize=(3.6, 4.4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.boxplot(values, widths=0.5, showmeans=True)
-    # Every case as a point, spread evenly across the box (deterministic, unlike a random jitter).
-    offsets = np.linspace(-0.12, 0.12, values.size) if values.size > 1 else np.zeros(1)
-    ax.scatter(1 + offsets, values, s=10, color="tab:blue", alpha=0.6, zorder=3)
-    ax.set_xticks([1], [f"{values.size} case{'s' if values.size != 1 else ''}"])
-    ax.set_ylabel("DSC (%)")
-    ax.set_ylim(-2, 102)
-    ax.set_title(f"DSC {values.mean():.1f} ± {_std(values):.1f} %", fontsize=10)
-    ax.grid(axis="y", alpha=0.3)
-    fig.subplots_adjust(left=0.22, right=0.95, top=0.9, bottom=0.1)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, facecolor="white")
-    return buffer.getvalue()
-
-
-def _std(values: np.ndarray) -> float:
-    return float(values.std(ddof=1)) if values.size > 1 else 0.0
-
-
 # === Writing ===
 
 
@@ -610,8 +412,116 @@ table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 th { background: #f0f0f0; }
-img.thumb { width: 240px; }
+img.thumb { width: 320px; }
+img.montage { display: block; max-width: none; }
+figure { margin: 0 0 2em; }
+.missing { color: #b00000; font-weight: bold; }
+.legend .gt { color: #00a000; } .legend .pred { color: #d00000; } .legend .both { color: #b09000; }
+.viewer { display: inline-grid; grid-template-columns: 1.5em auto 1.5em; align-items: center;
+          justify-items: center; gap: 0.2em; }
+.viewer img { display: block; }
+.controls { margin: 0.5em 0; }
+.controls input[type=range] { width: 480px; vertical-align: middle; }
 """
+
+# Counts the page's images once everything has loaded, writes the counts on <body>
+# (data-images-total / data-images-loaded) and shows which failed: a report folder copied
+# without its cases/ folder says so instead of showing broken images silently.
+_IMAGE_CHECK_JS = """
+window.addEventListener("load", function () {
+  var images = Array.prototype.slice.call(document.images);
+  var missing = images.filter(function (i) { return !(i.complete && i.naturalWidth > 0); });
+  document.body.dataset.imagesTotal = String(images.length);
+  document.body.dataset.imagesLoaded = String(images.length - missing.length);
+  if (missing.length) {
+    var note = document.getElementById("missing-images");
+    note.hidden = false;
+    note.textContent = missing.length + " image(s) did not load (is the report folder complete?): "
+      + missing.map(function (i) { return i.getAttribute("src"); }).join(", ");
+  }
+});
+"""
+
+# The case page's slice scroller: a range input, buttons, the arrow keys and the mouse wheel
+# over the image move through the slices; #slice-<n> in the address (the montage's tiles and
+# the lists link there) opens slice n. Without JavaScript the page lists every slice's image.
+_SCROLLER_JS = """
+(function () {
+  var slices = JSON.parse(document.getElementById("slice-data").textContent);
+  var viewer = document.getElementById("scroller");
+  var image = document.getElementById("slice-image");
+  var range = document.getElementById("slice-range");
+  var caption = document.getElementById("slice-caption");
+  var at = 0;
+  function show(n) {
+    at = Math.max(0, Math.min(slices.length - 1, n));
+    var s = slices[at];
+    image.src = s.file;
+    image.alt = "slice " + s.label;
+    range.value = String(at);
+    image.dataset.slice = String(s.stored);
+    caption.textContent = "slice " + s.label + " (" + (at + 1) + " of " + slices.length
+      + ", superior first): ground truth " + s.gt + " voxels, prediction " + s.pred
+      + ", false positive " + s.fp + ", false negative " + s.fn;
+  }
+  function fromHash() {
+    var m = /^#slice-(\\d+)$/.exec(window.location.hash);
+    if (!m) { return false; }
+    for (var n = 0; n < slices.length; n++) {
+      if (slices[n].stored === Number(m[1])) { show(n); viewer.scrollIntoView(); return true; }
+    }
+    return false;
+  }
+  viewer.hidden = false;
+  range.max = String(slices.length - 1);
+  range.addEventListener("input", function () { show(Number(range.value)); });
+  var previous = document.getElementById("slice-previous");
+  previous.addEventListener("click", function () { show(at - 1); });
+  document.getElementById("slice-next").addEventListener("click", function () { show(at + 1); });
+  image.addEventListener("wheel", function (e) {
+    e.preventDefault();
+    show(at + (e.deltaY > 0 ? 1 : -1));
+  }, { passive: false });
+  document.addEventListener("keydown", function (e) {
+    if (e.target === range) { return; }
+    if (e.key === "ArrowDown" || e.key === "ArrowRight") { show(at + 1); e.preventDefault(); }
+    if (e.key === "ArrowUp" || e.key === "ArrowLeft") { show(at - 1); e.preventDefault(); }
+  });
+  window.addEventListener("hashchange", fromHash);
+  if (!fromHash()) { show(Number(viewer.dataset.start)); }
+})();
+"""
+
+_LEGEND = (
+    '<p class="legend">Outlines: <span class="gt">green: ground truth</span>, '
+    '<span class="pred">red: prediction</span>, <span class="both">yellow: both</span>. '
+    f"Axial slices in the {html.escape(ORIENTATION_NOTE)} (as PACS viewers show them).</p>"
+)
+
+
+def _page(title: str, body: Sequence[str], scripts: Sequence[str] = ()) -> bytes:
+    """A complete HTML page: the shared style, ``body``, the image check and ``scripts``."""
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>",
+        f"<style>{_CSS}</style>",
+        "</head>",
+        "<body>",
+        '<p id="missing-images" class="missing" hidden></p>',
+        *body,
+        f"<script>{_IMAGE_CHECK_JS}</script>",
+        *(f"<script>{script}</script>" for script in scripts),
+        "</body>",
+        "</html>",
+    ]
+    return ("\n".join(parts) + "\n").encode("utf-8")
+
+
+def _href(path: str) -> str:
+    return html.escape(urllib.parse.quote(path))
 
 
 def _index_html(
@@ -623,17 +533,9 @@ def _index_html(
     e = html.escape
 
     def link(href: str, text: str) -> str:
-        return f'<a href="{e(urllib.parse.quote(href))}">{e(text)}</a>'
+        return f'<a href="{_href(href)}">{e(text)}</a>'
 
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en">',
-        "<head>",
-        '<meta charset="utf-8">',
-        "<title>pancseg evaluation</title>",
-        f"<style>{_CSS}</style>",
-        "</head>",
-        "<body>",
         "<h1>Pancreas segmentation: evaluation</h1>",
         f"<p>{e(_counts_line(summary))}</p>",
         "<p>Files: "
@@ -651,8 +553,7 @@ def _index_html(
     if boxplot is not None:
         parts += [
             "<h2>DSC per case</h2>",
-            f'<p><img src="{e(urllib.parse.quote(boxplot))}" alt="box plot of the DSC per case">'
-            "</p>",
+            f'<p><img src="{_href(boxplot)}" alt="box plot of the DSC per case"></p>',
         ]
     unpaired = summary["unpaired"]
     if unpaired["prediction_only"] or unpaired["ground_truth_only"]:
@@ -668,32 +569,167 @@ def _index_html(
             parts.append(f"<li>{e(entry['case'])}: {e(entry['reason'])}</li>")
         parts.append("</ul>")
     if rows:
-        columns = ("dsc", "ji", "precision", "recall", "hd95_mm", "assd_mm", "rvd",
-                   "slice_consistency", "gt_volume_ml", "pred_volume_ml")  # fmt: skip
         parts += [
             "<h2>Cases</h2>",
-            "<p>Green: ground truth, red: prediction, yellow: both. Click an image to enlarge.</p>",
+            _LEGEND,
+            "<p>Each case's page has its montage at full size and a scroller through every "
+            "slice with either mask.</p>",
             "<table>",
             "<tr><th>case</th><th>axial slices</th>"
-            + "".join(f"<th>{e(_DISPLAY[key][0])}</th>" for key in columns)
+            + "".join(f"<th>{e(_DISPLAY[key][0])}</th>" for key in _CASE_COLUMNS)
             + "</tr>",
         ]
         for case, row in rows:
             href = montages.get(case)
+            page = f"cases/{case}.html"
             image = (
-                f'<a href="{e(urllib.parse.quote(href))}"><img class="thumb" '
-                f'src="{e(urllib.parse.quote(href))}" alt="axial slices of {e(case)}"></a>'
+                f'<a href="{_href(page)}"><img class="thumb" src="{_href(href)}" '
+                f'alt="axial slices of {e(case)}"></a>'
                 if href
                 else ""
             )
-            cells = [f"<td>{link(href, case) if href else e(case)}</td>", f"<td>{image}</td>"]
-            for key in columns:
-                _, scale, decimals = _DISPLAY[key]
-                cells.append(f"<td>{e(_statistic(row[key], scale, decimals))}</td>")
+            cells = [f"<td>{link(page, case) if href else e(case)}</td>", f"<td>{image}</td>"]
+            cells += [f"<td>{e(value)}</td>" for value in _case_values(row)]
             parts.append("<tr>" + "".join(cells) + "</tr>")
         parts.append("</table>")
-    parts += ["</body>", "</html>"]
-    return ("\n".join(parts) + "\n").encode("utf-8")
+        parts.append("<h2>Montages</h2>")
+        for case, _ in rows:
+            href = montages.get(case)
+            if href:
+                parts.append(
+                    f'<figure><a href="{_href(f"cases/{case}.html")}"><img class="montage" '
+                    f'src="{_href(href)}" alt="axial slices of {e(case)}"></a></figure>'
+                )
+    return _page("pancseg evaluation", parts)
+
+
+_CASE_COLUMNS = ("dsc", "ji", "precision", "recall", "hd95_mm", "assd_mm", "rvd",
+                 "slice_consistency", "gt_volume_ml", "pred_volume_ml")  # fmt: skip
+
+
+def _case_values(row: Mapping[str, object]) -> list[str]:
+    values = []
+    for key in _CASE_COLUMNS:
+        _, scale, decimals = _DISPLAY[key]
+        values.append(_statistic(row[key], scale, decimals))
+    return values
+
+
+def _slice_links(slices: Sequence[Mapping[str, object]], key: str) -> str:
+    """The slices with ``key`` voxels (most first, at most 10) as links into the scroller."""
+    ranked = sorted((s for s in slices if s[key]), key=lambda s: -int(s[key]))[:10]
+    if not ranked:
+        return "none"
+    return ", ".join(
+        f'<a href="#slice-{s["stored"]}" data-slice="{s["stored"]}" data-voxels="{s[key]}">'
+        f"{html.escape(str(s['label']))}</a> ({s[key]} voxels)"
+        for s in ranked
+    )
+
+
+def _case_html(
+    case: str,
+    row: Mapping[str, object],
+    montage_file: str,
+    montage: Montage,
+    slices: Sequence[Mapping[str, object]],
+) -> bytes:
+    """``cases/<case>.html``: the case's metrics, montage and slice scroller (links relative to
+    ``cases/``)."""
+    e = html.escape
+    start = max(range(len(slices)), key=lambda n: int(slices[n]["gt"]))
+    areas = "".join(
+        f'<area shape="rect" coords="{t.left},{t.top},{t.right},{t.bottom}" '
+        f'href="#slice-{t.stored}" title="slice {e(t.reason)}" alt="slice {t.stored}">'
+        for t in montage.tiles
+    )
+    first = slices[start]
+    data = json.dumps(list(slices)).replace("</", "<\\/")
+    parts = [
+        '<p><a href="../index.html">all cases</a></p>',
+        f"<h1>{e(case)}</h1>",
+        "<table>",
+        "<tr>" + "".join(f"<th>{e(_DISPLAY[key][0])}</th>" for key in _CASE_COLUMNS) + "</tr>",
+        "<tr>" + "".join(f"<td>{e(value)}</td>" for value in _case_values(row)) + "</tr>",
+        "</table>",
+        _LEGEND,
+        f"<p>False-positive slices (predicted, not in the ground truth): "
+        f'<span id="false-positive-slices">{_slice_links(slices, "fp")}</span></p>',
+        f"<p>False-negative slices (in the ground truth, not predicted): "
+        f'<span id="false-negative-slices">{_slice_links(slices, "fn")}</span></p>',
+        "<h2>Montage</h2>",
+        "<p>Click a slice to open it in the scroller below.</p>",
+        f'<p><img class="montage" src="{_href(montage_file)}" width="{montage.width}" '
+        f'height="{montage.height}" usemap="#tiles" alt="axial slices of {e(case)}"></p>',
+        f'<map name="tiles">{areas}</map>',
+        "<h2>Slices</h2>",
+        f'<div id="scroller" data-start="{start}" hidden>',
+        '<div class="controls"><button id="slice-previous" type="button">previous</button> '
+        f'<input id="slice-range" type="range" min="0" max="{len(slices) - 1}" value="{start}" '
+        'aria-label="slice"> <button id="slice-next" type="button">next</button> '
+        "(or the arrow keys, or the mouse wheel over the image)</div>",
+        '<div class="viewer"><span></span><span>A</span><span></span>',
+        f'<span>R</span><img id="slice-image" src="{_href(str(first["file"]))}" '
+        f'alt="slice {e(str(first["label"]))}"><span>L</span>',
+        "<span></span><span>P</span><span></span></div>",
+        '<p id="slice-caption"></p>',
+        "</div>",
+        f"<details><summary>Every slice ({len(slices)}) as an image</summary><ul>",
+    ]
+    for s in slices:
+        parts.append(
+            f'<li id="slice-{s["stored"]}"><a href="{_href(str(s["file"]))}">slice '
+            f"{e(str(s['label']))}</a>: ground truth {s['gt']}, prediction {s['pred']}, false "
+            f"positive {s['fp']}, false negative {s['fn']} voxels</li>"
+        )
+    parts.append("</ul></details>")
+    parts.append(f'<script type="application/json" id="slice-data">{data}</script>')
+    return _page(f"pancseg evaluation: {case}", parts, scripts=[_SCROLLER_JS])
+
+
+def _write_case_figures(
+    cases_folder: pathlib.Path,
+    case: str,
+    row: Mapping[str, object],
+    volume: CaseVolumes,
+    window: tuple[float, float] | None,
+) -> None:
+    """Writes the case's montage, per-slice images and page into ``cases_folder``.
+
+    Slice images of an earlier report into the same folder that this one does not show are
+    removed, so the folder holds what the page links.
+    """
+    counts = slice_counts(volume)
+    montage = montage_png(case, volume, window, float(row["dsc"]), counts)
+    _write_atomic(cases_folder / f"{case}.png", montage.png)
+    folder = cases_folder / case
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError as error:
+        raise PancsegError(f"could not create {folder}: {error.strerror or error}") from None
+    box = slice_box(volume)
+    slices, written = [], set()
+    for k in scroller_slices(volume, required=[tile.k for tile in montage.tiles]):
+        stored = volume.stored_index(k)
+        name = f"slice_{stored:04d}.png"
+        _write_atomic(folder / name, slice_png(volume, k, box, window))
+        written.add(name)
+        slices.append(
+            {
+                "file": f"{case}/{name}",
+                "stored": stored,
+                "label": f"{volume.axis_name}={stored}",
+                "gt": int(counts.gt[k]),
+                "pred": int(counts.pred[k]),
+                "fp": int(counts.false_positive[k]),
+                "fn": int(counts.false_negative[k]),
+            }
+        )
+    for stale in folder.glob("slice_*.png"):
+        if stale.name not in written:
+            stale.unlink(missing_ok=True)
+    page = _case_html(case, row, f"{case}.png", montage, slices)
+    _write_atomic(cases_folder / f"{case}.html", page)
 
 
 # === Entry point ===
@@ -715,11 +751,12 @@ def _evaluate_one(
     truth: _Truth,
     images: Mapping[str, pathlib.Path],
     gt_labels: tuple[int, ...] | None,
-) -> tuple[dict[str, object], bytes, bool]:
+) -> tuple[dict[str, object], CaseVolumes, tuple[float, float] | None]:
     """Reads, checks and scores one case; PancsegError if it fails.
 
     Returns:
-        The metrics row, the montage PNG, and whether the montage shows the image.
+        The metrics row, the case in display order (`canonical_case`), and the image's grey
+        levels (None when no image is shown).
     """
     from pancseg_tf.io.nifti import read_nifti
     from pancseg_tf.preprocessing.labels import map_labels
@@ -765,9 +802,9 @@ def _evaluate_one(
                     modality = "ct" if float(image_array.min()) < -500 else "mri"
             else:
                 log.warning("case %s: image not shown, it is on another grid: %s", case, problem)
-    canonical = _canonical(gt_mask, pred_mask, image_array, gt)
-    window = _grey_levels(canonical.image, modality or "ct") if image_array is not None else None
-    return row, _montage_png(case, canonical, window, row), image_array is not None
+    volume = canonical_case(gt_mask, pred_mask, image_array, gt)
+    window = display_window(volume.image, modality or "ct") if image_array is not None else None
+    return row, volume, window
 
 
 def evaluate_predictions(
@@ -861,7 +898,7 @@ def evaluate_predictions(
     for number, case in enumerate(paired, start=1):
         case_started = time.perf_counter()
         try:
-            row, png, image_shown = _evaluate_one(
+            row, volume, window = _evaluate_one(
                 case, predictions[case], truths[case], image_files, gt_labels
             )
         except PancsegError as error:
@@ -869,10 +906,10 @@ def evaluate_predictions(
             log.warning("[%d/%d] case %s failed: %s", number, len(paired), case, error)
             continue
         # Outside the try: a report that cannot be written is not one case's failure.
-        _write_atomic(cases_folder / f"{case}.png", png)
+        _write_case_figures(cases_folder, case, row, volume, window)
         rows.append((case, row))
         montages[case] = f"cases/{case}.png"
-        if not image_shown:
+        if window is None:
             without_image.append(case)
         if progress:
             log.info(
@@ -929,7 +966,7 @@ def evaluate_predictions(
     boxplot = None
     if rows:
         boxplot = "dsc_boxplot.png"
-        _write_atomic(out / boxplot, _boxplot_png([float(row["dsc"]) for _, row in rows]))
+        _write_atomic(out / boxplot, boxplot_png([float(row["dsc"]) for _, row in rows]))
     _write_atomic(out / "index.html", _index_html(summary, rows, montages, boxplot))
 
     if not rows:

@@ -48,7 +48,7 @@ def read_summary(out: pathlib.Path) -> dict:
 class _Links(html.parser.HTMLParser):
     """Collects every href / src and checks that tags open and close in order."""
 
-    VOID = {"meta", "img", "br", "link", "hr", "input"}
+    VOID = {"meta", "img", "br", "link", "hr", "input", "area"}
 
     def __init__(self):
         super().__init__()
@@ -409,10 +409,15 @@ def test_report_files_and_links(cohort, tmp_path):
     out = tmp_path / "report"
     summary = evaluate_predictions(pred, cohort, out)
 
-    names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    # Each case's per-slice images sit in cases/<case>/, linked from its page.
+    names = [name for name in files if not re.fullmatch(r"cases/synth_00\d/slice_\d{4}\.png", name)]
     assert names == [
+        "cases/synth_000.html",
         "cases/synth_000.png",
+        "cases/synth_001.html",
         "cases/synth_001.png",
+        "cases/synth_002.html",
         "cases/synth_002.png",
         "dsc_boxplot.png",
         "index.html",
@@ -425,6 +430,15 @@ def test_report_files_and_links(cohort, tmp_path):
     for link in links:
         assert not re.match(r"[a-z]+:|/", link)  # relative, no external resources
         assert (out / link).is_file()
+    for page in out.glob("cases/*.html"):
+        parser = _Links()
+        parser.feed(page.read_text(encoding="utf-8"))
+        files_linked = {link for link in parser.links if not link.startswith("#")}
+        assert all((page.parent / link).resolve().is_file() for link in files_linked)
+        slices = {link for link in files_linked if "/slice_" in link}
+        assert slices == {
+            f"{page.stem}/{p.name}" for p in (out / "cases" / page.stem).glob("*.png")
+        }
     for png in out.rglob("*.png"):
         image = matplotlib.image.imread(png)
         assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100

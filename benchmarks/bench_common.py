@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import pathlib
@@ -197,11 +198,13 @@ def provenance(
         argv: the command line (default ``sys.argv``: the script and its arguments).
 
     Returns:
-        ``{"git_commit", "git_dirty", "git_dirty_paths", "config", "config_sha256",
-        "command", "argv", "python", "libraries", "machine", "date_utc"}``.
+        ``{"git_commit", "git_dirty", "git_dirty_paths", "package_path", "config",
+        "config_sha256", "command", "argv", "python", "libraries", "machine", "date_utc"}``.
         ``git_commit`` and ``git_dirty`` are None outside a git checkout; ``git_dirty`` counts
         untracked files too (a script not yet committed changes what ran);
-        ``git_dirty_paths`` lists at most 50 of the changed paths.
+        ``git_dirty_paths`` lists at most 50 of the changed paths. ``package_path`` is the
+        folder ``import pancseg_tf`` loads (found, not imported): with an editable install it
+        can be another tree than the script's, unless ``PYTHONPATH`` names the script's.
 
     Raises:
         FileNotFoundError: ``config_path`` does not exist.
@@ -209,6 +212,8 @@ def provenance(
     argv = list(sys.argv if argv is None else argv)
     status = _git("status", "--porcelain")
     dirty_paths = None if status is None else [line[3:] for line in status.splitlines()]
+    spec = importlib.util.find_spec("pancseg_tf")
+    package = None if spec is None or spec.origin is None else str(pathlib.Path(spec.origin).parent)
     config_hash = None
     if config_path is not None:
         config_path = pathlib.Path(config_path)
@@ -219,6 +224,7 @@ def provenance(
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": None if dirty_paths is None else bool(dirty_paths),
         "git_dirty_paths": None if dirty_paths is None else dirty_paths[:50],
+        "package_path": package,
         "config": None if config_path is None else str(config_path),
         "config_sha256": config_hash,
         "command": shlex.join(argv),

@@ -94,6 +94,8 @@ def chromium(tmp_path: pathlib.Path, url: str, *args: str) -> str:
             "--disable-gpu",
             "--no-first-run",
             "--hide-scrollbars",
+            # Screenshots wait for every image to be rasterised, not just decoded.
+            "--run-all-compositor-stages-before-draw",
             f"--user-data-dir={profile}",
             # Virtual time runs until the page is idle (images decoded, load handlers run).
             "--virtual-time-budget=15000",

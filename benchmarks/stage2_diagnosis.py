@@ -15,7 +15,9 @@ Usage:
     python benchmarks/stage2_diagnosis.py DATA RUN [--cases N] [--windows N] [--json OUT.json]
 
 ``DATA`` is the run's prepared data (``pancseg prepare``), ``RUN`` a run folder with
-``stage1.keras`` and ``model.keras``.
+``stage1.keras`` and ``stage2.keras`` (older runs: ``model.keras``). A diagnostic for
+development runs (`benchmarks/PROTOCOL.md`): its earlier results, made on cohorts the recipe was
+then chosen on, are in ``benchmarks/results/archive/``.
 """
 
 from __future__ import annotations
@@ -88,9 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     cfg = apply_overrides(load_config(str(args.run / "config.yaml")), ["data.augment=false"])
     splits = json.loads((args.run / "splits.json").read_text())
     cnn = load_model(args.run / "stage1.keras")
+    # stage2.keras: the best contextual model; runs made before the trainer wrote it hold it
+    # as model.keras (which now may be the stage-1 CNN that the run ships instead).
+    stage2_path = args.run / "stage2.keras"
+    if not stage2_path.is_file():
+        stage2_path = args.run / "model.keras"
     segmenters = {
         "stage1": Segmenter.from_path(args.run / "stage1.keras", postprocess=False),
-        "stage2": Segmenter.from_path(args.run / "model.keras", postprocess=False),
+        "stage2": Segmenter.from_path(stage2_path, postprocess=False),
     }
     report: dict = {"run": str(args.run), "data": str(args.data), "haze": {}, "cases": {}}
     for split in ("train", "validation"):

@@ -113,7 +113,7 @@ def train_control(
     from pancseg_tf.inference import load_model
     from pancseg_tf.training.callbacks import BestModel, RunLog, WholeVolumeValidation, read_json
     from pancseg_tf.training.trainer import (
-        _side_weights,  # the trainer's rule for the side outputs' weights: stage 1's loss
+        side_loss_weights,  # the trainer's rule for the side outputs' weights: stage 1's loss
         make_optimizer,
         phase_seed,
         stage_losses,
@@ -138,7 +138,7 @@ def train_control(
         cnn.compile(
             optimizer=make_optimizer(rate, cfg, epochs, cfg.train.warmup_epochs),
             loss=stage_losses(cfg, cnn.loss_keys, stage=1),
-            loss_weights=_side_weights(cnn.loss_keys, cfg.train.side_output_weights),
+            loss_weights=side_loss_weights(cnn.loss_keys, cfg.train.side_output_weights),
             jit_compile=cfg.train.jit_compile,
         )
         first = cfg.train.stage1_epochs  # stage 1 drew epochs 0 .. stage1_epochs - 1

@@ -40,7 +40,7 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
     from pancseg_tf.training.multiworker import fit_distributed, is_chief
     from pancseg_tf.training.trainer import (
         TrainResult,
-        _side_weights,
+        side_loss_weights,
         build_contextual,
         build_slice_cnn,
         freeze_for_stage2,
@@ -148,7 +148,7 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
             "stage1",
             lambda: build_slice_cnn(cfg),
             keys,
-            _side_weights(keys, cfg.train.side_output_weights),
+            side_loss_weights(keys, cfg.train.side_output_weights),
             cfg.train.learning_rate,
             0,
             cfg.train.stage1_epochs,

@@ -555,7 +555,7 @@ class Trainer:
             phase=phase,
             model=cnn,
             loss=stage_losses(cfg, cnn.loss_keys, stage=1),
-            loss_weights=_side_weights(cnn.loss_keys, cfg.train.side_output_weights),
+            loss_weights=side_loss_weights(cnn.loss_keys, cfg.train.side_output_weights),
             learning_rate=cfg.train.learning_rate,
             epochs=epochs,
             first_epoch=0,
@@ -736,7 +736,9 @@ def stage2_learning_rate(cfg: Config, phase: str) -> float:
     return cfg.train.stage2_learning_rate
 
 
-def _side_weights(keys: list[str], side: tuple[float, ...]) -> dict[str, float]:
+def side_loss_weights(keys: list[str], side: tuple[float, ...]) -> dict[str, float]:
+    """Stage 1's loss weights: 1 for ``"prob"``, ``side[i]`` for the ``i``-th side output
+    (finest first; the last weight repeats for deeper ones)."""
     weights = {}
     sides = [k for k in keys if k != "prob"]
     for i, key in enumerate(sides):

@@ -113,9 +113,9 @@ def train_control(
     from pancseg_tf.inference import load_model
     from pancseg_tf.training.callbacks import BestModel, RunLog, WholeVolumeValidation, read_json
     from pancseg_tf.training.trainer import (
-        side_loss_weights,  # the trainer's rule for the side outputs' weights: stage 1's loss
         make_optimizer,
         phase_seed,
+        side_loss_weights,  # the trainer's rule for the side outputs' weights: stage 1's loss
         stage_losses,
     )
 

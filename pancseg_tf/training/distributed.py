@@ -40,12 +40,12 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
     from pancseg_tf.training.multiworker import fit_distributed, is_chief
     from pancseg_tf.training.trainer import (
         TrainResult,
-        side_loss_weights,
         build_contextual,
         build_slice_cnn,
         freeze_for_stage2,
         make_optimizer,
         phase_seed,
+        side_loss_weights,
         stage2_learning_rate,
         stage_losses,
     )

@@ -1,0 +1,201 @@
+"""The prediction pipeline: cases -> read -> RunInference -> masks, failures and a summary.
+
+::
+
+    Create(cases) -> ReadCase --volumes--> RunInference(SegmenterHandler) -> WriteCase --> written
+                        |--skipped (mask already there)                        |--failed
+                        '--failed (unreadable)                                  (segment / write)
+    written + skipped + failed -> ToList -> write_summary: OUT/failures.tsv, OUT/summary.json
+
+Each case is one element; Create reshuffles them, so the runner spreads cases over its workers.
+The failed outputs are the dead letters: a case that cannot be read, segmented or written is
+a record with its id and a one-line reason, and the other cases are written. Messages show an
+input by its last component, as the command line does (`pancseg_tf.messages`), a cohort's
+found folders as ``<image>``: the failures file names no path beyond the case.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import tempfile
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import PredictionResult, RunInference
+
+from pancseg_tf.beam import files
+from pancseg_tf.beam.handler import LoadedCase, SegmentationFailure, SegmenterHandler
+from pancseg_tf.errors import PancsegError
+from pancseg_tf.messages import InputPathDisplay, one_line
+from pancseg_tf.predict_io import hide_found_paths, load_case_volume, output_names, write_case
+
+SUMMARY_NAME = "summary.json"
+FAILURES_NAME = "failures.tsv"
+WRITTEN, SKIPPED, FAILED = "written", "skipped", "failed"
+#: Longest reason kept in the failures file.
+MAX_REASON = 500
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseTask:
+    """One case to segment: its name and its source (local path, cohort `Case` or
+    `pancseg_tf.beam.files.RemoteSource`)."""
+
+    case_id: str
+    source: Any
+
+
+def _source_paths(source: Any) -> list[str]:
+    if isinstance(source, files.RemoteSource):
+        return [source.url]
+    if hasattr(source, "image"):
+        return []  # a cohort's found folders become <image> (hide_found_paths)
+    return [str(source)]
+
+
+def failure_reason(err: BaseException, task: CaseTask, local: Any = None) -> str:
+    """One line for a failed case: the error's message (with its type unless it is a
+    `PancsegError`), the input shown by its last component, a cohort's folders as ``<image>``.
+
+    Args:
+        err: the exception.
+        task: the case.
+        local: the local copy that was read for a remote source, if any.
+    """
+    message = str(err) if isinstance(err, PancsegError) else f"{type(err).__name__}: {err}"
+    message = hide_found_paths(message, task.source)
+    shown = _source_paths(task.source)
+    if local is not None and local is not task.source and not hasattr(local, "image"):
+        shown.append(str(local))
+    reason = one_line(InputPathDisplay(shown)(message))
+    return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 1] + "…"
+
+
+def _record(case_id: str, status: str, reason: str = "", voxels: int | None = None) -> dict:
+    record: dict[str, Any] = {"case": case_id, "status": status}
+    if reason:
+        record["reason"] = reason
+    if voxels is not None:
+        record["voxels"] = voxels
+    return record
+
+
+class ReadCase(beam.DoFn):
+    """Case -> `LoadedCase`; a case whose files are all written goes to ``skipped``, one that
+    cannot be read (or whose name cannot name a file) to ``failed``."""
+
+    def __init__(self, out: str, probabilities: bool) -> None:
+        self.out = out
+        self.probabilities = probabilities
+
+    def process(self, task: CaseTask):
+        from pancseg_tf.io.cohorts import check_case_id
+
+        local = None
+        try:
+            check_case_id(task.case_id)
+            names = output_names(task.case_id, probabilities=self.probabilities)
+            if all(files.exists(files.join(self.out, name)) for name in names):
+                yield beam.pvalue.TaggedOutput(SKIPPED, _record(task.case_id, SKIPPED))
+                return
+            with files.staged_case(task.source) as local:
+                volume = load_case_volume(local)
+        except Exception as err:  # noqa: BLE001 - a failed case goes to the failures output
+            reason = failure_reason(err, task, local)
+            yield beam.pvalue.TaggedOutput(FAILED, _record(task.case_id, FAILED, reason))
+            return
+        yield LoadedCase(task, volume)
+
+
+class WriteCase(beam.DoFn):
+    """`PredictionResult` -> the case's mask (and probabilities) in the output; a failed
+    segmentation or write goes to ``failed``."""
+
+    def __init__(self, out: str, probabilities: bool) -> None:
+        self.out = out
+        self.probabilities = probabilities
+
+    def process(self, result: PredictionResult):
+        case: LoadedCase = result.example
+        task = case.task
+        try:
+            if isinstance(result.inference, SegmentationFailure):
+                raise result.inference.error
+            self._write(result.inference, case)
+        except Exception as err:  # noqa: BLE001 - a failed case goes to the failures output
+            reason = failure_reason(err, task)
+            yield beam.pvalue.TaggedOutput(FAILED, _record(task.case_id, FAILED, reason))
+            return
+        yield _record(task.case_id, WRITTEN, voxels=int(result.inference.mask.sum()))
+
+    def _write(self, segmentation, case: LoadedCase) -> None:
+        name, volume = case.task.case_id, case.volume
+        if not files.is_remote(self.out):
+            out = pathlib.Path(self.out)
+            write_case(segmentation, volume, out, name, probabilities=self.probabilities)
+            return
+        with tempfile.TemporaryDirectory(prefix="pancseg-beam-") as tmp:
+            out = pathlib.Path(tmp)
+            written = write_case(segmentation, volume, out, name, probabilities=self.probabilities)
+            # The mask last: a rerun skips a case only when its mask is there.
+            for path in reversed(written):
+                files.upload(path, files.join(self.out, path.name))
+
+
+def write_summary(records: list[dict], out: str, run_id: str) -> None:
+    """Writes ``OUT/failures.tsv`` (case id, tab, reason; header first) and then
+    ``OUT/summary.json`` (counts and case ids per status, and ``run_id``), each atomically."""
+    records = sorted(records, key=lambda r: r["case"])
+    by_status = {s: [r for r in records if r["status"] == s] for s in (WRITTEN, SKIPPED, FAILED)}
+    lines = ["case\treason"] + [f"{r['case']}\t{r['reason']}" for r in by_status[FAILED]]
+    files.write_text(files.join(out, FAILURES_NAME), "\n".join(lines) + "\n")
+    summary = {
+        "run_id": run_id,
+        "cases": len(records),
+        **{status: len(rows) for status, rows in by_status.items()},
+        "failed_cases": [r["case"] for r in by_status[FAILED]],
+        "written_cases": [r["case"] for r in by_status[WRITTEN]],
+    }
+    files.write_text(files.join(out, SUMMARY_NAME), json.dumps(summary, indent=2) + "\n")
+
+
+def build_pipeline(
+    pipeline: beam.Pipeline,
+    tasks: list[CaseTask],
+    *,
+    model: str,
+    out: str,
+    options: dict,
+    run_id: str,
+    unsafe: bool = False,
+    probabilities: bool = False,
+) -> None:
+    """Adds the prediction to ``pipeline`` (see the module's diagram).
+
+    Args:
+        pipeline: the Beam pipeline.
+        tasks: the cases (their ids already unique).
+        model: run folder or ``.keras`` file, local or remote.
+        out: the output folder, local or remote.
+        options: `Segmenter.from_path` keyword arguments.
+        run_id: written into ``summary.json``, so the launcher reads this run's summary.
+        unsafe: load Lambda layers and unregistered classes.
+        probabilities: also write ``<case>_prob.nii.gz``.
+    """
+    cases = pipeline | "Cases" >> beam.Create(tasks)
+    read = cases | "Read" >> beam.ParDo(ReadCase(out, probabilities)).with_outputs(
+        SKIPPED, FAILED, main="volumes"
+    )
+    handler = SegmenterHandler(model, unsafe=unsafe, options=options)
+    segmented = read.volumes | "Segment" >> RunInference(handler)
+    written = segmented | "Write" >> beam.ParDo(WriteCase(out, probabilities)).with_outputs(
+        FAILED, main="written"
+    )
+    records = (written.written, read[SKIPPED], read[FAILED], written[FAILED]) | beam.Flatten()
+    _ = (
+        records
+        | "Collect" >> beam.combiners.ToList()
+        | "Summary" >> beam.Map(write_summary, out=out, run_id=run_id)
+    )

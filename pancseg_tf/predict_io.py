@@ -1,0 +1,183 @@
+"""The steps of ``pancseg predict`` around the network: inputs to cases, one case read and written.
+
+Shared by the in-process loop (`pancseg_tf.cli`) and the Apache Beam pipeline
+(`pancseg_tf.beam`), so that both find the same cases under the same names, build the same
+`Segmenter` and write the same bytes:
+
+- `predict_inputs`: what each input names (a NIfTI file, a DICOM series folder, a folder of
+  NIfTI files, an MSD / NIH cohort or a CSV manifest) as ``(case name, source)`` pairs;
+- `segmenter_options`: the command's flags as `Segmenter.from_path` keyword arguments;
+- `load_case_volume` and `write_case`: one case read, and its mask (and probabilities) written
+  atomically on the input's own grid, whole or not at all;
+- `hide_found_paths`: an error message without the folders a cohort was found in.
+
+Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+from pancseg_tf.errors import PancsegError
+
+
+def strip_nifti_suffix(name: str) -> str:
+    """``name`` without ``.nii.gz`` or ``.nii`` (the case name of a NIfTI file)."""
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def check_unique_names(items: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """``items`` unchanged when no two share a case name.
+
+    Raises:
+        PancsegError: naming the case names given by more than one input.
+    """
+    names = [name for name, _ in items]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise PancsegError(f"two inputs give the same case name: {', '.join(duplicates)}")
+    return items
+
+
+def predict_inputs(inputs: list[str]) -> list[tuple[str, object]]:
+    """(case name, what to read) for each input: file, DICOM folder, NIfTI folder or cohort.
+
+    Args:
+        inputs: local paths as typed: a NIfTI file, a DICOM series folder, a folder of NIfTI
+            files, an MSD / NIH cohort folder or a CSV manifest.
+
+    Returns:
+        ``(name, source)`` pairs: ``source`` a `pathlib.Path` (a file or series folder) or a
+        cohort `pancseg_tf.io.Case`; names are not yet checked as file names.
+
+    Raises:
+        PancsegError: a missing input, or two inputs giving the same case name.
+    """
+    from pancseg_tf.io.cohorts import discover_cohort
+
+    items: list[tuple[str, object]] = []
+    for raw in inputs:
+        path = pathlib.Path(raw)
+        if not path.exists():
+            raise PancsegError(f"input not found: {path}")
+        if path.is_file() and path.suffix == ".csv":
+            items += [(c.case_id, c) for c in discover_cohort(path, split="all")]
+        elif path.is_file():
+            items.append((strip_nifti_suffix(path.name), path))
+        elif (
+            (path / "dataset.json").is_file()
+            or (path / "Pancreas-CT").is_dir()
+            or (path.name == "Pancreas-CT")
+        ):
+            items += [(c.case_id, c) for c in discover_cohort(path, split="all")]
+        else:
+            niftis = sorted(p for p in path.iterdir() if p.name.endswith((".nii", ".nii.gz")))
+            if niftis:
+                items += [(strip_nifti_suffix(p.name), p) for p in niftis]
+            else:
+                items.append((path.name, path))  # a DICOM series folder
+    return check_unique_names(items)
+
+
+def segmenter_options(
+    *,
+    threshold: float | None = None,
+    no_postprocess: bool = False,
+    chunk: int | None = None,
+    overlap: int | None = None,
+    tta: bool = False,
+) -> dict[str, Any]:
+    """``pancseg predict``'s flags as keyword arguments of `Segmenter.from_path`.
+
+    A threshold or post-processing left unset keeps the run's own (its config's
+    ``postprocess`` section); ``no_postprocess`` turns the largest-component step off.
+
+    Raises:
+        PancsegError: ``chunk`` below 2 slices, or ``threshold`` outside (0, 1).
+    """
+    if chunk is not None and chunk < 2:
+        raise PancsegError(f"--chunk must be >= 2 slices, got {chunk}")
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise PancsegError(f"--threshold must be in (0, 1), got {threshold}")
+    options: dict[str, Any] = {"chunk": chunk, "overlap": overlap, "tta": tta}
+    if threshold is not None:
+        options["threshold"] = threshold
+    if no_postprocess:
+        options["postprocess"] = False
+    return options
+
+
+def load_case_volume(source: object):
+    """The `Volume` of one case: a cohort `Case`'s image, or a NIfTI file / DICOM series folder.
+
+    Raises:
+        PancsegError: what `pancseg_tf.io.read_volume` raises.
+    """
+    from pancseg_tf.io import read_volume
+
+    return source.load_image() if hasattr(source, "load_image") else read_volume(source)
+
+
+def output_names(case: str, *, probabilities: bool = False) -> list[str]:
+    """The files a case writes into the output folder, the mask first."""
+    names = [f"{case}.nii.gz"]
+    if probabilities:
+        names.append(f"{case}_prob.nii.gz")
+    return names
+
+
+def write_case(
+    result, volume, out: pathlib.Path, case: str, *, probabilities: bool = False
+) -> list[pathlib.Path]:
+    """Writes a case's uint8 mask (and float32 probabilities) on the volume's own grid.
+
+    Each file is written atomically (`pancseg_tf.io.write_nifti`); the case is written whole or
+    not at all: when the probabilities cannot be written, the mask written before them is
+    removed.
+
+    Args:
+        result: the `Segmentation` of ``volume``.
+        volume: the input volume (its grid, and its source, which is never overwritten).
+        out: the output folder.
+        case: the case name (checked by `pancseg_tf.io.check_case_id`).
+        probabilities: also write ``<case>_prob.nii.gz``.
+
+    Returns:
+        The written paths, in the order of `output_names`.
+
+    Raises:
+        PancsegError: what `write_nifti` raises (after removing what this call wrote).
+    """
+    from pancseg_tf.io import write_nifti
+
+    mask_name, *prob_name = output_names(case, probabilities=probabilities)
+    protect = [volume.source]
+    written = [write_nifti(result.mask, volume, out / mask_name, dtype="uint8", protect=protect)]
+    try:
+        for name in prob_name:
+            written.append(
+                write_nifti(
+                    result.probabilities, volume, out / name, dtype="float32", protect=protect
+                )
+            )
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    return written
+
+
+def hide_found_paths(message: str, source: object) -> str:
+    """``message`` with a cohort case's image path replaced by ``<image>``.
+
+    A cohort's folders were found, not typed: TCIA's carry the study date. Paths the user typed
+    are left to `pancseg_tf.messages.InputPathDisplay`.
+    """
+    if hasattr(source, "image"):
+        for form in {str(source.image), str(pathlib.Path(source.image).resolve())}:
+            message = message.replace(form, "<image>")
+    return message

@@ -51,6 +51,8 @@ setup(
         "benchmarks": ["torch>=2.4", "monai>=1.4"],
         # `pancseg predict --output-format dicom-seg` (0.23: the first release on pydicom 3).
         "dicom-seg": ["highdicom>=0.23"],
+        # `pancseg predict --runner ...` (Apache Beam; its `gcp` extra too for gs:// and Dataflow).
+        "beam": ["apache-beam>=2.60"],
         "test": [
             "pytest>=7.4",
             "hypothesis>=6.80",
@@ -64,6 +66,8 @@ setup(
             "ipykernel>=6.29",
             # tests/io/test_dicom_seg.py and the DICOM SEG output of predict.
             "highdicom>=0.23",
+            # tests/test_beam.py runs the prediction pipeline on Beam's DirectRunner.
+            "apache-beam>=2.60",
         ],
     },
     entry_points={"console_scripts": ["pancseg=pancseg_tf.cli:main"]},

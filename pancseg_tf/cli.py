@@ -23,6 +23,7 @@ os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
 
 from pancseg_tf._version import __version__  # noqa: E402
 from pancseg_tf.errors import PancsegError  # noqa: E402
+from pancseg_tf.messages import InputPathDisplay, one_line  # noqa: E402
 
 log = logging.getLogger("pancseg_tf")
 
@@ -203,54 +204,6 @@ def _cmd_cv(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predict_inputs(inputs: list[str]) -> list[tuple[str, object]]:
-    """(case name, what to read) for each input: file, DICOM folder, NIfTI folder or cohort."""
-    from pancseg_tf.io.cohorts import discover_cohort
-
-    items: list[tuple[str, object]] = []
-    for raw in inputs:
-        path = pathlib.Path(raw)
-        if not path.exists():
-            raise PancsegError(f"input not found: {path}")
-        if path.is_file() and path.suffix == ".csv":
-            items += [(c.case_id, c) for c in discover_cohort(path, split="all")]
-        elif path.is_file():
-            items.append((_strip_nifti_suffix(path.name), path))
-        elif (
-            (path / "dataset.json").is_file()
-            or (path / "Pancreas-CT").is_dir()
-            or (path.name == "Pancreas-CT")
-        ):
-            items += [(c.case_id, c) for c in discover_cohort(path, split="all")]
-        else:
-            niftis = sorted(p for p in path.iterdir() if p.name.endswith((".nii", ".nii.gz")))
-            if niftis:
-                items += [(_strip_nifti_suffix(p.name), p) for p in niftis]
-            else:
-                items.append((path.name, path))  # a DICOM series folder
-    names = [name for name, _ in items]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise PancsegError(f"two inputs give the same case name: {', '.join(duplicates)}")
-    return items
-
-
-def _strip_nifti_suffix(name: str) -> str:
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def one_line(text: str) -> str:
-    """``text`` with newlines and other control characters escaped (``\\n``, ``\\x00``).
-
-    Error messages name paths and values as given; a file name holding a newline would
-    otherwise split the one ``pancseg: error:`` line.
-    """
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
-
-
 def _safe_case_name(name: str) -> str:
     """A case name usable as a file name inside the output folder: the rule of `check_case_id`."""
     from pancseg_tf.io.cohorts import check_case_id
@@ -317,67 +270,59 @@ def _write_dicom_seg_case(
 def _cmd_predict(args: argparse.Namespace) -> int:
     import time
 
-    items = _predict_inputs(args.inputs)
+    from pancseg_tf.predict_io import (
+        hide_found_paths,
+        load_case_volume,
+        predict_inputs,
+        segmenter_options,
+        write_case,
+    )
+
+    if args.runner is not None and args.output_format != "nifti":
+        raise PancsegError(
+            f"--output-format {args.output_format} runs in this process only, not with --runner"
+        )
+    if args.runner is not None:
+        from pancseg_tf.beam import predict_with_beam  # inputs may be globs or gs:// there
+
+        return predict_with_beam(args)
+    if args.pipeline_option:
+        raise PancsegError("--pipeline-option needs --runner (a Beam runner to pass it to)")
+    items = predict_inputs(args.inputs)
     if not items:
         raise PancsegError("no input volumes found")
     if args.output_format == "dicom-seg":
         _check_dicom_seg_inputs(items)
-    if args.chunk is not None and args.chunk < 2:
-        raise PancsegError(f"--chunk must be >= 2 slices, got {args.chunk}")
-    if args.threshold is not None and not 0.0 < args.threshold < 1.0:
-        raise PancsegError(f"--threshold must be in (0, 1), got {args.threshold}")
-    import_tensorflow_quietly()
-    from pancseg_tf.inference import Segmenter, load_model, load_run_config, resolve_model_path
-    from pancseg_tf.io import read_volume, write_nifti
-
-    model_path = resolve_model_path(args.model)
-    model = load_model(model_path, unsafe=args.unsafe)
-    cfg = load_run_config(model_path)
-    postprocess = cfg.postprocess.largest_component and not args.no_postprocess
-    threshold = args.threshold if args.threshold is not None else cfg.postprocess.threshold
-    segmenter = Segmenter(
-        model,
-        cfg.preprocess,
-        threshold=threshold,
-        postprocess=postprocess,
+    options = segmenter_options(
+        threshold=args.threshold,
+        no_postprocess=args.no_postprocess,
         chunk=args.chunk,
         overlap=args.overlap,
         tta=args.tta,
     )
+    import_tensorflow_quietly()
+    from pancseg_tf.inference import Segmenter
+
+    segmenter = Segmenter.from_path(args.model, unsafe=args.unsafe, **options)
     out = pathlib.Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     failed = 0
     for i, (name, source) in enumerate(items, start=1):
         start = time.monotonic()
-        written: list[pathlib.Path] = []
         try:
             case = _safe_case_name(name)
             if args.output_format == "dicom-seg":
                 volume, headers = _read_dicom_case(source)
-            elif hasattr(source, "load_image"):
-                volume = source.load_image()
             else:
-                volume = read_volume(source)
+                volume = load_case_volume(source)
             result = segmenter.segment(volume)
-            protect = [volume.source]
+            # A case is written whole or not at all: no mask without the probabilities asked for.
             if args.output_format == "dicom-seg":
-                written += _write_dicom_seg_case(
+                _write_dicom_seg_case(
                     result, volume, headers, out, case, probabilities=args.probabilities
                 )
             else:
-                written.append(
-                    write_nifti(
-                        result.mask, volume, out / f"{case}.nii.gz", dtype="uint8", protect=protect
-                    )
-                )
-            if args.output_format == "nifti" and args.probabilities:
-                write_nifti(
-                    result.probabilities,
-                    volume,
-                    out / f"{case}_prob.nii.gz",
-                    dtype="float32",
-                    protect=protect,
-                )
+                write_case(result, volume, out, case, probabilities=args.probabilities)
             log.info(
                 "[%d/%d] %s: %d voxels (%.1f s)",
                 i,
@@ -388,14 +333,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             )
         except PancsegError as err:
             failed += 1
-            # A case is written whole or not at all: no mask without the probabilities asked for.
-            for path in written:
-                path.unlink(missing_ok=True)
-            message = str(err)
-            if hasattr(source, "image"):
-                # A cohort's folders were found, not typed: TCIA's carry the study date.
-                for form in {str(source.image), str(pathlib.Path(source.image).resolve())}:
-                    message = message.replace(form, "<image>")
+            message = hide_found_paths(str(err), source)
             full = storage_full_error(err)
             if full is not None and failed == i:
                 raise PancsegError(f"{message} (no mask written)") from None
@@ -723,6 +661,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="load models with Lambda layers or unregistered classes (runs code from the file)",
     )
+    p.add_argument(
+        "--runner",
+        choices=("DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner"),
+        default=None,
+        help="run as an Apache Beam pipeline on this runner (needs pancseg-tf[beam]); inputs "
+        "may then be globs and gs:// paths, written cases are skipped, failures go to "
+        "OUT/failures.tsv and counts to OUT/summary.json (default: in this process)",
+    )
+    p.add_argument(
+        "--pipeline-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a Beam pipeline option, e.g. direct_num_workers=2 or project=my-project "
+        "(repeatable; a bare KEY sets a flag); only with --runner",
+    )
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser(
@@ -804,85 +758,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # === Errors and paths in messages ===
 
-#: Arguments that name data to read (a volume, a DICOM series folder, a cohort, ground truth).
-_INPUT_ARGS = ("path", "input", "inputs", "cohort", "gt", "images")
 #: Arguments that name where a command writes, in the order a message should name them.
 _OUTPUT_ARGS = ("output", "out", "base", "run")
-# Characters a path shown in a message runs on with (it ends at a space, quote, comma or colon).
-_PATH_TAIL = r"[^\s'\",;:]*"
-
-
-class InputPathDisplay:
-    """Shows the input paths of a command the way every message of pancseg shows them.
-
-    The rule: an input path the user typed is shown by its last component only, and a path
-    found below it (a slice file, a cohort's patient, study and series folders) is shown as
-    that component followed by ``/…``. Archive exports name the folders above and below a
-    series after the patient (TCIA: ``PANCREAS_0002/11-24-2015-PANCREAS0002-.../``, with the
-    study date); the last component is the user's own handle on the input, the same name
-    ``pancseg predict`` gives its output. Output paths (where a command writes) are shown as
-    typed. ``--debug`` tracebacks are shown as they are.
-
-    Args:
-        inputs: the input paths as typed.
-
-    Example:
-        >>> show = InputPathDisplay(["/data/PAT/11-24-2015-X/series1"])
-        >>> show("could not read /data/PAT/11-24-2015-X/series1/IM0001.dcm: truncated")
-        'could not read series1/…: truncated'
-    """
-
-    def __init__(self, inputs: list[str]) -> None:
-        import re
-
-        shown: dict[str, str] = {}
-        for raw in inputs:
-            path = pathlib.Path(raw)
-            name = path.name if path.name not in ("", ".", "..") else str(raw)
-            forms = {str(raw), str(path), os.path.abspath(raw)}
-            try:
-                forms.add(str(path.resolve()))
-            except (OSError, RuntimeError):  # a symlink loop: the other forms remain
-                pass
-            for form in forms:
-                form = form.rstrip(os.sep) or form
-                if form not in ("", ".", "..", os.sep):
-                    shown[form] = name
-        self._shown = shown
-        self._pattern = None
-        if shown:
-            # Longest first: an input inside another input's folder is matched whole.
-            alternatives = "|".join(re.escape(f) for f in sorted(shown, key=len, reverse=True))
-            self._pattern = re.compile(
-                rf"(?P<quote>['\"])(?P<qpath>{alternatives})(?P<qbelow>/[^'\"]*)?(?P=quote)"
-                rf"|(?<![\w.\-/~])(?P<path>{alternatives})(?P<below>/{_PATH_TAIL})?(?![\w\-])"
-            )
-
-    def __call__(self, text: str) -> str:
-        """``text`` with every input path (and anything below one) in its shown form."""
-        if self._pattern is None:
-            return text
-
-        def replace(match) -> str:
-            quote = match["quote"] or ""
-            path = match["qpath"] or match["path"]
-            below = match["qbelow"] if quote else match["below"]
-            tail = "/…" if below and below.strip("/") else ""
-            return f"{quote}{self._shown[path]}{tail}{quote}"
-
-        return self._pattern.sub(replace, text)
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> InputPathDisplay:
-        """The display of a parsed command's input arguments (`_INPUT_ARGS`)."""
-        inputs: list[str] = []
-        for key in _INPUT_ARGS:
-            value = getattr(args, key, None)
-            if isinstance(value, str):
-                inputs.append(value)
-            elif isinstance(value, list):
-                inputs += [v for v in value if isinstance(v, str)]
-        return cls(inputs)
 
 
 class _ShowInputs(logging.Filter):

@@ -1,11 +1,13 @@
-"""Parameters, FLOPs and activation memory per slice of the network, CNN vs ConvLSTM.
+"""Parameters, FLOPs and activation memory per slice of the network: CNN, ConvLSTM, head.
 
 Counts are static, from the layers' shapes: FLOPs of convolutions only (multiply-add = 2 FLOPs;
-batch norm, activations and the LSTM gate arithmetic are left out), per slice of the preset's
-input size; activation memory is the float32 layer outputs a training step keeps for the backward
-pass, per slice (for the ConvLSTM: its four gates, cell and hidden state per step and direction).
-"CNN" is the `SliceCNN`; "context" is everything the `ContextualSegmenter` adds (feature
-reduction, bidirectional ConvLSTM, projection, full-resolution fusion).
+batch norm, activations, pooling, upsampling and the LSTM gate arithmetic are left out), per
+slice of the given input size; activation memory is the float32 layer outputs a training step
+keeps for the backward pass, per slice (for the ConvLSTM: its four gates, cell and hidden state
+per step and direction). The parts are the `ContextualSegmenter`'s three: "CNN" is
+`slice_encoder` (the `SliceCNN` and the pooling of its probability), "ConvLSTM" is
+`sequence_context` (the bidirectional ConvLSTM), "head" is `slice_head` (upsampling, the 1x1
+``head_conv``, the sigmoid).
 
 With ``--time`` it also measures, in CPU seconds of this process (robust on a shared machine),
 forward passes (compiled, inference mode) of each part and a training step on one window of
@@ -19,7 +21,7 @@ at the model's typical width, `conv_peak`) against the FLOP rate that whole-volu
 
 Usage::
 
-    python benchmarks/model_cost.py                # the presets' table
+    python benchmarks/model_cost.py                # the presets' tables (about a minute)
     python benchmarks/model_cost.py --time         # + design options and forward timings
     python benchmarks/model_cost.py --time --json benchmarks/results/model_cost.json
     python benchmarks/model_cost.py --roofline --slices 200
@@ -46,14 +48,19 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run from anywh
 from bench_common import interleaved_best, timed  # noqa: E402
 
 from pancseg_tf.models import ContextualSegmenter, SliceCNN  # noqa: E402
-from pancseg_tf.models.blocks import FoldTime, SliceChannels, UnfoldTime  # noqa: E402
+from pancseg_tf.models.blocks import FoldTime, UnfoldTime  # noqa: E402
+from pancseg_tf.models.contextual import CONTEXT  # noqa: E402
 
 # Each model's first predict traces a new function; TensorFlow's retracing notice is noise here.
 logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 BYTES = 4  # float32 activations
 # Layers whose outputs are views or are not kept for the backward pass.
-_NOT_STORED = (keras.layers.InputLayer, FoldTime, UnfoldTime, SliceChannels)
+_NOT_STORED = (keras.layers.InputLayer, FoldTime, UnfoldTime)
+#: The model's three parts, as `preset_costs` and `roofline` name them, and the attribute of each.
+PARTS = {"cnn": "slice_encoder", "convlstm": "sequence_context", "head": "slice_head"}
+#: Each preset at the sizes its numbers are quoted for (README, model docstring).
+PRESET_SIZES = (("quick", 128), ("quick", 256), ("paper", 512))
 
 
 def _pixels(shape: tuple) -> int:
@@ -101,30 +108,42 @@ def layer_costs(model: keras.Model) -> tuple[int, int]:
     return flops, memory
 
 
-def preset_costs(name: str, **overrides: Any) -> dict[str, Any]:
-    """Static costs of a `ContextualSegmenter` preset, split into CNN and context parts."""
-    model = ContextualSegmenter.from_preset(name, **overrides)
-    cnn_flops, cnn_memory = layer_costs(model.slice_cnn)
-    all_flops, all_memory = layer_costs(model)
-    cnn_params = model.slice_cnn.count_params()
+def preset_costs(name: str, input_size: int | None = None, **overrides: Any) -> dict[str, Any]:
+    """Static costs of a `ContextualSegmenter` preset, per part (`PARTS`).
+
+    Args:
+        name: the preset.
+        input_size: square slice size (None: the preset's own).
+        **overrides: `ContextualSegmenter` keywords on top of the preset (``lstm_resolution``...).
+
+    Returns:
+        ``{part}_params``, ``{part}_gflops_per_slice`` and ``{part}_activation_mb_per_slice`` for
+        ``cnn``, ``convlstm`` and ``head``, and ``sequence_inference_gb_per_600_slices``.
+    """
+    model = build_preset(name, input_size, **overrides)
+    row: dict[str, Any] = {
+        "preset": name,
+        "overrides": overrides,
+        "input_size": list(model.input_size),
+    }
+    total_flops = 0
+    for part, attribute in PARTS.items():
+        sub_model = getattr(model, attribute)
+        flops, memory = layer_costs(sub_model)
+        total_flops += flops
+        row[f"{part}_params"] = sub_model.count_params()
+        row[f"{part}_gflops_per_slice"] = flops / 1e9
+        row[f"{part}_activation_mb_per_slice"] = memory / 2**20
+    if total_flops != layer_costs(model)[0]:  # the three parts are the whole model
+        raise AssertionError("the parts' FLOPs do not add up to the model's")
     # Inference over a whole volume: the bidirectional pass holds the sequence part for every
-    # slice at once (its input, both directions' outputs, the projection).
+    # slice at once (its input and both directions' outputs).
     sequence = model.sequence_context
     sequence_elements = sum(
         math.prod(tuple(tensor.shape)[-3:]) for tensor in [*sequence.inputs, *_outputs(sequence)]
     )
-    return {
-        "preset": name,
-        "overrides": overrides,
-        "input_size": list(model.input_size),
-        "cnn_params": cnn_params,
-        "context_params": model.count_params() - cnn_params,
-        "cnn_gflops_per_slice": cnn_flops / 1e9,
-        "context_gflops_per_slice": (all_flops - cnn_flops) / 1e9,
-        "cnn_activation_mb_per_slice": cnn_memory / 2**20,
-        "context_activation_mb_per_slice": (all_memory - cnn_memory) / 2**20,
-        "sequence_inference_gb_per_600_slices": 600 * sequence_elements * BYTES / 2**30,
-    }
+    row["sequence_inference_gb_per_600_slices"] = 600 * sequence_elements * BYTES / 2**30
+    return row
 
 
 def _outputs(model: keras.Model) -> list:
@@ -158,12 +177,30 @@ def conv_reference_gflops(repeats: int) -> float:
     return 2 * 9 * 64 * 64 * 256 * 256 * 4 / seconds / 1e9
 
 
-def build_preset(preset: str, input_size: int | None = None) -> ContextualSegmenter:
-    """A `ContextualSegmenter` preset, at its own input size or at ``input_size`` (square)."""
+def build_preset(
+    preset: str, input_size: int | None = None, **overrides: Any
+) -> ContextualSegmenter:
+    """A `ContextualSegmenter` preset, at its own input size or at ``input_size`` (square);
+    ``overrides`` are `ContextualSegmenter` keywords on top of the preset."""
     if input_size is None:
-        return ContextualSegmenter.from_preset(preset)
+        return ContextualSegmenter.from_preset(preset, **overrides)
     cnn = SliceCNN.from_preset(preset, input_size=(input_size, input_size))
-    return ContextualSegmenter.from_preset(preset, slice_cnn=cnn)
+    return ContextualSegmenter.from_preset(preset, slice_cnn=cnn, **overrides)
+
+
+def perturb_context(model: ContextualSegmenter, scale: float = 0.05, seed: int = 0) -> None:
+    """Adds Gaussian noise (standard deviation ``scale``) to the ConvLSTM's and the head's weights.
+
+    A random-weight model as built is `ContextualSegmenter.start_as_cnn`'s: the head reads one
+    unit per direction, and that unit has no recurrent weights. Training moves every weight, so
+    a benchmark model that stands for a trained one gets them all non-zero: every unit's state
+    then reaches the output, through the recurrence along the slices.
+    """
+    rng = np.random.default_rng(seed)
+    for part in (model.sequence_context, model.slice_head):
+        for weight in part.weights:
+            value = keras.ops.convert_to_numpy(weight)
+            weight.assign(value + rng.normal(0.0, scale, value.shape).astype(value.dtype))
 
 
 def typical_conv_width(model: keras.Model) -> int:
@@ -227,7 +264,7 @@ def roofline(
 
     Inference is `Segmenter`'s one pass (what ``pancseg predict`` runs on the model grid: the
     CNN on batches of ``slice_batch`` slices, the bidirectional ConvLSTM once over all slices,
-    the fusion per batch) on a random ``(H, W, slices)`` volume in [0, 1] (dense convolutions
+    the head per batch) on a random ``(H, W, slices)`` volume in [0, 1] (dense convolutions
     take as long whatever the values). The same composition is also timed part by part. FLOPs
     are the model's convolutions counted by `layer_costs` (batch norm, activations, pooling
     and the LSTM gates' element-wise arithmetic are work the count leaves out). Rates are per
@@ -242,7 +279,8 @@ def roofline(
         the peak's, all threads: what other jobs on a shared machine do not change),
         ``roofline_fraction_wall`` (the same per wall-clock second), the peak, the
         inference and, under ``parts``, the CNN (``slice_encoder``), the ConvLSTM
-        (``sequence_context``) and the fusion, each with its share of time and FLOPs, called
+        (``sequence_context``) and the head (``slice_head``), each with its share of time and
+        FLOPs, called
         eagerly; under ``compiled`` the same parts as `Segmenter` calls them (each through a
         ``tf.function``), timed in the same rounds.
     """
@@ -253,11 +291,7 @@ def roofline(
     height, width = model.input_size
     conv_width = typical_conv_width(model.slice_cnn)
     peak_call, peak_flops = conv_peak(conv_width, (height, width), seed=seed)
-    flops = {
-        "cnn": layer_costs(model.slice_encoder)[0] * slices,
-        "convlstm": layer_costs(model.sequence_context)[0] * slices,
-        "fusion": layer_costs(model.slice_fusion)[0] * slices,
-    }
+    flops = {part: layer_costs(getattr(model, name))[0] * slices for part, name in PARTS.items()}
     total_flops = sum(flops.values())
     # The reference runs as many FLOPs as the inference, so both see a shared machine's load
     # for as long (a short reference would catch a quiet moment a long inference cannot).
@@ -266,42 +300,38 @@ def roofline(
     segmenter = Segmenter(model, PreprocessConfig(size=(height, width)), slice_batch=slice_batch)
     ways = {"eager": eager_parts(model), "compiled": compiled_parts(model)}
     part_times: dict[str, dict[str, list[tuple[float, float]]]] = {
-        way: {"cnn": [], "convlstm": [], "fusion": []} for way in ways
+        way: {part: [] for part in PARTS} for way in ways
     }
 
     def by_parts(volume: np.ndarray, way: str) -> None:
         # Segmenter._run_contextual's composition, with a clock around each part.
-        encode, sequence_context, fuse = ways[way]
+        encode, sequence_context, head = ways[way]
         times = part_times[way]
         stack = np.ascontiguousarray(np.moveaxis(volume, 2, 0)[..., None])
         batches = range(0, stack.shape[0], slice_batch)
-        encoded = []
+        contexts = []
         wall, cpu, _ = timed(
-            lambda: encoded.extend(encode(stack[i : i + slice_batch]) for i in batches)
+            lambda: contexts.extend(encode(stack[i : i + slice_batch]) for i in batches)
         )
         times["cnn"].append((wall, cpu))
-        sequence = np.concatenate([c for _, c in encoded], axis=0)[None]
-        wall, cpu, context = timed(lambda: sequence_context(sequence)[0])
+        context_sequence = np.concatenate(contexts, axis=0)[None]
+        wall, cpu, sequence = timed(lambda: sequence_context(context_sequence)[0])
         times["convlstm"].append((wall, cpu))
-        wall, cpu, _ = timed(
-            lambda: [
-                fuse(logit, context[i : i + slice_batch]) for (logit, _), i in zip(encoded, batches)
-            ]
-        )
-        times["fusion"].append((wall, cpu))
+        wall, cpu, _ = timed(lambda: [head(sequence[i : i + slice_batch]) for i in batches])
+        times["head"].append((wall, cpu))
 
     def peak_block() -> None:
         for _ in range(conv_calls):
             peak_call()
 
     def compose(way: str, volume: np.ndarray) -> np.ndarray:
-        encode, sequence_context, fuse = ways[way]
+        encode, sequence_context, head = ways[way]
         stack = np.ascontiguousarray(np.moveaxis(volume, 2, 0)[..., None])
         starts = range(0, stack.shape[0], slice_batch)
-        encoded = [encode(stack[i : i + slice_batch]) for i in starts]
-        context = sequence_context(np.concatenate([c for _, c in encoded], axis=0)[None])[0]
-        fused = [fuse(lo, context[i : i + slice_batch]) for (lo, _), i in zip(encoded, starts)]
-        return np.concatenate(fused, axis=0)[..., 0]
+        contexts = [encode(stack[i : i + slice_batch]) for i in starts]
+        sequence = sequence_context(np.concatenate(contexts, axis=0)[None])[0]
+        probs = [head(sequence[i : i + slice_batch]) for i in starts]
+        return np.concatenate(probs, axis=0)[..., 0]
 
     # Warm up on a short volume with the full one's batch shapes (oneDNN sets up per shape),
     # checking on the way that the compiled parts compute what Segmenter computes.
@@ -402,20 +432,20 @@ def _part_summary(
 
 
 def eager_parts(model: ContextualSegmenter):
-    """``(encode, sequence_context, fuse)`` as Keras models called eagerly (how `Segmenter`
-    called them before it compiled its parts: kept as the comparison)."""
+    """``(encode, sequence_context, head)`` as Keras models called eagerly (how `Segmenter`
+    called them before it compiled its parts: kept as the comparison). ``encode`` returns the
+    ``"context"`` that the ConvLSTM reads."""
 
     def encode(x):
-        out = model.slice_encoder(x, training=False)
-        return np.asarray(out["logit"]), np.asarray(out["context"])
+        return np.asarray(model.slice_encoder(x, training=False)[CONTEXT])
 
     def sequence_context(x):
         return np.asarray(model.sequence_context(x, training=False))
 
-    def fuse(logit, context):
-        return np.asarray(model.slice_fusion({"logit": logit, "context": context}, training=False))
+    def head(x):
+        return np.asarray(model.slice_head(x, training=False))
 
-    return encode, sequence_context, fuse
+    return encode, sequence_context, head
 
 
 def compiled_parts(model: ContextualSegmenter):
@@ -425,16 +455,12 @@ def compiled_parts(model: ContextualSegmenter):
 
     encoder = compiled_call(model, "slice_encoder")
     sequence = compiled_call(model, "sequence_context")
-    fusion_call = compiled_call(model, "slice_fusion")
-
-    def fusion(logit, context):
-        return fusion_call({"logit": logit, "context": context})
-
-    def encode(x):
-        out = encoder(x)
-        return np.asarray(out["logit"]), np.asarray(out["context"])
-
-    return encode, lambda x: np.asarray(sequence(x)), lambda a, b: np.asarray(fusion(a, b))
+    head = compiled_call(model, "slice_head")
+    return (
+        lambda x: np.asarray(encoder(x)[CONTEXT]),
+        lambda x: np.asarray(sequence(x)),
+        lambda x: np.asarray(head(x)),
+    )
 
 
 def time_parts(model: ContextualSegmenter, window: int, repeats: int) -> dict[str, float]:
@@ -444,16 +470,14 @@ def time_parts(model: ContextualSegmenter, window: int, repeats: int) -> dict[st
     rng = np.random.default_rng(0)
     slices = rng.random((window, height, width, 1), dtype=np.float32)
     masks = (slices > 0.9).astype(np.float32)
-    encoded = model.slice_encoder.predict_on_batch(slices)
-    sequence = encoded["context"][None]
-    projected = model.sequence_context.predict_on_batch(sequence)[0]
-    fusion_in = {"logit": encoded["logit"], "context": projected}
+    context_sequence = model.slice_encoder.predict_on_batch(slices)[CONTEXT][None]
+    sequence = model.sequence_context.predict_on_batch(context_sequence)[0]
     seconds = {
         "cnn_s": _best_time(lambda: model.slice_encoder.predict_on_batch(slices), repeats),
         "convlstm_s": _best_time(
-            lambda: model.sequence_context.predict_on_batch(sequence), repeats
+            lambda: model.sequence_context.predict_on_batch(context_sequence), repeats
         ),
-        "fusion_s": _best_time(lambda: model.slice_fusion.predict_on_batch(fusion_in), repeats),
+        "head_s": _best_time(lambda: model.slice_head.predict_on_batch(sequence), repeats),
         "forward_s": _best_time(lambda: model.predict_on_batch(slices[None]), repeats),
     }
     model.compile(optimizer="adam", loss={"prob": keras.losses.BinaryCrossentropy()})
@@ -464,20 +488,25 @@ def time_parts(model: ContextualSegmenter, window: int, repeats: int) -> dict[st
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of `preset_costs` rows: params, GFLOPs and activations per part."""
     lines = [
-        "| model | input | params CNN | params context | GFLOPs/slice CNN | GFLOPs/slice context "
-        "| activations MB/slice CNN | activations MB/slice context "
+        "| model | input | params CNN | params ConvLSTM | params head "
+        "| GFLOPs/slice CNN | GFLOPs/slice ConvLSTM | GFLOPs/slice head "
+        "| activations MB/slice CNN | activations MB/slice ConvLSTM | activations MB/slice head "
         "| ConvLSTM part, 600-slice volume, inference |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         label = row["preset"] + "".join(f" {k}={v}" for k, v in row["overrides"].items())
         lines.append(
             f"| {label} | {row['input_size'][0]}x{row['input_size'][1]} "
-            f"| {row['cnn_params'] / 1e6:.2f} M | {row['context_params'] / 1e3:.1f} k "
-            f"| {row['cnn_gflops_per_slice']:.2f} | {row['context_gflops_per_slice']:.3f} "
+            f"| {row['cnn_params'] / 1e6:.2f} M | {row['convlstm_params'] / 1e3:.2f} k "
+            f"| {row['head_params']} "
+            f"| {row['cnn_gflops_per_slice']:.2f} | {row['convlstm_gflops_per_slice']:.3f} "
+            f"| {row['head_gflops_per_slice']:.4f} "
             f"| {row['cnn_activation_mb_per_slice']:.1f} "
-            f"| {row['context_activation_mb_per_slice']:.2f} "
+            f"| {row['convlstm_activation_mb_per_slice']:.2f} "
+            f"| {row['head_activation_mb_per_slice']:.2f} "
             f"| {row['sequence_inference_gb_per_600_slices']:.2f} GB |"
         )
     return "\n".join(lines)
@@ -497,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         nargs="+",
         default=[1, 2, 4],
-        help="ConvLSTM downsampling factors compared with --time (default 1 2 4)",
+        help="ConvLSTM downsampling factors compared (table; timed with --time) (default 1 2 4)",
     )
     parser.add_argument(
         "--roofline",
@@ -519,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
             "keras": keras.__version__,
             "backend": keras.config.backend(),
         },
-        "presets": [preset_costs("quick"), preset_costs("paper")],
+        "presets": [preset_costs(name, size) for name, size in PRESET_SIZES],
     }
     print("Default models (per slice; conv FLOPs, float32 activations kept for training):\n")
     print(_table(results["presets"]))
@@ -539,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
             f"best of {args.repeats}; GFLOP per CPU second and share of the conv reference:\n"
         )
         print(
-            "| lstm_resolution | CNN | ConvLSTM + projection | fusion | whole forward "
+            "| lstm_resolution | CNN | ConvLSTM | head | whole forward "
             "| training step | CNN GFLOP/s | ConvLSTM GFLOP/s |"
         )
         print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -561,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
             per = 1e3 / args.window
             print(
                 f"| {r} | {seconds['cnn_s'] * per:.1f} | {seconds['convlstm_s'] * per:.1f} "
-                f"| {seconds['fusion_s'] * per:.1f} | {seconds['forward_s'] * per:.1f} "
+                f"| {seconds['head_s'] * per:.1f} | {seconds['forward_s'] * per:.1f} "
                 f"| {seconds['train_step_s'] * per:.1f} "
                 f"| {cnn_rate:.1f} ({cnn_rate / reference:.0%}) "
                 f"| {lstm_rate:.1f} ({lstm_rate / reference:.0%}) |"

@@ -1,10 +1,11 @@
 """The contextual model's speed per training window, built two ways and run with two options.
 
-1. Batched CNN vs ``TimeDistributed`` (`batched_vs_time_distributed`): the same
-   `ContextualSegmenter`, once with the slice axis folded into the batch (the CNN runs on all
-   ``B x T`` slices of a window as one call: the package's way) and once with
-   ``time_distributed=True`` (``keras.layers.TimeDistributed`` around the per-slice parts, the
-   textbook way). Time per window of a compiled forward pass (``predict_on_batch``, inference
+1. Batched CNN vs ``TimeDistributed`` (`batched_vs_time_distributed`): the
+   `ContextualSegmenter` as built (the slice axis folded into the batch: the CNN runs on all
+   ``B x T`` slices of a window as one call, the package's way) against its twin built here from
+   the same model's parts and weights (`time_distributed_twin`: ``keras.layers.TimeDistributed``
+   around the per-slice parts, the textbook way); both must give the same probabilities before
+   they are timed. Time per window of a compiled forward pass (``predict_on_batch``, inference
    mode) and of a compiled training step (``train_on_batch``: forward, backward and an SGD
    update) on ``(batch, window, H, W, 1)``.
 2. Options (`option_ratios`): XLA (``jit_compile=True``) against off, and the
@@ -38,37 +39,59 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run from anywh
 from bench_common import emit_json, interleaved_best  # noqa: E402
 
 from pancseg_tf.models import ContextualSegmenter, SliceCNN  # noqa: E402
+from pancseg_tf.models.contextual import CONTEXT  # noqa: E402
 
 logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
-def build(
-    preset: str,
-    size: int | None,
-    *,
-    time_distributed: bool = False,
-    dtype: str | None = None,
-) -> ContextualSegmenter:
+def build(preset: str, size: int | None, *, dtype: str | None = None) -> ContextualSegmenter:
     """A `ContextualSegmenter` preset at ``size`` x ``size`` (None: the preset's own size)."""
     size_kw = {} if size is None else {"input_size": (size, size)}
     cnn = SliceCNN.from_preset(preset, dtype=dtype, **size_kw)
-    return ContextualSegmenter.from_preset(
-        preset, slice_cnn=cnn, time_distributed=time_distributed, dtype=dtype
-    )
+    return ContextualSegmenter.from_preset(preset, slice_cnn=cnn, dtype=dtype)
+
+
+def time_distributed_twin(model: ContextualSegmenter) -> keras.Model:
+    """``model`` rebuilt the textbook way, sharing its layers (and so its weights).
+
+    ``keras.layers.TimeDistributed`` around the per-slice encoder (reduced to its ``"context"``
+    output: TimeDistributed wraps single-output layers), the model's own `sequence_context`,
+    then ``TimeDistributed`` around `slice_head`. Same computation as ``model``'s ``"prob"``
+    (batch normalisation aside in training mode: there it sees one slice position at a time).
+
+    Returns:
+        A functional model ``(B, T, H, W, 1) -> {"prob": (B, T, H, W, 1)}``.
+    """
+    height, width = model.input_size
+    slice_in = keras.Input((height, width, 1), name="slice")
+    context_of = keras.Model(slice_in, model.slice_encoder(slice_in)[CONTEXT], name="slice_context")
+    slices = keras.Input((None, height, width, 1), name="slices")
+    context = keras.layers.TimeDistributed(context_of, name="td_slice_context")(slices)
+    sequence = model.sequence_context(context)
+    prob = keras.layers.TimeDistributed(model.slice_head, name="td_slice_head")(sequence)
+    return keras.Model(slices, {"prob": prob}, name="time_distributed_twin")
+
+
+def random_windows(
+    model: keras.Model, batch: int, window: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """One random window batch ``(batch, window, H, W, 1)`` in [0, 1] and a sparse {0, 1} mask."""
+    height, width = model.input_shape[-3:-1]
+    rng = np.random.default_rng(seed)
+    x = rng.random((batch, window, height, width, 1), dtype=np.float32)
+    y = (rng.random(x.shape) > 0.9).astype(np.float32)
+    return x, y
 
 
 def window_calls(
-    model: ContextualSegmenter, batch: int, window: int, *, jit_compile: bool = False, seed=0
+    model: keras.Model, batch: int, window: int, *, jit_compile: bool = False, seed=0
 ) -> dict[str, Any]:
     """The compiled forward pass and training step of ``model`` on one random window batch.
 
     Returns:
         ``{"forward": fn, "train_step": fn}``, functions of no argument.
     """
-    height, width = model.input_size
-    rng = np.random.default_rng(seed)
-    x = rng.random((batch, window, height, width, 1), dtype=np.float32)
-    y = (rng.random(x.shape) > 0.9).astype(np.float32)
+    x, y = random_windows(model, batch, window, seed)
     model.compile(
         optimizer=keras.optimizers.SGD(1e-3),
         loss={"prob": keras.losses.BinaryCrossentropy()},
@@ -108,19 +131,38 @@ def batched_vs_time_distributed(
 ) -> dict[str, Any]:
     """Batched CNN vs ``TimeDistributed``: seconds per window, forward and training step.
 
+    Both are the same model (`time_distributed_twin` shares its weights); their forward passes
+    must agree (largest difference at most 1e-5) before anything is timed. Each has its own optimizer,
+    so their training steps move their shared weights alternately: the speed does not depend on
+    the values.
+
     Returns:
         ``forward_speedup`` and ``train_step_speedup`` (TimeDistributed seconds / batched
-        seconds; above 1 the batched model is faster), the seconds per call of both, and the
-        shapes.
+        seconds; above 1 the batched model is faster), the seconds per call of both, the
+        largest difference between their outputs, and the shapes.
+
+    Raises:
+        AssertionError: when the two builds' probabilities differ.
     """
-    batched = window_calls(build(preset, size), batch, window)
-    distributed = window_calls(build(preset, size, time_distributed=True), batch, window)
+    model = build(preset, size)
+    twin = time_distributed_twin(model)
+    x, _ = random_windows(model, batch, window)
+    difference = float(
+        np.max(np.abs(model.predict_on_batch(x)["prob"] - twin.predict_on_batch(x)["prob"]))
+    )
+    if not difference <= 1e-5:
+        raise AssertionError(
+            f"the TimeDistributed twin differs from the batched model by {difference:g} "
+            "(expected the same output, up to 1e-5)"
+        )
+    batched = window_calls(model, batch, window)
+    distributed = window_calls(twin, batch, window)
     compared = _compare(distributed, batched, ("time_distributed", "batched"), repeats)
-    model_size = build(preset, size).input_size if size is None else (size, size)
     return {
         "preset": preset,
-        "input_shape": [batch, window, *model_size, 1],
+        "input_shape": list(x.shape),
         "repeats": repeats,
+        "max_abs_difference": difference,
         "forward_speedup": compared["forward_ratio"],
         "train_step_speedup": compared["train_step_ratio"],
         "forward_speedup_cpu": compared["forward_ratio_cpu"],

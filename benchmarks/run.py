@@ -458,8 +458,7 @@ def part_memory(ctx: Context) -> dict[str, Any]:
 def _paper_run(ctx: Context) -> pathlib.Path:
     """A run folder with a random-weight paper-size model and the paper config (cached)."""
     import keras
-    import numpy as np
-    from model_cost import build_preset
+    from model_cost import build_preset, perturb_context
 
     from pancseg_tf.config import apply_overrides, load_config, save_config
 
@@ -468,8 +467,7 @@ def _paper_run(ctx: Context) -> pathlib.Path:
         return run
     keras.utils.set_random_seed(0)
     model = build_preset(ctx.sizes.paper_preset)
-    conv = model.slice_fusion.get_layer("fusion_conv")  # as training leaves it: non-zero
-    conv.kernel.assign(np.random.default_rng(0).normal(0, 0.1, conv.kernel.shape))
+    perturb_context(model)  # as training leaves it: every unit's weights non-zero
     tmp = run.with_name(run.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -14,7 +14,9 @@ the same bits and prints one JSON object:
 
 The server answers with ``tensor_content`` bytes (``--response-encoding content``): the stand-in
 is Python, and filling ``float_val`` in Python would time the stand-in rather than the protocol;
-TF Serving fills it in C++. Weights are random (speed does not depend on them). After the
+TF Serving fills it in C++. Weights are random (speed does not depend on them; the ConvLSTM's
+and the head's are perturbed, `model_cost.perturb_context`, so every recurrent unit reaches
+the output as in a trained model). After the
 warm-ups the two are timed twice in alternation and each one's best is kept.
 ``benchmarks/run.py`` (part 7) calls `measure_serving` with its trained quick model.
 
@@ -51,6 +53,7 @@ FULL_VOLUME = SHARED / "nih_pancreas_ct" / "Pancreas-CT" / "PANCREAS_0002"
 def _build_run(folder: pathlib.Path, quick: bool) -> pathlib.Path:
     """A run folder with a random-weight model: tiny at 48 x 48 or the quick preset."""
     import keras
+    from model_cost import perturb_context
 
     from pancseg_tf.config import Config, apply_overrides, save_config
     from pancseg_tf.models import ContextualSegmenter, SliceCNN
@@ -61,16 +64,12 @@ def _build_run(folder: pathlib.Path, quick: bool) -> pathlib.Path:
             slice_cnn=SliceCNN(base_filters=4, depth=2, input_size=(48, 48)),
             lstm_filters=4,
             lstm_resolution=2,
-            context_channels=2,
         )
         settings = ["preprocess.size=[48, 48]", "preprocess.spacing_mm=3.2"]
     else:
         model = ContextualSegmenter.from_preset("quick")
         settings = []
-    size = model.input_size
-    model(np.zeros((1, 3, *size, 1), np.float32))
-    conv = model.slice_fusion.get_layer("fusion_conv")  # as training leaves it: non-zero
-    conv.kernel.assign(np.random.default_rng(0).normal(0, 0.1, conv.kernel.shape))
+    perturb_context(model)  # as training leaves it: every unit's weights non-zero
     folder.mkdir(parents=True)
     model.save(folder / "model.keras")
     save_config(apply_overrides(Config(), settings), folder / "config.yaml")

@@ -132,9 +132,9 @@ def batched_vs_time_distributed(
     """Batched CNN vs ``TimeDistributed``: seconds per window, forward and training step.
 
     Both are the same model (`time_distributed_twin` shares its weights); their forward passes
-    must agree (largest difference at most 1e-5) before anything is timed. Each has its own optimizer,
-    so their training steps move their shared weights alternately: the speed does not depend on
-    the values.
+    must agree (largest difference at most 1e-5) before anything is timed. Each has its own
+    optimizer, so their training steps move their shared weights alternately: the speed does not
+    depend on the values.
 
     Returns:
         ``forward_speedup`` and ``train_step_speedup`` (TimeDistributed seconds / batched

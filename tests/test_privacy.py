@@ -322,5 +322,44 @@ def test_predict_and_export_print_and_write_no_patient_field(tmp_path, data):
     assert said.assert_clean(out) >= 15
 
 
+@pytest.mark.large
+def test_dicom_seg_is_the_one_output_that_carries_patient_fields(tmp_path, data):
+    """``--output-format dicom-seg``: the SEG copies the Patient and Study modules, as a SEG
+    filed beside its series must; nothing else printed or written holds a patient field."""
+    import keras
+    import pydicom
+
+    from pancseg_tf.config import Config, apply_overrides, save_config
+    from pancseg_tf.models import ContextualSegmenter, SliceCNN
+
+    pytest.importorskip("highdicom")
+    run = tmp_path / "run"
+    run.mkdir()
+    save_config(apply_overrides(Config(), SETTINGS), run / "config.yaml")
+    keras.utils.set_random_seed(0)
+    ContextualSegmenter(
+        slice_cnn=SliceCNN(base_filters=4, depth=2, input_size=(48, 48)),
+        lstm_filters=4,
+        lstm_resolution=2,
+    ).save(run / "model.keras")
+    out = tmp_path / "out"
+    said = Transcript()
+    args = ("predict", run, data["typed"][0], "-o", out, "--output-format", "dicom-seg")
+    said.run(*args, "--probabilities")
+    said.run("--debug", *args[:-3], out / "debug", *args[-2:])
+    for seg in (out / "1.000000-NA-59319.dcm", out / "debug" / "1.000000-NA-59319.dcm"):
+        ds = pydicom.dcmread(seg)
+        assert ds.Modality == "SEG"
+        assert (ds.PatientID, str(ds.PatientName), ds.StudyDate) == (
+            PATIENTS[0]["PatientID"],
+            PATIENTS[0]["PatientName"],
+            PATIENTS[0]["StudyDate"],
+        )
+        assert not [v for v in FORBIDDEN if v in seg.name]
+        seg.unlink()  # the one file that may hold them; the rest is searched below
+    assert (out / "1.000000-NA-59319_prob.nii.gz").is_file()
+    assert said.assert_clean(out) >= 1
+
+
 def _sets() -> list[str]:
     return [arg for setting in SETTINGS for arg in ("--set", setting)]

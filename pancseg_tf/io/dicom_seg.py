@@ -49,6 +49,20 @@ _REQUIRED_UIDS = {
     "SOPClassUID": "(0008,0016)",
     "FrameOfReferenceUID": "(0020,0052)",
 }
+# Type 2 attributes of the Patient and General Study modules (present, possibly empty) that
+# highdicom reads from the source; an exporter that dropped one leaves it empty in the SEG, as the
+# standard writes an unknown value.
+_TYPE2_PATIENT_STUDY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
 # PS3.10: the file meta's Media Storage SOP Class / Instance UIDs are those of the dataset, so
 # an anonymiser that emptied the dataset's copies left the values here.
 _FILE_META_FALLBACK = {
@@ -109,7 +123,8 @@ def _slice_thickness(volume: Volume, first) -> tuple[float, float]:
 
 
 def _source_headers(headers: Sequence, where: str, thickness: float) -> list:
-    """The headers with every UID a SEG needs and a SliceThickness; copies where one was added.
+    """The headers with every UID a SEG needs, a SliceThickness and the Patient and Study
+    modules' type 2 attributes; copies where one was added.
 
     highdicom takes the SEG's pixel measures from the first source header (it replaces the ones
     given to it with the source's when their pixel spacings agree), so a missing SliceThickness
@@ -138,6 +153,7 @@ def _source_headers(headers: Sequence, where: str, thickness: float) -> list:
             )
         if ds.get("SliceThickness") in (None, ""):
             recovered["SliceThickness"] = thickness
+        recovered.update({tag: "" for tag in _TYPE2_PATIENT_STUDY if tag not in ds})
         if recovered:
             ds = copy.deepcopy(ds)  # the caller's headers stay as read
             for tag, value in recovered.items():

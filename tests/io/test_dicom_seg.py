@@ -6,7 +6,9 @@ frame order. On NIH Pancreas-CT 0002 (column direction -y, no SliceThickness) wi
 label, and on the JPEG 2000 TotalSegmentator series with a one-sided bone mask.
 """
 
+import logging
 import pathlib
+import warnings
 
 import numpy as np
 import pydicom
@@ -120,7 +122,7 @@ def nih(nih_series_dir, nih_label_path):
 
 
 @pytest.mark.large
-def test_nih_label_as_seg_reads_back_onto_its_voxels(nih, tmp_path):
+def test_nih_label_as_seg_reads_back_onto_its_voxels(nih, tmp_path, caplog):
     volume, headers, label = nih
     # The label lands on the CT without any flip: the same grid (NIH's columns run to -y).
     np.testing.assert_allclose(label.affine, volume.affine, atol=1e-4)
@@ -129,7 +131,13 @@ def test_nih_label_as_seg_reads_back_onto_its_voxels(nih, tmp_path):
     mask = label.array.astype(np.uint8)
     assert mask.sum() == 110_797
 
-    path = write_segmentation(mask, volume, headers, tmp_path / "PANCREAS_0002.dcm")
+    caplog.set_level(logging.DEBUG)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = write_segmentation(mask, volume, headers, tmp_path / "PANCREAS_0002.dcm")
+    # highdicom warns that the name PANCREAS_0002 has one component, quoting it: not printed.
+    assert [str(w.message) for w in caught] == []
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("highdicom")] == []
     seg = hd.seg.segread(path)
 
     assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"  # Segmentation Storage
@@ -150,6 +158,36 @@ def test_nih_label_as_seg_reads_back_onto_its_voxels(nih, tmp_path):
     np.testing.assert_array_equal(placed, mask)
     # The caller's headers are not changed by the SEG's stand-in SliceThickness.
     assert headers[0].get("SliceThickness") in (None, "")
+
+
+# === A sagittal series from the DICOM factory ===
+
+
+def test_sagittal_series_without_type2_patient_fields(tmp_path):
+    """Frames placed by an orientation other than axial, from a series whose exporter left
+    out PatientSex, StudyID and StudyTime (the SEG gets them empty)."""
+    from tests.dicom_factory import write_series
+
+    rng = np.random.default_rng(3)
+    hu = rng.integers(-100, 100, size=(24, 16, 9)).astype(np.int16)
+    write_series(
+        tmp_path / "sag",
+        hu,
+        pixel_spacing=(1.5, 0.7),
+        spacing=2.5,
+        orientation=(0, 1, 0, 0, 0, -1),
+        origin=(30.0, -40.0, 100.0),
+    )
+    volume, headers = read_dicom_series_with_headers(tmp_path / "sag")
+    assert "PatientSex" not in headers[0] and "StudyTime" not in headers[0]
+    mask = (volume.array > 60).astype(np.uint8)
+    mask[:, :, 0] = 0  # an empty slice, left out of the SEG
+    seg = hd.seg.segread(write_segmentation(mask, volume, headers, tmp_path / "out" / "s.dcm"))
+    assert int(seg.NumberOfFrames) == volume.shape[2] - 1
+    assert seg.PatientSex == "" and seg.StudyID == ""
+    assert_references_source(seg, headers)
+    np.testing.assert_array_equal(seg_voxels(seg, volume.affine, volume.shape), mask)
+    assert "PatientSex" not in headers[0]  # the caller's headers stay as read
 
 
 # === The JPEG 2000 TotalSegmentator series ===

@@ -116,6 +116,29 @@ def test_nifti_input_is_one_line(run, ts_ct_path, tmp_path):
     assert not out.exists() or list(out.iterdir()) == []
 
 
+def test_without_highdicom_is_one_line_naming_the_extra(run, ts_series, tmp_path):
+    # highdicom made unimportable in the command's process, as on an install without the extra.
+    code = (
+        "import sys; sys.modules['highdicom'] = None; from pancseg_tf.cli import main; "
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    out = tmp_path / "out"
+    args = ["predict", run, ts_series, "-o", out, "--output-format", "dicom-seg"]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 2
+    assert 'pip install "pancseg-tf[dicom-seg]"' in one_error_line(proc)
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_with_a_beam_runner_is_one_line(run, ts_series, tmp_path):
+    args = ["--output-format", "dicom-seg", "--runner", "DirectRunner"]
+    proc = pancseg("predict", run, ts_series, "-o", tmp_path / "out", *args)
+    assert proc.returncode == 2
+    assert "not with --runner" in one_error_line(proc)
+
+
 @pytest.mark.large
 def test_series_without_study_uid_fails_that_case_in_one_line(run, ts_dicom_dir, tmp_path):
     out = tmp_path / "out"

@@ -53,6 +53,7 @@ _TISSUES = (
     "renal_sinus_fat",
     "cortical_bone",
     "cancellous_bone",
+    "disc",
     "csf",
     "aorta",
     "ivc",
@@ -88,7 +89,8 @@ _CT_HU = {
     "kidney_medulla": (105.0, 8.0),
     "renal_sinus_fat": (-80.0, 10.0),
     "cortical_bone": (850.0, 80.0),
-    "cancellous_bone": (300.0, 40.0),
+    "cancellous_bone": (230.0, 40.0),  # mean replaced per case (180-280 HU, as NIH's lumbar spine)
+    "disc": (90.0, 8.0),
     "csf": (10.0, 4.0),
     "aorta": (180.0, 6.0),
     "ivc": (140.0, 6.0),
@@ -124,6 +126,7 @@ _MRI_T1 = {
     "renal_sinus_fat": (780.0, 30.0),
     "cortical_bone": (40.0, 10.0),
     "cancellous_bone": (560.0, 30.0),
+    "disc": (280.0, 15.0),
     "csf": (120.0, 8.0),
     "aorta": (70.0, 10.0),
     "ivc": (90.0, 10.0),
@@ -367,6 +370,12 @@ def make_phantom(
     canvas.paint("cortical_bone", w, m)
     w, m = canvas.ellipsoid((spx, spy, zc), (vert_r - 3.0 * s, 0.85 * vert_r - 3.0 * s, zr))
     canvas.paint("cancellous_bone", w, m)
+    # intervertebral discs (~90 HU: round and as bright as the pancreas, on a real CT a classic
+    # false positive) between vertebral bodies of marrow within the soft-tissue window
+    w, m = canvas.ellipsoid((spx, spy, zc), (vert_r, 0.85 * vert_r, zr))
+    pitch = zlen(u(30.0, 36.0) / 60.0)
+    disc = (canvas.z[w[2]] / pitch + u(0.0, 1.0)) % 1.0 < 0.28
+    canvas.paint("disc", w, m & disc[None, None, :])
     canal_y = spy - 0.85 * vert_r - 9.0 * s
     w, m = canvas.ellipsoid((spx, canal_y, zc), (12.0 * s, 10.0 * s, zr))
     canvas.paint("cortical_bone", w, m)
@@ -577,6 +586,7 @@ def make_phantom(
     if modality == "ct":
         table["blood_pool"] = (u(150.0, 250.0), table["blood_pool"][1])
         table["contrast_bowel"] = (u(180.0, 320.0), table["contrast_bowel"][1])
+        table["cancellous_bone"] = (u(180.0, 280.0), table["cancellous_bone"][1])
     else:
         table["blood_pool"] = (table["blood_pool"][0] * u(0.9, 1.1), table["blood_pool"][1])
         table["contrast_bowel"] = (table["contrast_bowel"][0] * u(0.9, 1.1), 30.0)

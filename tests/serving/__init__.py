@@ -37,6 +37,8 @@ def tiny_model(seed: int = 0):
 def activate_context(model, seed: int = 0, scale: float = 0.5) -> None:
     """Random noise added to the recurrent layers' and the head's weights, as training would
     move them from their start (`ContextualSegmenter.start_as_cnn`, which uses two units only)."""
+    import keras
+
     rng = np.random.default_rng(seed)
     for layer in (
         model.sequence_context.get_layer("context_lstm"),

@@ -618,8 +618,10 @@ class Segmenter:
         post-processing (``postprocess.threshold`` and ``postprocess.largest_component`` of its
         config) unless ``kwargs`` gives them."""
         model_path = resolve_model_path(path)
-        cfg = load_run_config(model_path)
+        # The model first: a file that is no model is refused before anything is said of its
+        # preprocessing.
         model = load_model(model_path, unsafe=unsafe)
+        cfg = load_run_config(model_path)
         kwargs.setdefault("threshold", cfg.postprocess.threshold)
         kwargs.setdefault("postprocess", cfg.postprocess.largest_component)
         return cls(model, cfg.preprocess, **kwargs)

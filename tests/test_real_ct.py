@@ -5,7 +5,11 @@ label, pancreas = 1), TotalSegmentator's s0009 (NIfTI, pancreas mask = 1) and it
 (a multi-organ map: pancreas = 7, other organs other values).
 """
 
+import csv
+import json
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -108,3 +112,61 @@ def test_a_label_without_the_cases_values_is_refused(tmp_path, ts_ct_path, ts_la
         prepare_cohort(
             manifest, tmp_path / "out", config=apply_overrides(Config(), QUICK_GRID), progress=False
         )
+
+
+# === Capacity on a real scan ===
+
+
+def pancseg(*args: str) -> None:
+    """Runs the installed command line as a user does; fails the test with its output."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pancseg_tf.cli", *args], capture_output=True, text=True
+    )
+    assert result.returncode == 0, f"pancseg {args[0]} failed:\n{result.stderr[-3000:]}"
+
+
+def scored_dsc(report: pathlib.Path) -> dict[str, float]:
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["num_cases"]["evaluated"] == 1 and not summary["failed"]
+    with open(report / "metrics.csv", newline="") as handle:
+        return {row["case"]: float(row["dsc"]) for row in csv.DictReader(handle)}
+
+
+@pytest.mark.large
+def test_capacity_quick_config_fits_one_real_nih_scan(tmp_path, nih_root):
+    """The quick config trained on NIH Pancreas-CT 0002 alone segments that scan, DSC >= 0.80.
+
+    Not accuracy (it is the training scan): capacity. It fails when the geometry, the HU
+    window, the crops or the labels do not line up on a real scan, since the network then
+    cannot learn even the one case it sees. NIH rather than s0009: the paper's dataset, a
+    manual label, the DICOM path with its -y column direction, and a pancreas that reaches past
+    the quick grid's 205 mm field (1.5 % of its voxels lie outside it, 12 mm of the tail): the
+    quick grid's round trip alone caps this case at DSC 0.894. Scored on the scan's own grid
+    (512 x 512 x 195) by `pancseg evaluate`, for stage 1 and for the model the run ships.
+    One case means no held-out case: ``train.validation_fraction=0`` validates on it.
+    Measured here (seed 0, 9 min on the loaded 2-core machine, 5.3 CPU-minutes): stage 1 0.830,
+    the shipped contextual model 0.850.
+    """
+    data, run = tmp_path / "prepared", tmp_path / "run"
+    pancseg("prepare", str(nih_root), str(data), "--config", "quick")
+    pancseg(
+        "train", str(data), str(run), "--config", "quick", "--seed", "0",
+        *("--set", "train.validation_fraction=0"),
+        # 144 stage-1 steps: 80 reached 0.65 on this scan, 120 with augmentation 0.82.
+        *("--set", "train.stage1_epochs=6", "--set", "train.stage2_epochs=1"),
+        *("--set", "train.steps_per_epoch=24", "--set", "data.augment=false"),
+    )  # fmt: skip
+    splits = json.loads((run / "splits.json").read_text())
+    assert splits["train"] == splits["validation"] == ["PANCREAS_0002"]
+    scores = {}
+    for name, model in (("stage1", run / "stage1.keras"), ("shipped", run)):
+        pancseg("predict", str(model), str(nih_root), "-o", str(tmp_path / f"pred_{name}"))
+        report = tmp_path / f"report_{name}"
+        pancseg("evaluate", str(tmp_path / f"pred_{name}"), str(nih_root), "-o", str(report),
+                "--gt-labels", "1")  # fmt: skip
+        scores[name] = scored_dsc(report)["PANCREAS_0002"]
+    assert scores["stage1"] >= 0.80, scores
+    assert scores["shipped"] >= 0.80, scores
+    # The run's own validation scored the same case on the same grid, through the same code.
+    state = json.loads((run / "state.json").read_text())
+    assert abs(state["stage1_cases"]["PANCREAS_0002"] - scores["stage1"]) < 0.01, state

@@ -17,6 +17,9 @@ import pathlib
 import sys
 import traceback
 
+#: An unexpected exception's message is cut to this many characters in its one error line.
+INTERNAL_MESSAGE_CHARS = 200
+
 # Before anything can import TensorFlow: its C++ start-up lines are not for the user's terminal.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
@@ -857,12 +860,21 @@ def main(argv: list[str] | None = None) -> int:
             where = f"cannot access {denied.filename}" if denied.filename else "cannot access"
             print(f"pancseg: error: {one_line(show(f'{where}: {reason}'))}", file=sys.stderr)
             return 2
-        print(
-            f"pancseg: error: internal error: {type(err).__name__}: {one_line(show(str(err)))} "
-            "(rerun with --debug for the traceback)",
-            file=sys.stderr,
-        )
+        print(internal_error_line(err, show), file=sys.stderr)
         return 1
+
+
+def internal_error_line(err: BaseException, show=str) -> str:
+    """The one line an unexpected exception gets: its type and its message, on one line, cut
+    to `INTERNAL_MESSAGE_CHARS` (a message can hold a whole array: TensorFlow prints the tensors
+    it could not bind, and image data must not reach a terminal or a log through it)."""
+    message = one_line(show(str(err)))
+    if len(message) > INTERNAL_MESSAGE_CHARS:
+        message = message[: INTERNAL_MESSAGE_CHARS - 1] + "…"
+    return (
+        f"pancseg: error: internal error: {type(err).__name__}: {message} "
+        "(rerun with --debug for the traceback)"
+    )
 
 
 if __name__ == "__main__":

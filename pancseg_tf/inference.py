@@ -216,12 +216,7 @@ class ChunkNetwork:
         if not 0.0 < threshold < 1.0:
             raise PancsegError(f"threshold must be in (0, 1), got {threshold}")
         height, width = (int(v) for v in preprocess.size)
-        model_size = getattr(model, "input_size", None)
-        if model_size is not None and tuple(model_size) != (height, width):
-            raise PancsegError(
-                f"the model takes {tuple(model_size)} slices but preprocess.size is "
-                f"{(height, width)}: the run's config.yaml does not belong to this model"
-            )
+        check_model_fits(model, preprocess)
         self.model = model
         self.preprocess = preprocess
         self.chunk = chunk
@@ -331,6 +326,27 @@ class ChunkNetwork:
             fn_output_signature=tf.TensorSpec((chunk, height, width), tf.float32),
             parallel_iterations=1,
             name="chunks",
+        )
+
+
+def check_model_fits(model, preprocess: PreprocessConfig) -> None:
+    """Refuses, in one line naming both sizes, a model whose fixed slice size is not the
+    preprocessing's plane size (a model given another run's config, or none).
+
+    Raises:
+        PancsegError: the two sizes differ.
+    """
+    model_size = getattr(model, "input_size", None)
+    if model_size is None:  # a Keras model of ours without the attribute: its input shape
+        shape = tuple(model.inputs[0].shape)[-3:-1]
+        model_size = shape if None not in shape else None
+    size = tuple(int(v) for v in preprocess.size)
+    if model_size is not None and tuple(model_size) != size:
+        raise PancsegError(
+            f"the model takes slices of {tuple(model_size)} pixels but the preprocessing gives "
+            f"{size}: the preprocessing (the config.yaml beside the model, or the default when "
+            "there is none) does not belong to this model; use the run folder, or keep its "
+            "config.yaml beside the .keras file"
         )
 
 
@@ -609,6 +625,7 @@ class Segmenter:
             chunk_spans(chunk + 1, chunk, self.overlap)  # validates chunk and overlap
         self.slice_batch = slice_batch
         self.tta = tta
+        check_model_fits(model, self.preprocess)
         self.contextual = len(model.inputs[0].shape) == 5
         self._chunk_network: ChunkNetwork | None = None
 

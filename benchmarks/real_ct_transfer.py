@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     test = str(data / TEST_COHORT)
     commands: list[dict] = []
 
+    # The commit the code was loaded from: a commit landing during the run would otherwise be
+    # what the final provenance names.
+    started_at = provenance()
     write_manifest(work / "manifest.csv", data)
     prepared, run_dir = work / "prepared", work / "run"
     run(
@@ -205,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         "round_trip_cap": round_trip_cap(run_dir / "config.yaml", data),
         "commands": commands,
         "provenance": provenance(config_path=run_dir / "config.yaml"),
+        "provenance_at_start": {
+            k: started_at[k] for k in ("git_commit", "git_dirty_paths", "date_utc")
+        },
     }
     emit_json(result, args.json)
     return 0

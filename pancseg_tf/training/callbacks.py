@@ -112,10 +112,13 @@ def validation_probabilities(
     Volumes are read one at a time. Used by `WholeVolumeValidation` and cross-validation's
     choice of post-processing.
     """
-    from pancseg_tf.data.pipeline import load_validation_volumes
+    from pancseg_tf.config import config_from_dict
+    from pancseg_tf.data.pipeline import load_index, load_validation_volumes
     from pancseg_tf.inference import Segmenter
 
-    segmenter = Segmenter(model, slice_batch=slice_batch)
+    # The prepared data's own preprocessing (the volumes are already on its grid).
+    preprocess = config_from_dict({"preprocess": load_index(data_dir)["preprocess"]}).preprocess
+    segmenter = Segmenter(model, preprocess, slice_batch=slice_batch)
     for volume in load_validation_volumes(data_dir, cases):
         prob = segmenter.predict_model_grid(volume.normalized_image())
         if volume.original_label is not None:

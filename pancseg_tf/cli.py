@@ -379,7 +379,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    if args.chunk < 2:
+    if args.chunk is not None and args.chunk < 2:
         raise PancsegError(f"--chunk must be >= 2 slices, got {args.chunk}")
     import_tensorflow_quietly()
     from pancseg_tf.serving.export import export_model
@@ -649,7 +649,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="run the ConvLSTM over chunks of N slices, blended (default: one pass)",
+        help=(
+            "run the ConvLSTM over chunks of N slices, blended (default: chunks of the window "
+            "the model was trained on, data.window; one pass for a model without one)"
+        ),
     )
     p.add_argument(
         "--overlap", type=int, default=None, help="slices shared by chunks (default N // 4)"
@@ -714,7 +717,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a run folder or a .keras model")
     p.add_argument("base", help="TF Serving's model base folder")
     p.add_argument("--name", default="pancseg", help="model name (default pancseg)")
-    p.add_argument("--chunk", type=int, default=16, help="slices per chunk (default 16)")
+    p.add_argument(
+        "--chunk",
+        type=int,
+        default=None,
+        help="slices per chunk (default: the window the model's ConvLSTM was trained on, else 16)",
+    )
     p.add_argument("--overlap", type=int, default=None, help="chunk overlap (default chunk // 4)")
     p.add_argument("--unsafe", action="store_true", help="load models with Lambda layers")
     p.set_defaults(func=_cmd_export)

@@ -586,7 +586,9 @@ class Segmenter:
         preprocess: geometry and intensity settings the model was trained with.
         threshold: probability at or above which a voxel is pancreas.
         postprocess: keep the largest connected component and fill holes.
-        chunk: slices per ConvLSTM pass; ``None`` runs the whole volume in one pass.
+        chunk: slices per ConvLSTM pass; ``None`` runs the whole volume in one pass, except for
+            a contextual model with a ``context_window`` (the window length it was trained
+            on), which then runs in chunks of that many slices.
         overlap: slices shared by consecutive chunks (default a quarter of ``chunk``).
         slice_batch: slices per CNN call.
         tta: test-time augmentation: the mean of the probabilities over `TTA_TRANSFORMS`, small
@@ -617,6 +619,9 @@ class Segmenter:
         self.preprocess = preprocess or PreprocessConfig()
         self.threshold = threshold
         self.postprocess = postprocess
+        if chunk is None and len(model.inputs[0].shape) == 5:
+            # A recurrence trained on short windows does not hold over a whole volume.
+            chunk = getattr(model, "context_window", None)
         self.chunk = chunk
         if chunk is not None and overlap is None:
             overlap = int(chunk * DEFAULT_OVERLAP_FRACTION)

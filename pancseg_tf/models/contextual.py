@@ -131,6 +131,13 @@ class ContextualSegmenter(keras.Model):
         lstm_kernel_size: kernel size of the ConvLSTM's input and recurrent convolutions.
         lstm_resolution: the ConvLSTM runs at ``1 / lstm_resolution`` of the input resolution;
             must divide ``2**slice_cnn.depth``.
+        context_window: the number of consecutive slices the recurrence was trained on (the
+            trainer sets ``data.window``), or ``None``. It changes nothing in the graph: it tells
+            `pancseg_tf.inference.Segmenter` and the export to run the model over overlapping
+            chunks of this many slices, blended, instead of one pass over the whole volume. A
+            ConvLSTM trained on 5-slice windows does not hold over a volume's 60-150 slices: on
+            a validation case of the quick recipe it marked nothing in one pass (DSC 0.00)
+            and DSC 0.89 in chunks of 5 (``benchmarks/results/README.md``).
         auxiliary_outputs: also output the CNN's probability and side outputs. Without them the
             CNN's side-output convolutions are unused here and are made non-trainable.
         dtype: dtype policy of the layers (``None``: the global policy when built); also used for
@@ -164,11 +171,14 @@ class ContextualSegmenter(keras.Model):
         lstm_filters: int = 8,
         lstm_kernel_size: int = 3,
         lstm_resolution: int = 1,
+        context_window: int | None = None,
         auxiliary_outputs: bool = False,
         dtype: Any = None,
         **kwargs: Any,
     ):
         cnn = _resolve_slice_cnn(slice_cnn, dtype)
+        if context_window is not None:
+            context_window = check_positive_int("context_window", context_window, minimum=2)
         lstm_filters = check_positive_int("lstm_filters", lstm_filters)
         lstm_kernel_size = check_positive_int("lstm_kernel_size", lstm_kernel_size)
         lstm_resolution = check_positive_int("lstm_resolution", lstm_resolution)
@@ -275,6 +285,7 @@ class ContextualSegmenter(keras.Model):
         self.lstm_filters = lstm_filters
         self.lstm_kernel_size = lstm_kernel_size
         self.lstm_resolution = lstm_resolution
+        self.context_window = context_window
         self.auxiliary_outputs = bool(auxiliary_outputs)
 
         self._freeze_unused_side_outputs()
@@ -422,6 +433,7 @@ class ContextualSegmenter(keras.Model):
             "lstm_filters": self.lstm_filters,
             "lstm_kernel_size": self.lstm_kernel_size,
             "lstm_resolution": self.lstm_resolution,
+            "context_window": self.context_window,
             "auxiliary_outputs": self.auxiliary_outputs,
         }
 

@@ -273,12 +273,21 @@ def _sha256(path: pathlib.Path) -> str:
 # === Export ===
 
 
+def _check_chunk(chunk: Any, overlap: Any) -> None:
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 2:
+        raise PancsegError(f"chunk must be an integer >= 2 slices, got {chunk!r}")
+    if overlap is not None and (
+        isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap < chunk
+    ):
+        raise PancsegError(f"overlap must be an integer in [0, {chunk}), got {overlap!r}")
+
+
 def export_model(
     model_path: str | os.PathLike,
     base: str | os.PathLike,
     *,
     name: str = names.DEFAULT_MODEL_NAME,
-    chunk: int = names.DEFAULT_CHUNK,
+    chunk: int | None = None,
     overlap: int | None = None,
     threshold: float | None = None,
     unsafe: bool = False,
@@ -290,7 +299,9 @@ def export_model(
             file; the run's ``config.yaml`` beside it gives preprocessing and post-processing.
         base: TF Serving's model base folder (``--model_base_path``'s parent); created.
         name: the model's name in TF Serving and in requests.
-        chunk: slices per chunk ``T`` (the contract's fixed chunk length, ``predict --chunk``).
+        chunk: slices per chunk ``T`` (the contract's fixed chunk length, ``predict --chunk``);
+            default the model's ``context_window`` (the window its recurrence was trained on,
+            what ``pancseg predict`` runs) where it has one, else ``DEFAULT_CHUNK``.
         overlap: slices shared by consecutive chunks; default ``chunk // 4``, as
             ``pancseg predict --chunk`` does.
         threshold: the ``mask`` output's threshold; default the run's
@@ -320,17 +331,18 @@ def export_model(
             f"model name must be letters, digits, '.', '_' or '-' (not starting with a "
             f"symbol), got {name!r}"
         )
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 2:
-        raise PancsegError(f"chunk must be an integer >= 2 slices, got {chunk!r}")
-    if overlap is None:
-        overlap = int(chunk * DEFAULT_OVERLAP_FRACTION)
-    if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap < chunk:
-        raise PancsegError(f"overlap must be an integer in [0, {chunk}), got {overlap!r}")
+    if chunk is not None:
+        _check_chunk(chunk, overlap)
     model_path = resolve_model_path(model_path)
     cfg = load_run_config(model_path)
     if threshold is None:
         threshold = cfg.postprocess.threshold
     model = load_model(model_path, unsafe=unsafe)
+    if chunk is None:
+        chunk = getattr(model, "context_window", None) or names.DEFAULT_CHUNK
+        _check_chunk(chunk, overlap)
+    if overlap is None:
+        overlap = int(chunk * DEFAULT_OVERLAP_FRACTION)
     net = ChunkNetwork(model, cfg.preprocess, chunk=chunk, threshold=threshold)
     settings = client_config(
         cfg, chunk=chunk, overlap=overlap, threshold=threshold, contextual=net.contextual

@@ -115,8 +115,13 @@ def build_contextual(cfg: Config, slice_cnn=None):
     from pancseg_tf.models import ContextualSegmenter
 
     cnn = slice_cnn if slice_cnn is not None else build_slice_cnn(cfg)
+    # The recurrence learns windows of data.window slices: prediction runs it over chunks of as
+    # many (ContextualSegmenter.context_window).
     return ContextualSegmenter.from_preset(
-        cfg.model.preset, slice_cnn=cnn, **cfg.model.contextual_kwargs()
+        cfg.model.preset,
+        slice_cnn=cnn,
+        context_window=cfg.data.window,
+        **cfg.model.contextual_kwargs(),
     )
 
 

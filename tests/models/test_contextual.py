@@ -423,3 +423,26 @@ def test_stage2_fit_lowers_the_loss():
     history = model.fit(images, model.targets(masks), batch_size=2, epochs=4, verbose=0)
     losses = history.history["loss"]
     assert losses[-1] < 0.8 * losses[0]
+
+
+def test_context_window_makes_prediction_run_in_chunks_of_it():
+    """A model trained on windows of W slices (`context_window`) is run over chunks of W slices
+    by default, exactly as with an explicit chunk=W; without one, in one pass."""
+    from pancseg_tf.config import PreprocessConfig
+    from pancseg_tf.inference import Segmenter
+
+    model = build(context_window=5)
+    activate_context(model)
+    assert ContextualSegmenter.from_config(model.get_config()).context_window == 5
+    preprocess = PreprocessConfig(size=(32, 32))
+    image = np.random.default_rng(6).random((32, 32, 13)).astype(np.float32)
+    windowed = Segmenter(model, preprocess)
+    assert windowed.chunk == 5
+    explicit = Segmenter(model, preprocess, chunk=5)
+    np.testing.assert_array_equal(
+        windowed.predict_model_grid(image), explicit.predict_model_grid(image)
+    )
+    one_pass = Segmenter(build(), preprocess)
+    assert one_pass.chunk is None
+    with pytest.raises(PancsegError, match="context_window must be an integer >= 2"):
+        build(context_window=1)

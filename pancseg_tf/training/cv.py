@@ -345,8 +345,8 @@ class CrossValidation:
                 largest_component=choice[stage]["largest_component"],
                 ambiguous=ambiguous,
             )
-        # The shipped model's scores are its stage's: no second prediction.
-        results["shipped"] = {**results[shipped], "stage": shipped}
+        if len(models) > 1:  # the shipped model's scores are its stage's: no second prediction
+            results["shipped"] = {**results[shipped], "stage": shipped}
         record = {
             "loss": loss,
             "fold": k,

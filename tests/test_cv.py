@@ -207,10 +207,16 @@ def test_cv_one_fold_then_the_rest_after_a_kill(tiny_cohort, tmp_path):
     assert set(choice) == {"stage1", "stage2"}
     for scores in choice.values():
         assert scores["largest_component"] == (scores["on"] >= scores["off"])
+    # The shipped model (the stage that won on validation) is the run's model.keras; its
+    # post-processing choice is the one the run's config carries.
+    state = json.loads((fold0 / "run" / "state.json").read_text())
+    shipped = state["shipped"]
+    assert record["stages"]["shipped"]["stage"] == shipped
+    assert record["stages"]["shipped"]["cases"] == record["stages"][shipped]["cases"]
     cfg = yaml.safe_load((fold0 / "run" / "config.yaml").read_text())
-    assert cfg["postprocess"]["largest_component"] == choice["stage2"]["largest_component"]
+    assert cfg["postprocess"]["largest_component"] == choice[shipped]["largest_component"]
     assert cfg["provenance"]["postprocessing_on_validation"] == choice
-    assert Segmenter.from_path(fold0 / "run").postprocess == choice["stage2"]["largest_component"]
+    assert Segmenter.from_path(fold0 / "run").postprocess == choice[shipped]["largest_component"]
 
     # The remaining fold, killed in its training, then the same command again.
     done0 = (fold0 / "fold.json").read_bytes()

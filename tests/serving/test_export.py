@@ -152,7 +152,8 @@ def test_chunk_network_refuses_a_config_of_another_size(model):
     from pancseg_tf.config import PreprocessConfig
     from pancseg_tf.inference import ChunkNetwork
 
-    with pytest.raises(PancsegError, match=r"takes \(48, 48\) slices but preprocess.size"):
+    message = r"takes slices of \(48, 48\) pixels but the preprocessing gives \(64, 64\)"
+    with pytest.raises(PancsegError, match=message):
         ChunkNetwork(model, PreprocessConfig(size=(64, 64)), chunk=CHUNK)
 
 

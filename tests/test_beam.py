@@ -8,13 +8,13 @@ same bits in one process; see the README).
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.test_predict import tiny_run  # noqa: F401 - the module-scoped fixture
+from tests.test_predict import (
+    pancseg,
+    tiny_run,  # noqa: F401 - the module-scoped fixture
+)
 
 BEAM = (
     "--runner",
@@ -24,16 +24,6 @@ BEAM = (
     "--pipeline-option",
     "direct_running_mode=multi_processing",
 )
-
-
-def pancseg(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "pancseg_tf.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        timeout=900,
-    )
 
 
 def snapshot(folder):

@@ -5,7 +5,6 @@ series UIDs its anonymisation removed); the same run writes NIfTI, and the SEG's
 by their own geometry, must equal that mask voxel for voxel.
 """
 
-import os
 import subprocess
 import sys
 
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 
 from tests.io.test_dicom_seg import copy_with_study_uids, seg_voxels
+from tests.test_predict import pancseg
 
 hd = pytest.importorskip("highdicom")
 
@@ -21,16 +21,6 @@ hd = pytest.importorskip("highdicom")
 pytestmark = pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
 )
-
-
-def pancseg(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "pancseg_tf.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        timeout=900,
-    )
 
 
 @pytest.fixture(scope="module")

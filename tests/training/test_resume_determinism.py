@@ -25,7 +25,7 @@ TRAIN = [
     *PREPROCESS,
     "model.preset=tiny",
     # Dropout on, so that its random masks are part of what has to resume exactly.
-    "model.overrides={dropout: 0.1}",
+    "model.dropout=0.1",
     "data.window=3",
     "data.batch_size=2",
     "data.slice_batch_size=4",

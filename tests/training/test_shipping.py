@@ -9,12 +9,14 @@ import keras
 import numpy as np
 import pytest
 
+from pancseg_tf.config import PreprocessConfig
 from pancseg_tf.errors import PancsegError
 from pancseg_tf.inference import Segmenter, load_model, resolve_model_path
 from pancseg_tf.models import ContextualSegmenter, SliceCNN, transfer_stage1_weights
 from pancseg_tf.training.callbacks import ship_best_model
 
 SIZE = (32, 32)
+PREPROCESS = PreprocessConfig(size=SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,7 @@ def test_the_better_stage_on_validation_is_shipped(tmp_path, models, caplog, sco
     # predict RUN, export RUN and cv resolve the run folder to what was shipped.
     assert resolve_model_path(run) == run / "model.keras"
     assert isinstance(load_model(run), kind)
-    seg = Segmenter(load_model(run))
+    seg = Segmenter(load_model(run), PREPROCESS)
     assert seg.contextual == (shipped == "stage2")
     lines = [r.getMessage() for r in caplog.records]
     if shipped == "stage1":
@@ -82,6 +84,6 @@ def test_shipped_stage_1_predicts_like_stage1_keras(tmp_path, models):
     run = make_run(tmp_path, models, {"stage1": 0.8, "stage2": 0.1})
     ship_best_model(run)
     image = np.random.default_rng(0).random((*SIZE, 5)).astype(np.float32)
-    a = Segmenter(load_model(run)).predict_model_grid(image)
-    b = Segmenter(load_model(run / "stage1.keras")).predict_model_grid(image)
+    a = Segmenter(load_model(run), PREPROCESS).predict_model_grid(image)
+    b = Segmenter(load_model(run / "stage1.keras"), PREPROCESS).predict_model_grid(image)
     np.testing.assert_array_equal(a, b)

@@ -255,7 +255,7 @@ class TrainConfig:
         side_output_weights: weights of the deep-supervision side outputs, finest first.
         freeze_cnn_epochs: stage-2 epochs with the CNN frozen (only the ConvLSTM learns).
         context_learning_rate: AdamW peak learning rate of those frozen-CNN epochs, where the
-            new ConvLSTM and fusion layers learn from scratch; default ``learning_rate``.
+            new ConvLSTM and head learn from their start; default ``learning_rate``.
             ``stage2_learning_rate`` then fine-tunes everything.
         stage2_loss_sharpness: stage 2's loss sees ``sigmoid(k * logit(p))`` with this ``k``
             (`pancseg_tf.losses.SharpenedLoss`): the same 0.5 boundary, the stage-1 CNN's haze

@@ -16,6 +16,11 @@ Conventions shared by every loss here:
 - Only the foreground (pancreas) enters the overlap losses. Like MONAI's
   `include_background=False`: the pancreas is under 1 % of an abdominal CT, and a background
   term would overwhelm its signal.
+- "The batch" of the batch sums (the Jaccard and Dice with `batch_sum=True`, the automatic
+  weight of the class-balanced cross-entropy) is the global batch: under a `tf.distribute`
+  strategy with several replicas (several GPUs or workers) the sums are also summed over the
+  replicas before the division (`pancseg_tf.replicas`), so a step equals the one-device step
+  on the whole global batch.
 
 Reference:
     Cai J., Lu L., Xie Y., Xing F., Yang L. "Improving Deep Pancreas Segmentation in CT and MRI
@@ -30,6 +35,8 @@ from typing import Any
 
 import keras
 from keras import ops
+
+from pancseg_tf.replicas import sum_over_replicas
 
 __all__ = [
     "DEFAULT_EPSILON",
@@ -111,16 +118,22 @@ def _overlap_sums(y_true, y_pred):
     return intersection, label_sum, pred_sum
 
 
-def _batch_total(per_sample, sample_weight):
-    """The (weighted) batch sum of a (B,) tensor, repeated in each of the B entries.
+def _batch_totals(per_sample: Sequence, sample_weight) -> list:
+    """The (weighted) global-batch sums of (B,) tensors, each repeated in its B entries.
 
-    Repeating it (rather than returning a scalar) keeps keras' reduction intact: the mean of B
-    equal entries is the batch value, and keras' scaling for distribution strategies, which it
-    skips for scalar losses, still runs.
+    Under a `tf.distribute` strategy with several replicas the sums also run over the other
+    replicas' shares of the global batch (`pancseg_tf.replicas.sum_over_replicas`, one
+    all-reduce for all the tensors), so the loss is that of the global batch on every replica.
+    Repeating a sum (rather than returning a scalar) keeps keras' reduction intact: the mean of
+    B equal entries is the batch value, and keras' scaling for distribution strategies (it
+    divides each replica's loss by the number of replicas), which it skips for scalar losses,
+    still runs; with the all-reduce's own gradient that makes the summed step the one-device
+    step on the global batch (see `pancseg_tf.replicas`).
     """
     if sample_weight is not None:
-        per_sample = per_sample * sample_weight
-    return ops.ones_like(per_sample) * ops.sum(per_sample)
+        per_sample = [values * sample_weight for values in per_sample]
+    totals = sum_over_replicas([ops.sum(values) for values in per_sample])
+    return [ops.ones_like(values) * total for values, total in zip(per_sample, totals)]
 
 
 def _per_sample_weights(sample_weight, loss_name: str):
@@ -173,7 +186,9 @@ def jaccard_loss(
         y_pred: Probabilities, shape `(B, ...)`, e.g. `(B, H, W, 1)` or `(B, T, H, W, 1)`.
         epsilon: Positive smoothing term, see above.
         batch_sum: If True, I and U are summed over the whole batch before the division and
-            every one of the B entries holds that one batch loss (see `JaccardLoss` for why).
+            every one of the B entries holds that one batch loss (see `JaccardLoss` for why);
+            in a step with several `tf.distribute` replicas, over the global batch of all of
+            them.
         sample_weight: Optional non-negative per-sample weights, shape `(B,)`, that scale each
             sample's I and U in the batch sums; used only with `batch_sum=True` (a weight
             common to a sample's voxels leaves its own ratio unchanged).
@@ -189,8 +204,7 @@ def jaccard_loss(
     intersection, label_sum, pred_sum = _overlap_sums(y_true, y_pred)
     union = label_sum + pred_sum - intersection
     if batch_sum:
-        intersection = _batch_total(intersection, sample_weight)
-        union = _batch_total(union, sample_weight)
+        intersection, union = _batch_totals([intersection, union], sample_weight)
     return 1.0 - (intersection + epsilon) / (union + epsilon)
 
 
@@ -210,8 +224,9 @@ def dice_loss(
         y_true: Masks, shape `(B, ...)` like `y_pred` (the channel axis may be missing).
         y_pred: Probabilities, shape `(B, ...)`.
         epsilon: Positive smoothing term.
-        batch_sum: If True, the sums run over the whole batch before the division and each of
-            the B entries holds the batch loss (see `JaccardLoss`).
+        batch_sum: If True, the sums run over the whole batch (the global batch of all
+            `tf.distribute` replicas) before the division and each of the B entries holds the
+            batch loss (see `JaccardLoss`).
         sample_weight: Optional per-sample weights `(B,)` for the batch sums; used only with
             `batch_sum=True`.
 
@@ -226,8 +241,7 @@ def dice_loss(
     intersection, label_sum, pred_sum = _overlap_sums(y_true, y_pred)
     denominator = label_sum + pred_sum
     if batch_sum:
-        intersection = _batch_total(intersection, sample_weight)
-        denominator = _batch_total(denominator, sample_weight)
+        intersection, denominator = _batch_totals([intersection, denominator], sample_weight)
     return 1.0 - (2.0 * intersection + epsilon) / (denominator + epsilon)
 
 
@@ -239,7 +253,8 @@ def weighted_binary_crossentropy(
         L = mean_j -(w+ y_j log p_j + (1 - y_j) log(1 - p_j))
 
     With `pos_weight=None` the weight is set from the batch's class balance,
-    `w+ = |Y-| / |Y+|` (sums of `1 - y` and `y` over the whole batch). This is the
+    `w+ = |Y-| / |Y+|` (sums of `1 - y` and `y` over the whole batch; in a step with several
+    `tf.distribute` replicas, over the global batch of all of them). This is the
     class-balanced cross-entropy of HED (Xie & Tu 2015), beta = |Y-| / |Y|, rescaled by
     1 / (1 - beta) so that background keeps weight 1: the loss is then about the mean
     foreground log-loss plus the mean background log-loss. Unlike HED's beta it stays useful
@@ -268,7 +283,8 @@ def weighted_binary_crossentropy(
     probability = ops.clip(y_pred, clip, 1.0 - clip)
     if pos_weight is None:
         # 0 when the batch has no foreground; the foreground term is then empty anyway.
-        weight = ops.stop_gradient(ops.divide_no_nan(ops.sum(1.0 - y_true), ops.sum(y_true)))
+        negatives, positives = sum_over_replicas([ops.sum(1.0 - y_true), ops.sum(y_true)])
+        weight = ops.stop_gradient(ops.divide_no_nan(negatives, positives))
     else:
         weight = float(pos_weight)
     per_voxel = -(
@@ -406,9 +422,17 @@ class JaccardLoss(_PerSampleLoss):
     whenever the batch holds pancreas anywhere. (MONAI's `DiceLoss(batch=True)` is the same
     choice; its default is per-sample.)
 
+    "Batch" is the global batch: in a step under a `tf.distribute` strategy with several
+    replicas (`model.fit` under `MirroredStrategy`, `fit_distributed`), where each replica
+    sees its share of the batch, I and U are summed over all replicas before the division
+    (`pancseg_tf.replicas.sum_over_replicas`, an all-reduce with a gradient). With keras'
+    scaling (each replica's loss divided by the number of replicas, the gradients summed),
+    the step is the one-device step on the global batch, sample weights included: the paper's
+    batch of 8 windows on 8 GPUs stays one batch, not 8 per-window losses.
+
     Keras' reduction: each of the B samples carries the batch loss, so the default
     `"sum_over_batch_size"` gives that one value (and keeps keras' scaling for distribution
-    strategies; under one, "batch" means each replica's share of it). Per-sample weights
+    strategies). Per-sample weights
     `(B,)` scale each sample's I and U inside the batch sums (weight 0 leaves a sample out)
     and then weight the B equal entries as keras always does: `"sum_over_batch_size"` returns
     `mean(w) * L` and `"mean_with_sample_weight"` returns `L`. Per-voxel weights are refused.
@@ -466,8 +490,9 @@ class JaccardLoss(_PerSampleLoss):
 class DiceLoss(_PerSampleLoss):
     """Soft Dice loss `1 - (2 I + eps) / (sum y + sum p + eps)`; see `dice_loss`.
 
-    The two modes, the batch-sum default and the handling of reduction and sample weights
-    are those of `JaccardLoss`, for the same reasons.
+    The two modes, the batch-sum default (over the global batch of all `tf.distribute`
+    replicas) and the handling of reduction and sample weights are those of `JaccardLoss`,
+    for the same reasons.
 
     Args:
         batch_sum: Sum over the whole batch before dividing (default) or per sample.
@@ -510,7 +535,8 @@ class WeightedBCELoss(_PerSampleLoss):
     `WeightedBCELoss(pos_weight=1.0)` is plain cross-entropy (the same values as
     `keras.losses.BinaryCrossentropy()` on `(B, ..., 1)` probabilities); the default
     `pos_weight=None` is the class-balanced cross-entropy with the weight taken from each
-    batch's class balance. Sample weights `(B,)` weight the per-sample means as in keras.
+    batch's class balance (the global batch's, under a strategy with several replicas).
+    Sample weights `(B,)` weight the per-sample means as in keras.
 
     Args:
         pos_weight: Weight of foreground voxels, or None for `|Y-| / |Y+|` of the batch.

@@ -25,11 +25,12 @@ How a step keeps the gradients of one big batch:
   identical on all workers. The sum of the per-replica ``mean / num_replicas`` is the mean over
   the global batch.
 - Losses that are not means over samples, such as `pancseg_tf.losses.JaccardLoss` with its
-  batch sums, are batch sums over each replica's batch, not over the global batch (like every
-  data-parallel loss); batch normalisation, likewise, normalises with each replica's batch
-  statistics. Its moving mean and variance, which each replica updates on its own, are
-  averaged over all replicas after every epoch, so that every worker ends the epoch with the
-  same model.
+  batch sums, sum over the global batch themselves: they all-reduce their sums over the
+  replicas before dividing (`pancseg_tf.replicas`), and with the scaling above the step is
+  the one-device step on the global batch. Batch normalisation, by contrast, normalises with
+  each replica's batch statistics. Its moving mean and variance, which each replica updates
+  on its own, are averaged over all replicas after every epoch, so that every worker ends the
+  epoch with the same model.
 
 Fault tolerance: after every epoch each worker saves the weights, the optimizer state and the
 epoch number with `tf.train.CheckpointManager` (saving may run collective ops, so every worker

@@ -152,6 +152,7 @@ def prepare_case(case: Any, config: Config) -> tuple[bytes, dict[str, Any]]:
     label_values = p.label_values if case_values is None else case_values
     original_label = map_labels(label, label_values, require_present=True)
     del label
+    outside, total = plan.label_outside_field(original_label)
     mask = plan.forward(original_label, is_label=True)
     scale = 1.0
     if p.modality == "ct":
@@ -207,6 +208,9 @@ def prepare_case(case: Any, config: Config) -> tuple[bytes, dict[str, Any]]:
         },
         "positive_slices": [int(k) for k in np.flatnonzero(voxels)],
         "pancreas_voxels": int(voxels.sum()),
+        # Label voxels (on the scan's own grid) that the model's in-plane field leaves out.
+        "label_outside_field_voxels": outside,
+        "label_outside_field_fraction": round(outside / total, 6) if total else 0.0,
     }
     if case_values is not None:
         entry["label_values"] = case_values if isinstance(case_values, str) else list(case_values)
@@ -461,6 +465,17 @@ def prepare_cohort(
                 len(entry["positive_slices"]),
                 result["seconds"],
             )
+            if entry["label_outside_field_voxels"]:
+                log.warning(
+                    "case %s: %.2f %% of its pancreas (%d voxels) lies outside the model's "
+                    "%d x %d field of %s mm pixels; training never sees it (prediction tiles "
+                    "the body)",
+                    case_id,
+                    100.0 * entry["label_outside_field_fraction"],
+                    entry["label_outside_field_voxels"],
+                    *entry["size"],
+                    f"{config.preprocess.spacing_mm:g}",
+                )
     finally:
         results.close()  # stops the worker pool at once on an error
     return merge_indexes(out, config=config, cohort_case_ids=[c.case_id for c in cases])
@@ -495,6 +510,17 @@ def _check_existing_config(out: pathlib.Path, preprocess_hash: str) -> None:
 
 
 # === The index ===
+
+
+def cases_outside_field(index: dict[str, Any]) -> list[tuple[str, float]]:
+    """``(case_id, fraction)`` of the prepared cases whose pancreas reaches outside the model's
+    in-plane field (``label_outside_field_fraction`` > 0), sorted by case id; an index prepared
+    before the fraction was recorded lists none."""
+    return [
+        (entry["case_id"], float(entry["label_outside_field_fraction"]))
+        for entry in sorted(index.get("cases", []), key=lambda e: e["case_id"])
+        if entry.get("label_outside_field_fraction", 0.0) > 0.0
+    ]
 
 
 def merge_indexes(

@@ -396,6 +396,80 @@ class GeometryPlan:
             out.append((max(0, start), min(n, start + size)))
         return (out[0], out[1])
 
+    @property
+    def field_box(self) -> tuple[int, int, int, int]:
+        """``(x0, x1, y0, y1)``: the canonical voxels (half-open, clipped to the grid) whose
+        centres lie inside the model's in-plane field; the others are never seen by the model
+        and get 0 from `inverse`."""
+        nx, ny, _ = self.reorientation.canonical_shape
+        r0, r1, _ = self.ratios
+        x0, x1 = _covered(self.window_start[0], self.size[0], r0, nx)
+        y0, y1 = _covered(self.window_start[1], self.size[1], r1, ny)
+        return (x0, x1, y0, y1)
+
+    @property
+    def covers_body(self) -> bool:
+        """Whether the in-plane field holds the whole body box."""
+        x0, x1, y0, y1 = self.field_box
+        i0, i1, j0, j1 = self.body_box
+        return x0 <= i0 and i1 <= x1 and y0 <= j0 and j1 <= y1
+
+    def covering_body(self) -> GeometryPlan:
+        """This plan if its field holds the body box, else the same plan with a wider field.
+
+        On each axis where the field misses part of the body box, the field is widened, at the
+        same spacing, to the fewest pixels that hold the box (never fewer than ``size``); an
+        axis whose field holds the box keeps its start and size. The result maps the volume
+        the same way (`forward` and `inverse` take any field), so a model of ``size`` pixels
+        can be run over it in overlapping tiles (`pancseg_tf.inference.tile_spans`).
+
+        Returns:
+            ``self`` (the very object) when `covers_body`, else a new plan whose ``size`` is
+            at least this one's on both axes and whose `field_box` holds ``body_box``.
+        """
+        if self.covers_body:
+            return self
+        canonical_shape = self.reorientation.canonical_shape
+        starts, sizes = list(self.window_start), list(self.size)
+        for axis in (0, 1):
+            lo, hi = self.body_box[2 * axis], self.body_box[2 * axis + 1]
+            ratio, n = self.ratios[axis], canonical_shape[axis]
+            covered = _covered(starts[axis], sizes[axis], ratio, n)
+            if covered[0] <= lo and hi <= covered[1]:
+                continue
+            # Fewest pixels from the first one whose field reaches voxel lo to voxel hi - 1.
+            start = math.floor((lo + 0.5) / ratio + 1e-9)
+            size = max(1, math.floor((hi - 0.5) / ratio - start + 1e-9) + 1)
+            while _covered(start, size, ratio, n)[0] > lo:
+                start, size = start - 1, size + 1
+            while _covered(start, size, ratio, n)[1] < hi:
+                size += 1
+            if size < self.size[axis]:  # a narrow box missed by rounding: keep the model's size
+                start -= (self.size[axis] - size) // 2
+                size = self.size[axis]
+            starts[axis], sizes[axis] = start, size
+        return dataclasses.replace(self, size=tuple(sizes), window_start=tuple(starts))
+
+    def label_outside_field(self, label: np.ndarray) -> tuple[int, int]:
+        """Voxels of a mask on the volume's own grid that lie outside the in-plane field.
+
+        Args:
+            label: ``original_shape`` array; nonzero voxels count (a {0, 1} pancreas mask).
+
+        Returns:
+            ``(outside, total)``: nonzero voxels whose centres lie outside `field_box`, and all
+            nonzero voxels.
+
+        Raises:
+            PancsegError: if the array is not ``original_shape``.
+        """
+        _check_shape(label, self.original_shape, "the original grid", exact_ndim=True)
+        canonical = self.reorientation.apply(label)
+        x0, x1, y0, y1 = self.field_box
+        total = int(np.count_nonzero(canonical))
+        inside = int(np.count_nonzero(canonical[x0:x1, y0:y1]))
+        return total - inside, total
+
     # --- forward and inverse ---
 
     def forward(self, array: np.ndarray, *, order: int = 1, is_label: bool = False) -> np.ndarray:
@@ -603,12 +677,10 @@ def plan_geometry(
     if slice_spacing_mm is None:
         resampled = (resampled[0], resampled[1], shape[2])
     box = body_crop_box(canonical, threshold=body_threshold, margin_mm=body_margin_mm)
-    start = []
-    for axis, (lo, hi) in enumerate(((box[0], box[1]), (box[2], box[3]))):
-        ratio = spacing_mm / native[axis]
-        centre = (lo + hi - 1) / 2.0  # canonical voxel coordinate of the box's centre
-        centre_resampled = (centre + 0.5) / ratio - 0.5
-        start.append(math.floor(centre_resampled - (size[axis] - 1) / 2.0 + 0.5))
+    start = [
+        _centred_start(lo, hi, spacing_mm / native[axis], size[axis])
+        for axis, (lo, hi) in enumerate(((box[0], box[1]), (box[2], box[3])))
+    ]
     if volume.modality == "ct":
         pad_value = CT_PAD_VALUE
     else:
@@ -679,6 +751,13 @@ def _resample_slices(
             result = plane(k0) * np.float32(1.0 - weight)
             result += np.float32(weight) * plane(k1)
         yield k, result if transform_first else transform(result)
+
+
+def _centred_start(lo: int, hi: int, ratio: float, size: int) -> int:
+    """First resampled pixel of a ``size``-pixel field centred on canonical voxels ``[lo, hi)``."""
+    centre = (lo + hi - 1) / 2.0  # canonical voxel coordinate of the box's centre
+    centre_resampled = (centre + 0.5) / ratio - 0.5
+    return math.floor(centre_resampled - (size - 1) / 2.0 + 0.5)
 
 
 def _covered(start: int, size: int, ratio: float, n: int) -> tuple[int, int]:

@@ -7,7 +7,8 @@ Every worker runs the same command. It trains two tiny models with `fit_distribu
 
 - ``slice_cnn``: `SliceCNN(base_filters=4, depth=2, input_size=32)` with Jaccard losses on
   ``prob`` and ``side_1``, Adam, ``EPOCHS`` epochs in one call;
-- ``plain``: two convolutions without batch norm, SGD and cross-entropy, first for
+- ``plain``: two convolutions without batch norm, SGD and the batch Jaccard plus the
+  class-balanced cross-entropy (both sum over the global batch, across the workers), first for
   ``EPOCHS - 1`` epochs and then, in a second call on the same run folder, resumed from the
   backup for the last one. The test trains the same model in its own process on the global
   batch (`reference_fit`) and expects the same weights.
@@ -27,7 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pancseg_tf.losses import JaccardLoss
+from pancseg_tf.losses import JaccardBCELoss, JaccardLoss
 from pancseg_tf.models.slice_cnn import SliceCNN
 from pancseg_tf.training.multiworker import fit_distributed, is_chief, worker_id
 
@@ -108,7 +109,7 @@ def train_plain(strategy, work_dir: Path, epochs: int, global_batch: int):
     return fit_distributed(
         strategy,
         build_plain,
-        keras.losses.BinaryCrossentropy,
+        lambda: JaccardBCELoss(pos_weight=None),
         lambda: keras.optimizers.SGD(0.5),
         lambda context, epoch: epoch_dataset(context, epoch, global_batch, lambda m: m),
         epochs=epochs,

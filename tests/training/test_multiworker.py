@@ -410,6 +410,9 @@ def test_loss_falls_on_two_workers(cluster, model):
 def test_two_workers_train_like_one_process_on_the_global_batch(cluster, tmp_path):
     """The gradient scaling: per-replica means / 2, summed over the workers = one big batch.
 
+    The loss is the batch Jaccard plus the class-balanced cross-entropy, whose sums span the
+    global batch across the workers (with per-worker sums the weights differ by 3.6e-3).
+
     Also covers resuming under the multi-worker strategy: the workers' ``plain`` run stopped
     after 2 epochs and was resumed for the third, the reference ran 3 epochs at once.
     """

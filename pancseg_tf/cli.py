@@ -277,7 +277,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         hide_found_paths,
         load_case_volume,
         predict_inputs,
-        segmenter_options,
+        segmenter_options_from_args,
         write_case,
     )
 
@@ -296,13 +296,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise PancsegError("no input volumes found")
     if args.output_format == "dicom-seg":
         _check_dicom_seg_inputs(items)
-    options = segmenter_options(
-        threshold=args.threshold,
-        no_postprocess=args.no_postprocess,
-        chunk=args.chunk,
-        overlap=args.overlap,
-        tta=args.tta,
-    )
+    options = segmenter_options_from_args(args)
     import_tensorflow_quietly()
     from pancseg_tf.inference import Segmenter
 
@@ -381,6 +375,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     if args.chunk is not None and args.chunk < 2:
         raise PancsegError(f"--chunk must be >= 2 slices, got {args.chunk}")
+    config = None
+    if args.config is not None:  # read before TensorFlow starts: config errors come at once
+        from pancseg_tf.config import load_config
+
+        config = load_config(args.config)
     import_tensorflow_quietly()
     from pancseg_tf.serving.export import export_model
 
@@ -391,6 +390,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         chunk=args.chunk,
         overlap=args.overlap,
         unsafe=args.unsafe,
+        config=config,
     )
     print(f"exported to {path} (TF Serving model {args.name!r}, version {path.name})")
     return 0
@@ -452,6 +452,15 @@ def _add_volume_flags(p: argparse.ArgumentParser) -> None:
         choices=("ct", "mri"),
         default=None,
         help="modality of a NIfTI input (DICOM says its own; default ct)",
+    )
+
+
+def _add_model_config_argument(p: argparse.ArgumentParser) -> None:
+    """``--config`` for a command that loads a model (read by `pancseg_tf.model_card`)."""
+    p.add_argument(
+        "--config",
+        help="the config a .keras file made elsewhere was trained with (a model pancseg wrote "
+        "carries its own: this overrides it)",
     )
 
 
@@ -662,6 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="test-time augmentation: average over in-plane shifts and scales (5x the time)",
     )
+    _add_model_config_argument(p)
     p.add_argument(
         "--unsafe",
         action="store_true",
@@ -724,6 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="slices per chunk (default: the window the model's ConvLSTM was trained on, else 16)",
     )
     p.add_argument("--overlap", type=int, default=None, help="chunk overlap (default chunk // 4)")
+    _add_model_config_argument(p)
     p.add_argument("--unsafe", action="store_true", help="load models with Lambda layers")
     p.set_defaults(func=_cmd_export)
 

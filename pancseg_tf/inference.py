@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from pancseg_tf.config import Config, PreprocessConfig, load_config
+from pancseg_tf.config import Config, PreprocessConfig
 from pancseg_tf.errors import PancsegError
 from pancseg_tf.io.volume import Volume
 
@@ -111,11 +111,19 @@ def blend_chunks(
 # === The chunk network: one computation for ``predict --chunk N`` and the served SavedModel ===
 
 
-def plan_volume(volume: Volume, preprocess: PreprocessConfig):
-    """The volume's `GeometryPlan` for the run's preprocessing (predict and the serving client)."""
+def plan_volume(volume: Volume, preprocess: PreprocessConfig, *, cover_body: bool = False):
+    """The volume's `GeometryPlan` for the run's preprocessing (predict and the serving client).
+
+    Args:
+        volume: the input volume.
+        preprocess: the run's preprocessing.
+        cover_body: widen the in-plane field, where the body's box exceeds the model's size,
+            to hold the whole box (`GeometryPlan.covering_body`; the model then runs in
+            tiles). The plan is the model-size one whenever the body fits.
+    """
     from pancseg_tf.preprocessing.geometry import plan_geometry
 
-    return plan_geometry(
+    plan = plan_geometry(
         volume,
         spacing_mm=preprocess.spacing_mm,
         slice_spacing_mm=preprocess.slice_spacing_mm,
@@ -344,9 +352,8 @@ def check_model_fits(model, preprocess: PreprocessConfig) -> None:
     if model_size is not None and tuple(model_size) != size:
         raise PancsegError(
             f"the model takes slices of {tuple(model_size)} pixels but the preprocessing gives "
-            f"{size}: the preprocessing (the config.yaml beside the model, or the default when "
-            "there is none) does not belong to this model; use the run folder, or keep its "
-            "config.yaml beside the .keras file"
+            f"{size}: the preprocessing (the model's card, or the config given) does not "
+            "belong to this model; give the config it was trained with"
         )
 
 
@@ -534,15 +541,6 @@ def _import_classes(
     return classes
 
 
-def load_run_config(model_path: pathlib.Path) -> Config:
-    """The ``config.yaml`` beside a model (its run folder), else the defaults."""
-    for candidate in (model_path.parent / "config.yaml", model_path.parent.parent / "config.yaml"):
-        if candidate.is_file():
-            return load_config(candidate)
-    log.info("no config.yaml beside %s: using the default preprocessing", model_path.name)
-    return Config()
-
-
 # === Segmenter ===
 
 
@@ -635,15 +633,29 @@ class Segmenter:
         self._chunk_network: ChunkNetwork | None = None
 
     @classmethod
-    def from_path(cls, path: str | pathlib.Path, *, unsafe: bool = False, **kwargs) -> Segmenter:
+    def from_path(
+        cls,
+        path: str | pathlib.Path,
+        *,
+        unsafe: bool = False,
+        config: str | pathlib.Path | Config | None = None,
+        **kwargs,
+    ) -> Segmenter:
         """A run folder or ``.keras`` file, with the run's preprocessing, threshold and
         post-processing (``postprocess.threshold`` and ``postprocess.largest_component`` of its
-        config) unless ``kwargs`` gives them."""
+        config) unless ``kwargs`` gives them.
+
+        The config comes from the file's model card (`pancseg_tf.model_card.describe_model`),
+        so a file copied away from its run segments like the run; ``config`` (a YAML path, a
+        shipped name or a `Config`) is for a file made elsewhere, which carries none.
+        """
+        from pancseg_tf.model_card import describe_model
+
         model_path = resolve_model_path(path)
         # The model first: a file that is no model is refused before anything is said of its
         # preprocessing.
         model = load_model(model_path, unsafe=unsafe)
-        cfg = load_run_config(model_path)
+        cfg = describe_model(model_path, config).config
         kwargs.setdefault("threshold", cfg.postprocess.threshold)
         kwargs.setdefault("postprocess", cfg.postprocess.largest_component)
         return cls(model, cfg.preprocess, **kwargs)

@@ -90,25 +90,45 @@ def segmenter_options(
     chunk: int | None = None,
     overlap: int | None = None,
     tta: bool = False,
+    config: str | None = None,
 ) -> dict[str, Any]:
     """``pancseg predict``'s flags as keyword arguments of `Segmenter.from_path`.
 
-    A threshold or post-processing left unset keeps the run's own (its config's
-    ``postprocess`` section); ``no_postprocess`` turns the largest-component step off.
+    A threshold or post-processing left unset keeps the run's own (its model card's
+    ``postprocess`` section); ``no_postprocess`` turns the largest-component step off;
+    ``config`` (``--config``) is read here, before TensorFlow starts, as a `Config` for a model
+    file made elsewhere (`pancseg_tf.model_card`).
 
     Raises:
-        PancsegError: ``chunk`` below 2 slices, or ``threshold`` outside (0, 1).
+        PancsegError: ``chunk`` below 2 slices, ``threshold`` outside (0, 1), or a config
+            that cannot be read.
     """
     if chunk is not None and chunk < 2:
         raise PancsegError(f"--chunk must be >= 2 slices, got {chunk}")
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise PancsegError(f"--threshold must be in (0, 1), got {threshold}")
     options: dict[str, Any] = {"chunk": chunk, "overlap": overlap, "tta": tta}
+    if config is not None:
+        from pancseg_tf.config import load_config
+
+        options["config"] = load_config(config)
     if threshold is not None:
         options["threshold"] = threshold
     if no_postprocess:
         options["postprocess"] = False
     return options
+
+
+def segmenter_options_from_args(args: Any) -> dict[str, Any]:
+    """`segmenter_options` from ``pancseg predict``'s parsed arguments (in-process and Beam)."""
+    return segmenter_options(
+        threshold=args.threshold,
+        no_postprocess=args.no_postprocess,
+        chunk=args.chunk,
+        overlap=args.overlap,
+        tta=args.tta,
+        config=getattr(args, "config", None),
+    )
 
 
 def load_case_volume(source: object):

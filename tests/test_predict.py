@@ -162,22 +162,6 @@ def test_mri_given_to_a_ct_model_warns(tiny_run, tmp_path):
     assert "trained on CT" in proc.stderr and "MRI" in proc.stderr
 
 
-def test_a_model_copied_away_from_its_run_is_one_clear_line(tiny_run, ts_ct_path, tmp_path):
-    """A bare model.keras without its config.yaml meets the default preprocessing (256 x 256
-    slices against the model's 48 x 48): one line naming both sizes, exit 2, no data."""
-    import shutil
-
-    bare = tmp_path / "elsewhere" / "m.keras"
-    bare.parent.mkdir()
-    shutil.copyfile(tiny_run / "model.keras", bare)
-    proc = pancseg("predict", bare, ts_ct_path, "-o", tmp_path / "out")
-    assert proc.returncode == 2, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("pancseg: error:")]
-    assert len(errors) == 1 and "(48, 48)" in errors[0] and "(256, 256)" in errors[0], proc.stderr
-    assert "does not belong to this model" in errors[0]
-    assert len(proc.stderr) < 800, proc.stderr
-
-
 def test_an_internal_error_is_one_short_line():
     """TensorFlow's own error for an array that does not bind to a tf.function prints the whole
     array; the command line's internal-error line keeps type and start, on one line."""

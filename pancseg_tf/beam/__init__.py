@@ -106,15 +106,9 @@ def predict_with_beam(args: argparse.Namespace) -> int:
 
     from pancseg_tf.beam import files
     from pancseg_tf.beam.pipeline import SUMMARY_NAME, CaseTask, build_pipeline
-    from pancseg_tf.predict_io import segmenter_options
+    from pancseg_tf.predict_io import segmenter_options_from_args
 
-    options = segmenter_options(
-        threshold=args.threshold,
-        no_postprocess=args.no_postprocess,
-        chunk=args.chunk,
-        overlap=args.overlap,
-        tta=args.tta,
-    )
+    options = segmenter_options_from_args(args)
     beam_options = pipeline_options(args.runner, args.pipeline_option, debug=args.debug)
     tasks = [CaseTask(name, source) for name, source in files.expand_inputs(args.inputs)]
     if not tasks:

@@ -133,25 +133,8 @@ def non_core_ops(export_dir: str | os.PathLike) -> list[str]:
 # === Metadata and warm-up ===
 
 
-def _run_config_path(model_path: pathlib.Path) -> pathlib.Path | None:
-    # The same places `pancseg_tf.inference.load_run_config` looks.
-    for candidate in (model_path.parent / "config.yaml", model_path.parent.parent / "config.yaml"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _training_provenance(model_path: pathlib.Path) -> dict[str, Any]:
+def _training_provenance(provenance: dict[str, Any]) -> dict[str, Any]:
     """The run's ``provenance:`` block (package version, data index hash, seed), scalars only."""
-    path = _run_config_path(model_path)
-    if path is None:
-        return {}
-    import yaml
-
-    data = yaml.safe_load(path.read_text()) or {}
-    provenance = data.get("provenance") if isinstance(data, dict) else None
-    if not isinstance(provenance, dict):
-        return {}
     return {
         str(key): value
         for key, value in provenance.items()
@@ -291,12 +274,14 @@ def export_model(
     overlap: int | None = None,
     threshold: float | None = None,
     unsafe: bool = False,
+    config: str | os.PathLike | Any | None = None,
 ) -> pathlib.Path:
     """Exports a trained model as ``BASE/<name>/<version>/`` for TensorFlow Serving.
 
     Args:
         model_path: a run folder (its ``model.keras``, else ``stage1.keras``) or a ``.keras``
-            file; the run's ``config.yaml`` beside it gives preprocessing and post-processing.
+            file; its model card (`pancseg_tf.model_card`) gives preprocessing and
+            post-processing.
         base: TF Serving's model base folder (``--model_base_path``'s parent); created.
         name: the model's name in TF Serving and in requests.
         chunk: slices per chunk ``T`` (the contract's fixed chunk length, ``predict --chunk``);
@@ -308,6 +293,8 @@ def export_model(
             ``postprocess.threshold``.
         unsafe: load a model with ``Lambda`` layers or unregistered classes (runs code from
             the file).
+        config: the config (a YAML path, a shipped name or a `Config`) for a ``.keras`` file
+            made elsewhere, which carries no model card.
 
     Returns:
         The new version folder.
@@ -320,9 +307,9 @@ def export_model(
         DEFAULT_OVERLAP_FRACTION,
         ChunkNetwork,
         load_model,
-        load_run_config,
         resolve_model_path,
     )
+    from pancseg_tf.model_card import describe_model
     from pancseg_tf.serving.client import require_serving_api
 
     require_serving_api()  # the warm-up file is written with TF Serving's protos
@@ -334,7 +321,8 @@ def export_model(
     if chunk is not None:
         _check_chunk(chunk, overlap)
     model_path = resolve_model_path(model_path)
-    cfg = load_run_config(model_path)
+    description = describe_model(model_path, config)
+    cfg = description.config
     if threshold is None:
         threshold = cfg.postprocess.threshold
     model = load_model(model_path, unsafe=unsafe)
@@ -356,7 +344,7 @@ def export_model(
     tmp = model_dir / f"{_TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
     try:
         try:
-            _write_export(tmp, model, net, settings, name, model_path, cfg)
+            _write_export(tmp, model, net, settings, name, model_path, description)
             # On disk before the rename: a published version is never a half-flushed one.
             _fsync_tree(tmp)
         except OSError as err:
@@ -423,7 +411,7 @@ def _fsync_tree(folder: pathlib.Path) -> None:
             os.close(fd)
 
 
-def _write_export(tmp, model, net, settings, name, model_path, cfg) -> None:
+def _write_export(tmp, model, net, settings, name, model_path, description) -> None:
     import keras
     import tensorflow as tf
 
@@ -450,6 +438,7 @@ def _write_export(tmp, model, net, settings, name, model_path, cfg) -> None:
             f"load: {', '.join(foreign)}"
         )
     height, width = net.size
+    cfg = description.config
     requests = warmup_inputs(net.chunk, height, width, cfg.preprocess.modality)
     _check_reload(tmp, net, requests[1][1])
 
@@ -483,7 +472,7 @@ def _write_export(tmp, model, net, settings, name, model_path, cfg) -> None:
         },
         "client_config": settings,
         "run_config": cfg.to_dict(),
-        "training_provenance": _training_provenance(model_path),
+        "training_provenance": _training_provenance(description.provenance),
     }
     (extra / names.METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str) + "\n")
 

@@ -250,12 +250,20 @@ class BestModel(keras.callbacks.Callback):
 
 
 def save_model_atomic(model: keras.Model, path: pathlib.Path) -> None:
-    """``model.save`` under a temporary ``.keras`` name in the same folder, then a rename."""
+    """``model.save`` under a temporary ``.keras`` name in the same folder, then a rename.
+
+    The file carries its run's model card (`pancseg_tf.model_card`: the ``config.yaml`` of
+    the folder it is saved in), so it segments like its run wherever it is copied.
+    """
     path = pathlib.Path(path)
     from pancseg_tf.atomic import replacing
+    from pancseg_tf.model_card import run_config_card, write_card
 
+    card = run_config_card(path.parent)
     with replacing(path, keep_suffix=True) as tmp:
         model.save(tmp)
+        if card is not None:
+            write_card(tmp, card)
 
 
 #: The run folder's files: the best model of each stage, and the one the run ships.

@@ -425,14 +425,21 @@ def choose_postprocessing(
 
 def record_postprocessing(run_dir: pathlib.Path, choice: dict[str, dict], stage: str) -> None:
     """Writes ``stage``'s choice into ``run_dir/config.yaml`` (what ``pancseg predict RUN``
-    follows) and every stage's scores under ``provenance.postprocessing_on_validation``."""
+    follows) and every stage's scores under ``provenance.postprocessing_on_validation``, and
+    the same into the model card of each of the run's ``.keras`` files."""
     import yaml
+
+    from pancseg_tf.model_card import card_from_run_config, write_card
 
     path = run_dir / "config.yaml"
     data = yaml.safe_load(path.read_text())
     data["postprocess"]["largest_component"] = bool(choice[stage]["largest_component"])
     data.setdefault("provenance", {})["postprocessing_on_validation"] = choice
     write_text(path, yaml.safe_dump(data, sort_keys=False))
+    for model_file in sorted(run_dir.glob("*.keras")):
+        if model_file.name.startswith("."):  # a killed writer's temporary file
+            continue
+        write_card(model_file, card_from_run_config(data))
 
 
 def _ambiguous(cohort: pathlib.Path) -> dict[str, list[int]]:

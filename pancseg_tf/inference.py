@@ -129,7 +129,6 @@ def plan_volume(volume: Volume, preprocess: PreprocessConfig, *, cover_body: boo
         slice_spacing_mm=preprocess.slice_spacing_mm,
         size=tuple(preprocess.size),
     )
-    return plan.covering_body() if cover_body else plan
 
 
 def wire_intensities(image: np.ndarray, modality: str) -> np.ndarray:

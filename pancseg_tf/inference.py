@@ -108,6 +108,57 @@ def blend_chunks(
     return total / norm
 
 
+# === In-plane tiles: a body wider than the model's field ===
+
+
+def tile_spans(
+    extent: tuple[int, int], size: tuple[int, int], overlap: tuple[int, int]
+) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Overlapping in-plane tiles of the model's ``size`` over a field of ``extent`` pixels.
+
+    Each axis is cut by the chunk rule (`chunk_spans`); the tiles are every pair.
+
+    Args:
+        extent: ``(H', W')`` of the field, each at least the model's size.
+        size: ``(H, W)``, the model's slice size.
+        overlap: pixels shared by neighbouring tiles on each axis.
+
+    Returns:
+        ``[((h0, h1), (w0, w1)), ...]``; one tile ``((0, H), (0, W))`` when ``extent == size``.
+
+    Raises:
+        PancsegError: a field smaller than the model's size, or an overlap outside ``[0, size)``.
+    """
+    if extent[0] < size[0] or extent[1] < size[1]:
+        raise PancsegError(f"tiles of {tuple(size)} pixels do not fit a field of {tuple(extent)}")
+    rows = chunk_spans(extent[0], size[0], overlap[0])
+    cols = chunk_spans(extent[1], size[1], overlap[1])
+    return [(row, col) for row in rows for col in cols]
+
+
+def blend_tiles(
+    tiles: list[np.ndarray],
+    spans: list[tuple[tuple[int, int], tuple[int, int]]],
+    extent: tuple[int, int],
+    overlap: tuple[int, int],
+) -> np.ndarray:
+    """Weighted mean of per-tile probabilities ``(H, W, K)`` into ``(H', W', K)``.
+
+    A tile's weight at a pixel is the product of `chunk_weights` along the two axes: it rises
+    over the first ``overlap`` pixels and falls over the last, except at the field's edges.
+    """
+    num_slices = tiles[0].shape[2]
+    total = np.zeros((extent[0], extent[1], num_slices), dtype=np.float32)
+    norm = np.zeros(extent, dtype=np.float32)
+    for probs, (row, col) in zip(tiles, spans):
+        weights = np.outer(
+            chunk_weights(row, extent[0], overlap[0]), chunk_weights(col, extent[1], overlap[1])
+        )
+        total[row[0] : row[1], col[0] : col[1]] += probs * weights[:, :, None]
+        norm[row[0] : row[1], col[0] : col[1]] += weights
+    return total / norm[:, :, None]
+
+
 # === The chunk network: one computation for ``predict --chunk N`` and the served SavedModel ===
 
 
@@ -129,6 +180,7 @@ def plan_volume(volume: Volume, preprocess: PreprocessConfig, *, cover_body: boo
         slice_spacing_mm=preprocess.slice_spacing_mm,
         size=tuple(preprocess.size),
     )
+    return plan.covering_body() if cover_body else plan
 
 
 def wire_intensities(image: np.ndarray, modality: str) -> np.ndarray:
@@ -663,7 +715,8 @@ class Segmenter:
     # --- host steps ---
 
     def plan(self, volume: Volume):
-        return plan_volume(volume, self.preprocess)
+        """The volume's plan, its field widened to the body's box where that is wider."""
+        return plan_volume(volume, self.preprocess, cover_body=True)
 
     def normalize(self, image: np.ndarray, volume: Volume | None = None) -> np.ndarray:
         """Model-grid intensities -> [0, 1] float32 through the shared intensity module."""
@@ -682,7 +735,11 @@ class Segmenter:
     # --- the network ---
 
     def predict_model_grid(self, image: np.ndarray) -> np.ndarray:
-        """Probabilities for a normalised ``(H, W, K)`` model-grid volume, same shape, float32."""
+        """Probabilities for a normalised ``(H, W, K)`` model-grid volume, same shape, float32.
+
+        A field wider than the model's size (a plan from `GeometryPlan.covering_body`) runs in
+        overlapping tiles of the model's size, blended by `blend_tiles`.
+        """
         if not self.tta:
             return self._predict_once(image)
         total = np.zeros(image.shape, dtype=np.float32)
@@ -691,7 +748,22 @@ class Segmenter:
             total += _inplane_transform(self._predict_once(moved), zoom, shift, inverse=True)
         return total / np.float32(len(TTA_TRANSFORMS))
 
+    def _in_tiles(self, image: np.ndarray, run) -> np.ndarray:
+        """``run`` on ``image`` itself when it is the model's size, else on overlapping tiles of
+        the model's size (a quarter of it shared), blended by `blend_tiles`."""
+        size = tuple(int(v) for v in self.preprocess.size)
+        extent = tuple(int(v) for v in image.shape[:2])
+        if extent == size:
+            return run(image)
+        overlap = tuple(int(v * DEFAULT_OVERLAP_FRACTION) for v in size)
+        spans = tile_spans(extent, size, overlap)
+        tiles = [run(image[r0:r1, c0:c1]) for (r0, r1), (c0, c1) in spans]
+        return blend_tiles(tiles, spans, extent, overlap)
+
     def _predict_once(self, image: np.ndarray) -> np.ndarray:
+        return self._in_tiles(image, self._predict_tile)
+
+    def _predict_tile(self, image: np.ndarray) -> np.ndarray:
         slices = np.ascontiguousarray(np.moveaxis(image, 2, 0)[..., None], dtype=np.float32)
         if not self.contextual:
             probs = self._run_cnn(slices)
@@ -722,9 +794,12 @@ class Segmenter:
             percentiles: the volume's MRI ``(p_low, p_high)`` (`request_intensities`); None for CT.
 
         Returns:
-            ``(H, W, K)`` float32: `ChunkNetwork.serve` on each chunk, blended by `blend_chunks`.
+            ``(H, W, K)`` float32: `ChunkNetwork.serve` on each chunk, blended by `blend_chunks`;
+            a field wider than the model's size runs in tiles (`blend_tiles`).
         """
-        return self._run_chunks(image, percentiles=percentiles, normalized=False)
+        return self._in_tiles(
+            image, lambda tile: self._run_chunks(tile, percentiles=percentiles, normalized=False)
+        )
 
     def _run_chunks(self, image, percentiles=None, *, normalized: bool) -> np.ndarray:
         from pancseg_tf.serving.constants import PROBABILITIES

@@ -3,7 +3,8 @@
 Each subcommand parses and validates its flags, calls the library and prints a short summary.
 Problems with the user's input, and a full disk, end as one line, ``pancseg: error: <message>``,
 with exit status 2; ``--debug`` (before the subcommand) shows the traceback as well. Messages
-show an input path by its last component only (`InputPathDisplay`). Commands that do not need
+show an input path by its last component only (`InputPathDisplay`), and an error any other path
+too (`file_names_only`: folders may name a patient). Commands that do not need
 TensorFlow never import it, and TensorFlow's start-up log lines are kept off the terminal.
 """
 
@@ -26,7 +27,7 @@ os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
 
 from pancseg_tf._version import __version__  # noqa: E402
 from pancseg_tf.errors import PancsegError  # noqa: E402
-from pancseg_tf.messages import InputPathDisplay, one_line  # noqa: E402
+from pancseg_tf.messages import InputPathDisplay, file_names_only, one_line  # noqa: E402
 
 log = logging.getLogger("pancseg_tf")
 
@@ -785,7 +786,9 @@ _OUTPUT_ARGS = ("output", "out", "base", "run")
 
 
 class _ShowInputs(logging.Filter):
-    """Rewrites each log record's message with `InputPathDisplay` (the CLI's handler only)."""
+    """Rewrites each log record's message with `InputPathDisplay` (the CLI's handler only);
+    a warning or an error (a case that failed: a library's message) shows every other path by
+    its last component too (`file_names_only`)."""
 
     def __init__(self, display: InputPathDisplay) -> None:
         super().__init__()
@@ -793,6 +796,8 @@ class _ShowInputs(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = self.display(record.getMessage())
+        if record.levelno >= logging.WARNING:
+            record.msg = file_names_only(record.msg)
         record.args = None
         return True
 
@@ -852,8 +857,13 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the ``pancseg`` command; returns its exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    show = InputPathDisplay.from_args(args)
-    _configure_logging(args.debug, show)
+    display = InputPathDisplay.from_args(args)
+    _configure_logging(args.debug, display)
+
+    def show(text: str) -> str:
+        # An error names no folder: typed inputs by their last component, any other path too.
+        return file_names_only(display(text))
+
     try:
         return int(args.func(args) or 0)
     except PancsegError as err:
@@ -870,7 +880,8 @@ def main(argv: list[str] | None = None) -> int:
         full = storage_full_error(err)
         if full is not None:
             # A full disk is the user's to fix, not a bug: one line, status 2.
-            print(f"pancseg: error: {show(_storage_full_message(full, args))}", file=sys.stderr)
+            message = one_line(show(_storage_full_message(full, args)))
+            print(f"pancseg: error: {message}", file=sys.stderr)
             return 2
         denied = access_error(err)
         if denied is not None:
@@ -886,8 +897,9 @@ def main(argv: list[str] | None = None) -> int:
 def internal_error_line(err: BaseException, show=str) -> str:
     """The one line an unexpected exception gets: its type and its message, on one line, cut
     to `INTERNAL_MESSAGE_CHARS` (a message can hold a whole array: TensorFlow prints the tensors
-    it could not bind, and image data must not reach a terminal or a log through it)."""
-    message = one_line(show(str(err)))
+    it could not bind, and image data must not reach a terminal or a log through it); a path
+    in it is shown by its last component (`file_names_only`)."""
+    message = one_line(file_names_only(show(str(err))))
     if len(message) > INTERNAL_MESSAGE_CHARS:
         message = message[: INTERNAL_MESSAGE_CHARS - 1] + "…"
     return (

@@ -2,7 +2,9 @@
 
 The rules every ``pancseg`` message follows (the command line applies them to its errors and
 log lines; `pancseg_tf.beam` to the reasons in its failures file): `one_line` escapes what would
-split a line, `InputPathDisplay` shows an input by its last component only.
+split a line, `InputPathDisplay` shows an input by its last component only, and
+`file_names_only` cuts every other path in an error (a library's message, a manifest's entry, an
+output) to its last component.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import re
 
 
 def one_line(text: str) -> str:
@@ -98,3 +101,124 @@ class InputPathDisplay:
             elif isinstance(value, list):
                 inputs += [v for v in value if isinstance(v, str)]
         return cls(inputs)
+
+
+# === Any path in an error: its last component ===
+
+# What an unquoted path runs on with: not a space, quote, comma, semicolon or bracket; a colon
+# only inside it (``/a/b.nii.gz: truncated`` ends before the colon).
+_PATH_CHARS = r"(?:[^\s'\"`,;()\[\]{}<>:]|:(?=[^\s'\"`,;()\[\]{}<>]))"
+# A name that reads as a file name (an extension starting with a letter: not 1.5/2.5).
+_FILE_NAME = re.compile(r"[^/]*\.[A-Za-z][\w-]*")
+_PATHS = re.compile(
+    # A quoted path (an OSError's repr, nibabel's "Cannot work out file type of ..."): whole,
+    # spaces included (a relative one without spaces: "model's input" is no quote).
+    r"(?<!\w)(?P<quote>['\"])"
+    r"(?P<quoted>(?:~|\.{1,2})?/[^'\"\n]*|[^'\"\s/][^'\"\s]*/[^'\"\s]*)(?P=quote)"
+    # An absolute or home path: not after a word, a dot or a scheme's "://".
+    rf"|(?P<absolute>(?<![\w.~/:\->])(?:~|\.{{1,2}})?/(?!/){_PATH_CHARS}+)"
+    # A relative path with a folder: not part of a longer word or of a URL.
+    rf"|(?P<relative>(?<![\w.~/:\-])[\w.\-]+/{_PATH_CHARS}+)"
+)
+
+
+def _looks_like_path(text: str) -> bool:
+    """Whether ``text`` (which holds a ``/``) reads as a path, not a ratio or an abbreviation.
+
+    A path starts with ``/``, ``./``, ``../`` or ``~/``, or has two folders, or ends in a file
+    name with an extension; ``N/A``, ``and/or``, ``1/2``, ``1.5/2.5`` and ``[3/12]`` do not.
+    """
+    if "://" in text:  # a URL: the server's address is not a patient's
+        return False
+    if text.startswith(("/", "./", "../", "~/")):
+        return True
+    parts = [part for part in text.split("/") if part]
+    if parts and parts[-1] == "…":  # InputPathDisplay's "name/…": already shown as it should be
+        return False
+    return len(parts) >= 3 or (len(parts) == 2 and bool(_FILE_NAME.fullmatch(parts[-1])))
+
+
+def _last_component(path: str) -> str:
+    parts = [part for part in path.split("/") if part]
+    if not parts:
+        return path
+    if parts[-1] == "…" and len(parts) > 1:
+        return f"{parts[-2]}/…"
+    return parts[-1]
+
+
+def file_names_only(text: str) -> str:
+    """``text`` with every path in it that names folders cut to its last component.
+
+    Library messages name the files they failed on in full (nibabel's ``File
+    /data/DOE_JOHN_19600101/ct.nii.gz is not a gzip file``, pydicom's, NumPy's, an `OSError`'s
+    ``'/data/…/IM0001.dcm'``), and so do paths found in a manifest or written to: the folders
+    above a file may name the patient, so an error shows the file's own name only
+    (``ct.nii.gz``). Applied after `InputPathDisplay`, whose ``name/…`` forms it keeps.
+
+    What counts as a path: anything in quotes that holds a ``/``; an unquoted word that starts
+    with ``/``, ``./``, ``../`` or ``~/``; and an unquoted relative word with two folders or a
+    folder and a file name with an extension (so ``N/A``, ``and/or``, ``[3/12]`` and ``1.5/2.5``
+    stay). URLs stay. An unquoted path whose folder holds a space (``/data/DOE JOHN/ct.nii.gz``)
+    is followed across the space while the folder exists on disk or the next word continues it
+    as a path.
+
+    Example:
+        >>> file_names_only("File /data/DOE_JOHN_19600101/ct.nii.gz is not a gzip file")
+        'File ct.nii.gz is not a gzip file'
+    """
+    out: list[str] = []
+    position = 0
+    while (match := _PATHS.search(text, position)) is not None:
+        start, end = match.span()
+        if match["quote"]:
+            path = match["quoted"]
+            shown = f"{match['quote']}{_last_component(path)}{match['quote']}"
+        else:
+            end = _follow_spaces(text, start, end)
+            path = text[start:end]
+            shown = _last_component(path)
+        if not _looks_like_path(path):
+            # Not a path: keep its first character and look again from the next one (a path
+            # may start inside a quoted text that is not one).
+            out.append(text[position : start + 1])
+            position = start + 1
+            continue
+        out.append(text[position:start])
+        out.append(shown)
+        position = end
+    out.append(text[position:])
+    return "".join(out)
+
+
+_NEXT_WORD = re.compile(rf" (?P<word>{_PATH_CHARS}+)")
+#: How many words after a space an unquoted path is followed across, at most.
+_MAX_WORDS = 6
+
+
+def _follow_spaces(text: str, start: int, end: int) -> int:
+    """Where the unquoted path at ``text[start:end]`` really ends, when its folders hold spaces.
+
+    The path runs on to the furthest of the next words that, with the path so far, names
+    something on disk (``/data/DOE`` + `` JOHN 1960/ct.nii.gz``: ``/data/DOE JOHN 1960``
+    exists), or to the very next word when that is itself a relative path (``JOHN/ct.nii.gz`` in
+    ``/gone/DOE JOHN/ct.nii.gz``). A word that starts a new absolute path ends the search.
+    """
+    found = end
+    probe = end
+    for count in range(1, _MAX_WORDS + 1):
+        word = _NEXT_WORD.match(text, probe)
+        if word is None or word["word"].startswith(("/", "~")):
+            break
+        following = word["word"]
+        head = text[start : word.start("word")] + following.split("/", 1)[0]
+        try:
+            exists = os.path.lexists(os.path.expanduser(head))
+        except (OSError, ValueError):  # an embedded NUL, a name too long
+            exists = False
+        if exists or (count == 1 and _looks_like_path(following)):
+            found = word.end()
+        if "/" in following:
+            break
+        probe = word.end()
+    return found

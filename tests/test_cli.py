@@ -128,7 +128,9 @@ def test_a_folder_that_may_not_be_written_is_one_line(tmp_path):
     if not pathlib.Path("/sys").is_dir():
         pytest.skip("no /sys (not Linux)")
     status, _, err = pancseg("synth", target, "--cases", "1")
-    assert_one_line_error(status, err, f"cannot access {target}: ")
+    # The path by its last component, as every path in an error (folders may name a patient).
+    assert_one_line_error(status, err, f"cannot access {target.name}: ")
+    assert "/sys" not in err
     assert any(r in err for r in ("not permitted", "Permission denied", "Read-only")), err
     assert not target.exists()
 

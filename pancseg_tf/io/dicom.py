@@ -26,6 +26,7 @@ import numpy as np
 from pancseg_tf.errors import PancsegError
 from pancseg_tf.io.nifti import check_affine, rescale_to_intensity
 from pancseg_tf.io.volume import Volume
+from pancseg_tf.messages import file_names_only
 
 log = logging.getLogger("pancseg_tf.io")
 
@@ -139,6 +140,11 @@ def _scan(folder: pathlib.Path) -> tuple[list[SeriesInfo], list[list], int]:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
             uid = str(ds.SeriesInstanceUID) if _is_image_header(ds) else None
+        except PermissionError as error:
+            # Not skipped: a slice the user may not read would leave a gap in the series.
+            raise PancsegError(
+                f"{folder}: cannot read the file {path.name}: {error.strerror}"
+            ) from None
         except Exception:  # not DICOM (InvalidDicomError) or damaged: skipped alike
             uid = None
         if uid is None:
@@ -392,7 +398,7 @@ def _decode(path: pathlib.Path, index: int, total: int, where: str, rows: int, c
     try:
         ds = pydicom.dcmread(path)
     except Exception as error:  # a file that parsed a moment ago: anything is an I/O problem
-        text = " ".join(str(error).split())
+        text = file_names_only(" ".join(str(error).split()))
         raise PancsegError(
             f"{where}: could not read slice {index + 1} of {total}: {text}"
         ) from None
@@ -412,7 +418,7 @@ def _decode(path: pathlib.Path, index: int, total: int, where: str, rows: int, c
         pixels = ds.pixel_array
     except Exception as error:  # decoders (pylibjpeg, Pillow, gdcm) raise many types
         name = getattr(uid, "name", "")
-        text = " ".join(str(error).split())
+        text = file_names_only(" ".join(str(error).split()))
         raise PancsegError(
             f"{where}: could not decode slice {index + 1} of {total} (transfer syntax {uid} "
             f"{name}): {text}"

@@ -95,7 +95,11 @@ def check_affine(affine: np.ndarray, source: PathLike) -> None:
 
 
 def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
+    """A library's message on one line, its paths cut to their last component (nibabel names
+    the file in full, and the folders above it may name the patient)."""
+    from pancseg_tf.messages import file_names_only
+
+    text = file_names_only(" ".join(str(error).split()))
     return text or type(error).__name__
 
 
@@ -184,6 +188,12 @@ def read_nifti(path: PathLike, *, modality: str = "ct") -> Volume:
         raise PancsegError(f"no such file: {path}")
     if path.is_dir():
         raise PancsegError(f"{path} is a folder: expected a .nii or .nii.gz file")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as error:  # nibabel says "Could not read file" or "Empty file" for these
+        why = error.strerror or _one_line(error)
+        raise PancsegError(f"could not read NIfTI file {path}: {why}") from None
     readable = (OSError, EOFError, ValueError, zlib.error, ImageFileError, HeaderDataError)
     with _quiet_nibabel():
         try:

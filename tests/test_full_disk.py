@@ -1,4 +1,5 @@
-"""A full disk during `pancseg convert`, `prepare`, `predict` and `export`: nothing half-written.
+"""A full disk during `pancseg convert`, `prepare`, `train`, `predict` and `export`: nothing
+half-written.
 
 The disk fills in two ways, each at sizes chosen so that the failure hits different files:
 
@@ -387,3 +388,97 @@ def test_export_on_a_full_disk_publishes_no_version(tmp_path, run_folder):
             # No version folder TF Serving could load, and no temporary one either.
             assert [p.name for p in (base / "pancseg").iterdir()] == []
     assert tree_hash(run_folder) == before
+
+
+# === train ===
+
+#: A file size limit between the tiny run's stage-1 files (stage1.keras and its backup weights,
+#: about 263 kB) and its stage-2 ones (about 311-313 kB, the ConvLSTM's weights on top): stage 1
+#: finishes, stage 2's first checkpoint write fails. If the tiny model's size changes, pick a
+#: new one between the two (the test below says which side it fell on).
+TRAIN_FSIZE = 290_000
+
+
+@pytest.fixture(scope="module")
+def tiny_prepared(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
+    """The trainer tests' tiny config and a 3-case synthetic cohort prepared with it."""
+    import yaml
+
+    from pancseg_tf.synthetic import make_cohort
+    from tests.training.test_trainer import TINY
+
+    root = tmp_path_factory.mktemp("tiny")
+    make_cohort(root / "cohort", cases=3, seed=5, shape=(96, 96, 24))
+    config = root / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    proc = pancseg("prepare", root / "cohort", root / "data", "--config", config)
+    assert proc.returncode == 0, proc.stderr
+    return root / "data", config
+
+
+def read_run_file(path: pathlib.Path) -> None:
+    """Reads a run folder's file whole, the way its consumer does."""
+    import csv
+
+    import h5py
+    import yaml
+
+    from pancseg_tf.data.tfrecord import read_tfrecord
+    from pancseg_tf.inference import load_model
+
+    if path.suffix == ".keras":
+        load_model(path)
+    elif path.suffix == ".h5":
+        with h5py.File(path, "r") as h5:
+            h5.visititems(lambda _, item: item[()] if isinstance(item, h5py.Dataset) else None)
+    elif path.suffix == ".json":
+        json.loads(path.read_text())
+    elif path.suffix == ".yaml":
+        yaml.safe_load(path.read_text())
+    elif path.suffix == ".csv":
+        assert list(csv.DictReader(path.open(newline=""))), path
+    elif ".tfevents." in path.name:
+        assert list(read_tfrecord(path)), path  # TensorBoard's events: TFRecords with CRCs
+    else:
+        raise AssertionError(f"unexpected file in the run folder: {path}")
+
+
+@pytest.mark.large
+def test_train_on_a_full_disk_then_resume(tmp_path, tiny_prepared):
+    """A checkpoint write that fails mid-run stops training with one line; the run folder
+    holds only complete files, and a rerun with room resumes it to the end."""
+    import csv
+
+    data, config = tiny_prepared
+    before = tree_hash(data)
+    run = tmp_path / "run"
+    proc = pancseg("train", data, run, "--config", config, fsize=TRAIN_FSIZE)
+    assert_full_disk_error(proc, "fsize")
+    assert "stage 2" in proc.stderr, proc.stderr
+    # Stage 1 finished (its best model complete); stage 2's first checkpoint was the write
+    # that failed, and nothing of it is left half-written.
+    assert (run / "stage1.keras").is_file(), "TRAIN_FSIZE is below the stage-1 model's size"
+    assert not (run / "stage2.keras").exists(), "TRAIN_FSIZE is above the stage-2 model's size"
+    assert not (run / "model.keras").exists()
+    assert temporaries(run) == []
+    for path in (p for p in run.rglob("*") if p.is_file()):
+        read_run_file(path)
+    state = json.loads((run / "state.json").read_text())
+    assert state.get("stage1_done") is True and "stage2" not in state
+
+    proc = pancseg("train", data, run, "--config", config)
+    assert proc.returncode == 0, proc.stderr
+    assert "stage 1 (stage1)" not in proc.stderr, "the rerun trained stage 1 again"
+    for name in ("stage1.keras", "stage2.keras", "model.keras"):
+        assert (run / name).is_file(), name
+    assert temporaries(run) == []
+    files = [p for p in run.rglob("*") if p.is_file()]
+    for path in files:
+        read_run_file(path)
+    state = json.loads((run / "state.json").read_text())
+    assert state["shipped"] in ("stage1", "stage2") and "stage2" in state
+    # Each epoch of both stages once in the log.
+    with open(run / "log.csv", newline="") as f:
+        rows = [(r["stage"], r["epoch"]) for r in csv.DictReader(f)]
+    assert rows == [("1", "0"), ("1", "1"), ("2", "0"), ("2", "1")]
+    assert tree_hash(data) == before

@@ -116,20 +116,12 @@ def measure_serving(
     """
     import tensorflow as tf
 
-    from pancseg_tf.inference import Segmenter, load_model, load_run_config, resolve_model_path
+    from pancseg_tf.inference import Segmenter
     from pancseg_tf.serving.client import GrpcClient, query_volume
     from pancseg_tf.serving.export import export_model
 
     export = export_model(run, pathlib.Path(work) / "exports", chunk=chunk)
-    model_path = resolve_model_path(run)
-    cfg = load_run_config(model_path)
-    segmenter = Segmenter(
-        load_model(model_path),
-        cfg.preprocess,
-        threshold=cfg.postprocess.threshold,
-        postprocess=cfg.postprocess.largest_component,
-        chunk=chunk,
-    )
+    segmenter = Segmenter.from_path(run, chunk=chunk)
     process, target = _start_server(export.parent.parent)
     try:
         with GrpcClient(target, retries=60, backoff_s=0.5, timeout_s=600) as client:

@@ -158,7 +158,8 @@ def staged_case(source: object) -> Iterator[object]:
 def remote_model_files(url: str) -> dict[str, str]:
     """The files `pancseg_tf.inference.Segmenter.from_path` needs of a remote model, by the
     local relative path each is copied to: the ``.keras`` file and its run's ``config.yaml``
-    (beside it, or one folder up), following `resolve_model_path` and `load_run_config`.
+    (beside it, or one folder up: a legacy run whose models carry no model card), following
+    `resolve_model_path` and `pancseg_tf.model_card.describe_model`.
 
     Raises:
         PancsegError: no ``model.keras`` / ``stage1.keras`` in a run folder, or no such file.

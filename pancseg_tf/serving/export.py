@@ -321,11 +321,13 @@ def export_model(
     if chunk is not None:
         _check_chunk(chunk, overlap)
     model_path = resolve_model_path(model_path)
+    # The model first: a file that is no model, or unsafe, is refused before anything is said
+    # of its config (as `Segmenter.from_path` does).
+    model = load_model(model_path, unsafe=unsafe)
     description = describe_model(model_path, config)
     cfg = description.config
     if threshold is None:
         threshold = cfg.postprocess.threshold
-    model = load_model(model_path, unsafe=unsafe)
     if chunk is None:
         chunk = getattr(model, "context_window", None) or names.DEFAULT_CHUNK
         _check_chunk(chunk, overlap)

@@ -63,17 +63,9 @@ def write_run(folder: pathlib.Path, model, *, modality: str = "ct", extra=()) ->
 def predict_segmenter(run: pathlib.Path, chunk: int | None = None):
     """The `Segmenter` ``pancseg predict RUN [--chunk N]`` builds (run's threshold and
     post-processing, default overlap)."""
-    from pancseg_tf.inference import Segmenter, load_model, load_run_config, resolve_model_path
+    from pancseg_tf.inference import Segmenter
 
-    model_path = resolve_model_path(run)
-    cfg = load_run_config(model_path)
-    return Segmenter(
-        load_model(model_path),
-        cfg.preprocess,
-        threshold=cfg.postprocess.threshold,
-        postprocess=cfg.postprocess.largest_component,
-        chunk=chunk,
-    )
+    return Segmenter.from_path(run, chunk=chunk)
 
 
 _SHARED: dict = {}

@@ -159,6 +159,22 @@ def blend_tiles(
     return total / norm[:, :, None]
 
 
+def run_in_tiles(image: np.ndarray, size: tuple[int, int], run) -> np.ndarray:
+    """``run`` on ``image`` ``(H', W', K)`` itself when it is the model's ``size``, else on
+    overlapping tiles of that size (a quarter of it shared), blended by `blend_tiles`.
+
+    Shared by `Segmenter` and the serving client (`pancseg query`), so both tile alike.
+    """
+    size = tuple(int(v) for v in size)
+    extent = tuple(int(v) for v in image.shape[:2])
+    if extent == size:
+        return run(image)
+    overlap = tuple(int(v * DEFAULT_OVERLAP_FRACTION) for v in size)
+    spans = tile_spans(extent, size, overlap)
+    tiles = [run(image[r0:r1, c0:c1]) for (r0, r1), (c0, c1) in spans]
+    return blend_tiles(tiles, spans, extent, overlap)
+
+
 # === The chunk network: one computation for ``predict --chunk N`` and the served SavedModel ===
 
 
@@ -183,32 +199,22 @@ def plan_volume(volume: Volume, preprocess: PreprocessConfig, *, cover_body: boo
     return plan.covering_body() if cover_body else plan
 
 
-def wire_intensities(image: np.ndarray, modality: str) -> np.ndarray:
-    """Model-grid intensities in the serving contract's dtype (``serving/CONTRACT.md``).
-
-    CT: Hounsfield units rounded to the nearest integer (ties to even) and clipped to int16;
-    MRI: float32 as they are.
-
-    Raises:
-        PancsegError: on a NaN or infinite intensity, which has no int16 value.
-    """
-    if modality != "ct":
-        return np.asarray(image, dtype=np.float32)
-    if not np.isfinite(image).all():
-        raise PancsegError("the CT volume has NaN or infinite intensities; expected finite HU")
-    return np.clip(np.rint(image), -32768, 32767).astype(np.int16)
-
-
 def request_intensities(
     volume: Volume, plan: Any, preprocess: PreprocessConfig
 ) -> tuple[np.ndarray, tuple[np.float32, np.float32] | None]:
     """The host side of a request: model-grid ``(H, W, K)`` wire intensities, MRI percentiles.
 
-    The percentiles are computed on the volume's own grid, as `Segmenter.normalize` does.
+    The intensities are prepared data's (`pancseg_tf.preprocessing.quantize`: CT int16 HU, MRI
+    float32 at float16 precision), the one set of numbers prediction, validation and the
+    served export read. The percentiles are computed on the volume's own grid, as prepare does.
+
+    Raises:
+        PancsegError: a CT volume with NaN or infinite intensities.
     """
     from pancseg_tf.preprocessing.intensity import mri_percentiles
+    from pancseg_tf.preprocessing.quantize import model_grid_intensities
 
-    image = wire_intensities(plan.forward(volume.array), preprocess.modality)
+    image = model_grid_intensities(plan.forward(volume.array), preprocess.modality)
     if preprocess.modality != "mri":
         return image, None
     low, high = mri_percentiles(volume.array, *preprocess.mri_percentiles)
@@ -749,16 +755,7 @@ class Segmenter:
         return total / np.float32(len(TTA_TRANSFORMS))
 
     def _in_tiles(self, image: np.ndarray, run) -> np.ndarray:
-        """``run`` on ``image`` itself when it is the model's size, else on overlapping tiles of
-        the model's size (a quarter of it shared), blended by `blend_tiles`."""
-        size = tuple(int(v) for v in self.preprocess.size)
-        extent = tuple(int(v) for v in image.shape[:2])
-        if extent == size:
-            return run(image)
-        overlap = tuple(int(v * DEFAULT_OVERLAP_FRACTION) for v in size)
-        spans = tile_spans(extent, size, overlap)
-        tiles = [run(image[r0:r1, c0:c1]) for (r0, r1), (c0, c1) in spans]
-        return blend_tiles(tiles, spans, extent, overlap)
+        return run_in_tiles(image, self.preprocess.size, run)
 
     def _predict_once(self, image: np.ndarray) -> np.ndarray:
         return self._in_tiles(image, self._predict_tile)
@@ -790,7 +787,7 @@ class Segmenter:
         """Probabilities for raw model-grid intensities, exactly as a served export computes them.
 
         Args:
-            image: ``(H, W, K)`` model-grid intensities in the wire dtype (`wire_intensities`).
+            image: ``(H, W, K)`` model-grid intensities in the wire dtype (`request_intensities`).
             percentiles: the volume's MRI ``(p_low, p_high)`` (`request_intensities`); None for CT.
 
         Returns:
@@ -855,19 +852,46 @@ class Segmenter:
             axis=0,
         )
 
+    def predict_intensities(
+        self, image: np.ndarray, percentiles: tuple[float, float] | None = None
+    ) -> np.ndarray:
+        """Probabilities for model-grid intensities as prepared data holds them.
+
+        The one path from intensities to probabilities of `segment` (``pancseg predict``),
+        training's validation (`pancseg_tf.training.callbacks.validation_probabilities`) and,
+        with chunks, the served export: with ``chunk`` and no test-time augmentation, the
+        served computation itself (`predict_chunks`, what ``pancseg query`` gets back);
+        otherwise normalised here and run by `predict_model_grid`.
+
+        Args:
+            image: ``(H, W, K)`` model-grid intensities (`request_intensities`; CT HU of any
+                dtype holding whole numbers, MRI float32).
+            percentiles: the volume's MRI ``(p_low, p_high)``; None for CT.
+        """
+        from pancseg_tf.preprocessing.intensity import normalize_intensity
+        from pancseg_tf.preprocessing.quantize import model_grid_intensities
+
+        p = self.preprocess
+        if p.modality == "ct":
+            image = model_grid_intensities(image, "ct")  # whole HU: unchanged, as int16
+        if self.chunk is not None and not self.tta:
+            return self.predict_chunks(image, percentiles)
+        normalized = normalize_intensity(
+            np.asarray(image, dtype=np.float32),
+            p.modality,
+            window=p.hu_window,
+            percentiles=percentiles,
+        )
+        return self.predict_model_grid(np.asarray(normalized, dtype=np.float32))
+
     # --- the whole volume ---
 
     def segment(self, volume: Volume) -> Segmentation:
         """Segments one volume; the mask lands on the volume's own grid (shape and affine)."""
         check_modality(volume, self.preprocess.modality)
         plan = self.plan(volume)
-        if self.chunk is not None and not self.tta:
-            # The served computation on the wire's intensities: what `pancseg query` gets back.
-            image, percentiles = request_intensities(volume, plan, self.preprocess)
-            model_probs = self.predict_chunks(image, percentiles)
-        else:
-            image = self.normalize(plan.forward(volume.array), volume)
-            model_probs = self.predict_model_grid(image)
+        image, percentiles = request_intensities(volume, plan, self.preprocess)
+        model_probs = self.predict_intensities(image, percentiles)
         return finish_segmentation(
             plan, model_probs, threshold=self.threshold, postprocess=self.postprocess
         )

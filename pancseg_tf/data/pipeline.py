@@ -61,6 +61,7 @@ from pancseg_tf.data.prepare import load_index
 from pancseg_tf.data.tfrecord import decode_case, read_tfrecord
 from pancseg_tf.errors import PancsegError
 from pancseg_tf.preprocessing.intensity import normalize_intensity
+from pancseg_tf.preprocessing.quantize import stored_to_float
 
 log = logging.getLogger("pancseg_tf.data")
 
@@ -544,7 +545,7 @@ def load_validation_volumes(
             raise PancsegError(f"shard {entry['shard']} holds {len(records)} records, expected 1")
         case = decode_case(records[0])
         scale = float(case["intensity_scale"])
-        image = np.moveaxis(case["image"].astype(np.float32) / np.float32(scale), 0, 2)
+        image = np.moveaxis(stored_to_float(case["image"], scale), 0, 2)
         percentiles = None
         if case["modality"] == "mri":
             low, high = (float(v) / scale for v in case["percentiles"])

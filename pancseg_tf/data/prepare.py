@@ -58,10 +58,6 @@ SHARDS_DIR = "shards"
 CASES_DIR = "cases"
 SKIPPED_DIR = "skipped"
 
-# float16 holds values up to 65504; MRI volumes with larger values are scaled to fit.
-_FLOAT16_LIMIT = 60000.0
-
-
 # === One case ===
 
 
@@ -154,20 +150,14 @@ def prepare_case(case: Any, config: Config) -> tuple[bytes, dict[str, Any]]:
     del label
     outside, total = plan.label_outside_field(original_label)
     mask = plan.forward(original_label, is_label=True)
-    scale = 1.0
+    from pancseg_tf.preprocessing.quantize import store_model_grid
+
+    # The compact form that validation reads back and `pancseg predict` reproduces.
+    stored, scale = store_model_grid(plan.forward(image.array), p.modality)
     if p.modality == "ct":
         percentiles = [float(v) for v in p.hu_window]
-        model = plan.forward(image.array)
-        stored = np.clip(np.rint(model), -32768, 32767).astype(np.int16)
     else:
-        percentiles = _mri_percentiles(image.array, p.mri_percentiles)
-        model = plan.forward(image.array)
-        peak = float(np.max(np.abs(model))) if model.size else 0.0
-        if peak > _FLOAT16_LIMIT:
-            scale = _FLOAT16_LIMIT / peak
-        percentiles = [v * scale for v in percentiles]
-        stored = (model * np.float32(scale)).astype(np.float16)
-    del model
+        percentiles = [v * scale for v in _mri_percentiles(image.array, p.mri_percentiles)]
     # Model grid (H, W, K) -> slice-major (K, H, W): a window is then a slice of the first axis.
     stored = np.ascontiguousarray(np.moveaxis(stored, 2, 0))
     mask = np.ascontiguousarray(np.moveaxis(mask, 2, 0))

@@ -8,6 +8,9 @@ on tensors of any shape (a slice ``(H, W)``, a window ``(T, H, W, 1)``, a batch
 Only the MRI percentiles are computed outside the graph, once per volume on the host
 (`mri_percentiles`), and passed in as scalars or tensors: a percentile over a whole volume
 needs the whole volume, which a slice window in tf.data or a serving request does not have.
+
+What these functions normalise is the same set of numbers on every path: see
+`pancseg_tf.preprocessing.quantize`.
 """
 
 from __future__ import annotations
@@ -26,8 +29,6 @@ DEFAULT_HU_WINDOW = (-100.0, 240.0)
 DEFAULT_MRI_PERCENTILES = (0.5, 99.5)
 # Smallest accepted percentile range: keeps a constant MRI volume from dividing by zero.
 _MIN_RANGE = 1e-6
-
-
 def hu_window(x: Any, low: float = -100.0, high: float = 240.0) -> Any:
     """Clips CT values to ``[low, high]`` HU and scales them to [0, 1].
 

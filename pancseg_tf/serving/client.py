@@ -594,6 +594,7 @@ def query_volume(
         finish_segmentation,
         plan_volume,
         request_intensities,
+        run_in_tiles,
         stack_chunks,
         unstack_chunks,
     )
@@ -608,38 +609,47 @@ def query_volume(
             served.modality.upper(),
             volume.modality.upper(),
         )
-    plan = plan_volume(volume, served.preprocess)
+    # A body wider than the model's field is covered by in-plane tiles, as `pancseg predict`
+    # covers it (`run_in_tiles`): each tile is sent as its own chunks.
+    plan = plan_volume(volume, served.preprocess, cover_body=True)
     image, percentiles = request_intensities(volume, plan, served.preprocess)
     num_slices = image.shape[2]
     spans = chunk_spans(num_slices, served.chunk, served.overlap)
     per_request = client.chunks_per_request(served, max_chunks_per_request)
     height, width = served.size
-    rows: list[np.ndarray] = []
     requests = 0
-    for group in _groups(spans, per_request):
-        slices, counts = stack_chunks(image, group, served.chunk)
-        inputs = {names.SLICES: slices, names.SLICE_COUNT: counts}
-        if percentiles is not None:
-            inputs[names.PERCENTILES] = np.tile(
-                np.asarray([percentiles], np.float32), (len(group), 1)
-            )
-        probs = client.predict(inputs, outputs=[names.PROBABILITIES])[names.PROBABILITIES]
-        requests += 1
-        expected = (len(group), served.chunk, height, width)
-        if probs.shape != expected or probs.dtype != np.float32:
-            raise PancsegError(
-                f"{client.target} answered probabilities of shape {probs.shape} and dtype "
-                f"{probs.dtype}; expected {expected} float32"
-            )
-        rows.extend(probs)
-    model_probs = blend_chunks(unstack_chunks(rows, spans), spans, num_slices, served.overlap)
+    chunks = 0
+
+    def one_tile(tile: np.ndarray) -> np.ndarray:
+        nonlocal requests, chunks
+        rows: list[np.ndarray] = []
+        for group in _groups(spans, per_request):
+            slices, counts = stack_chunks(tile, group, served.chunk)
+            inputs = {names.SLICES: slices, names.SLICE_COUNT: counts}
+            if percentiles is not None:
+                inputs[names.PERCENTILES] = np.tile(
+                    np.asarray([percentiles], np.float32), (len(group), 1)
+                )
+            probs = client.predict(inputs, outputs=[names.PROBABILITIES])[names.PROBABILITIES]
+            requests += 1
+            expected = (len(group), served.chunk, height, width)
+            if probs.shape != expected or probs.dtype != np.float32:
+                raise PancsegError(
+                    f"{client.target} answered probabilities of shape {probs.shape} and dtype "
+                    f"{probs.dtype}; expected {expected} float32"
+                )
+            rows.extend(probs)
+        chunks += len(spans)
+        return blend_chunks(unstack_chunks(rows, spans), spans, num_slices, served.overlap)
+
+    model_probs = run_in_tiles(image, served.size, one_tile)
     segmentation = finish_segmentation(
         plan, model_probs, threshold=served.threshold, postprocess=served.largest_component
     )
     return QueryResult(
         segmentation=segmentation,
         served=served,
-        chunks=len(spans),
+        chunks=chunks,
         requests=requests,
         bytes_sent=client.bytes_sent - sent0,
         bytes_received=client.bytes_received - received0,

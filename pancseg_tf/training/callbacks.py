@@ -120,7 +120,8 @@ def validation_probabilities(
     preprocess = config_from_dict({"preprocess": load_index(data_dir)["preprocess"]}).preprocess
     segmenter = Segmenter(model, preprocess, slice_batch=slice_batch)
     for volume in load_validation_volumes(data_dir, cases):
-        prob = segmenter.predict_model_grid(volume.normalized_image())
+        # `pancseg predict`'s own path from the prepared intensities (the numbers it reads).
+        prob = segmenter.predict_intensities(volume.image, volume.percentiles)
         if volume.original_label is not None:
             yield volume.case_id, volume.original_label, volume.plan.inverse(prob), True
         else:

@@ -94,8 +94,10 @@ def test_grpc_query_writes_what_predict_chunk_writes(tmp_path, server, ct, predi
     np.testing.assert_array_equal(
         result.segmentation.model_probabilities, predicted.model_probabilities
     )
-    # 36 model slices: 6 chunks of 8 (overlap 2), one per request under the 160 KiB limit.
-    assert (result.chunks, result.requests) == (6, 6)
+    # 36 model slices: 6 chunks of 8 (overlap 2) for each of the 3 x 3 in-plane tiles that
+    # cover the body (wider than the model's 48 x 48 field, as in predict), one chunk per
+    # request under the 160 KiB limit.
+    assert (result.chunks, result.requests) == (54, 54)
     assert result.served.version == 1 and result.bytes_sent > 6 * CHUNK * 48 * 48 * 2
     assert server.stats["largest_request"] <= LIMIT
     assert server.stats["largest_response"] <= LIMIT
@@ -110,7 +112,8 @@ def test_rest_query_gets_the_same_bits(server, ct, predicted):
         result.segmentation.model_probabilities, predicted.model_probabilities
     )
     np.testing.assert_array_equal(result.segmentation.mask, predicted.mask)
-    assert result.requests == 1  # all 6 chunks fit the default 4 MiB request
+    # One request per in-plane tile (3 x 3): a tile's 6 chunks fit the default 4 MiB request.
+    assert result.requests == 9
 
 
 def test_volume_shorter_than_one_chunk_goes_as_one_padded_chunk(server, shared, ct):
@@ -121,7 +124,8 @@ def test_volume_shorter_than_one_chunk_goes_as_one_padded_chunk(server, shared, 
     expected = predict_segmenter(shared[1], chunk=CHUNK).segment(short)
     with grpc_client(server) as client:
         result = query_volume(short, client)
-    assert (result.chunks, result.requests) == (1, 1)
+    # One padded chunk per in-plane tile (3 x 3), one request each.
+    assert (result.chunks, result.requests) == (9, 9)
     assert expected.model_probabilities.shape[2] < CHUNK
     np.testing.assert_array_equal(
         result.segmentation.model_probabilities, expected.model_probabilities
@@ -157,11 +161,12 @@ def test_malformed_requests_are_invalid_argument_and_the_server_keeps_serving(se
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    from pancseg_tf.inference import ChunkNetwork, load_run_config
+    from pancseg_tf.inference import ChunkNetwork
+    from pancseg_tf.model_card import describe_model
 
     slices, counts = _chunk(seed=7)
     net = ChunkNetwork(
-        shared[0], load_run_config(shared[1] / "model.keras").preprocess, chunk=CHUNK
+        shared[0], describe_model(shared[1] / "model.keras").config.preprocess, chunk=CHUNK
     )
     expected = np.asarray(net.serve(slices, counts)[names.PROBABILITIES])
 
@@ -211,10 +216,11 @@ def test_rest_malformed_request_is_a_400_with_a_json_error(server):
 
 
 def test_eight_concurrent_clients_ten_requests_each(server, shared):
-    from pancseg_tf.inference import ChunkNetwork, load_run_config
+    from pancseg_tf.inference import ChunkNetwork
+    from pancseg_tf.model_card import describe_model
 
     net = ChunkNetwork(
-        shared[0], load_run_config(shared[1] / "model.keras").preprocess, chunk=CHUNK
+        shared[0], describe_model(shared[1] / "model.keras").config.preprocess, chunk=CHUNK
     )
     inputs = [_chunk(seed) for seed in range(16)]
     expected = [np.asarray(net.serve(*pair)[names.PROBABILITIES]) for pair in inputs]

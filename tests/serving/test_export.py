@@ -174,19 +174,32 @@ def test_chunk_network_refuses_a_config_of_another_size(model):
     ],
 )
 def test_wire_intensities_round_ct_to_int16(hu, expected):
-    from pancseg_tf.inference import wire_intensities
+    from pancseg_tf.preprocessing.quantize import model_grid_intensities
 
-    out = wire_intensities(np.full((1, 1, 1), hu, np.float32), "ct")
+    out = model_grid_intensities(np.full((1, 1, 1), hu, np.float32), "ct")
     assert out.dtype == np.int16 and out[0, 0, 0] == expected
 
 
-def test_wire_intensities_refuse_nan_ct_and_keep_mri():
-    from pancseg_tf.inference import wire_intensities
+def test_wire_intensities_refuse_nan_ct_and_keep_mri_at_the_stored_precision():
+    from pancseg_tf.preprocessing.quantize import (
+        model_grid_intensities,
+        store_model_grid,
+        stored_to_float,
+    )
 
     with pytest.raises(PancsegError, match="NaN or infinite"):
-        wire_intensities(np.array([[[np.nan]]], np.float32), "ct")
-    mri = np.array([[[0.25, 1e6]]], np.float64)
-    np.testing.assert_array_equal(wire_intensities(mri, "mri"), mri.astype(np.float32))
+        model_grid_intensities(np.array([[[np.nan]]], np.float32), "ct")
+    # Prepared data's values (float16, scaled to fit): what validation reads back.
+    mri = np.array([[[0.25, 1234.567, 1e6]]], np.float64)
+    out = model_grid_intensities(mri, "mri")
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, stored_to_float(*store_model_grid(mri, "mri")))
+    np.testing.assert_allclose(out, mri, rtol=1e-3)
+    assert out[0, 0, 1] != np.float32(1234.567)  # float16 precision, not float32's
+    # Idempotent: intensities already in that form come back unchanged.
+    np.testing.assert_array_equal(model_grid_intensities(out, "mri"), out)
+    ct = model_grid_intensities(np.array([[[12.4, -3.6]]]), "ct")
+    np.testing.assert_array_equal(model_grid_intensities(ct.astype(np.float32), "ct"), ct)
 
 
 def test_stack_and_unstack_chunks():

@@ -55,10 +55,11 @@ def server(shared):
 @pytest.fixture(scope="module")
 def cases(shared):
     """``NUM_INPUTS`` one-chunk requests and the in-process probabilities of each."""
-    from pancseg_tf.inference import ChunkNetwork, load_run_config
+    from pancseg_tf.inference import ChunkNetwork
+    from pancseg_tf.model_card import describe_model
 
     net = ChunkNetwork(
-        shared[0], load_run_config(shared[1] / "model.keras").preprocess, chunk=CHUNK
+        shared[0], describe_model(shared[1] / "model.keras").config.preprocess, chunk=CHUNK
     )
     out = []
     for seed in range(NUM_INPUTS):
@@ -349,9 +350,10 @@ def test_client_finishes_a_volume_across_a_server_restart(tmp_path, shared, ts_c
         if "second" in servers:
             servers["second"].stop()
     assert restart_failed == []
-    # 36 model slices: 6 chunks of 8, one per request under the limit; 1 before the restart.
-    assert (result.chunks, result.requests) == (6, 6)
-    assert servers["second"].stats["predict"] == 5
+    # 36 model slices: 6 chunks of 8 for each of the 3 x 3 in-plane tiles that cover the body,
+    # one per request under the limit; 1 before the restart.
+    assert (result.chunks, result.requests) == (54, 54)
+    assert servers["second"].stats["predict"] == 53
     assert any("unavailable" in r.getMessage() for r in caplog.records), "no retry was needed"
     np.testing.assert_array_equal(
         result.segmentation.model_probabilities, expected.model_probabilities

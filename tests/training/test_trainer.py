@@ -131,23 +131,21 @@ def test_two_stage_run_folder(tiny_data, tmp_path):
 @pytest.mark.large
 def test_evaluate_reproduces_the_runs_validation_scores(tiny_data, tmp_path):
     """`pancseg predict` + `pancseg evaluate` on the validation case give the per-case DSC the
-    run recorded for its best checkpoints, stage 1 and stage 2: validation scores on the scan's
-    own grid through the same prediction code. Not bit-exact: validation reads the prepared,
-    rounded (int16) intensities, `predict` the scan's own; a few boundary voxels may flip.
+    run recorded for its best checkpoints, stage 1 and stage 2, to 1e-3, on a barely trained
+    model: validation scores on the scan's own grid through the same prediction code, from the
+    same model-grid intensities (`pancseg_tf.preprocessing.quantize`: validation reads prepared
+    data's int16 HU, predict rounds its resampled HU the same way), so no boundary voxel flips.
 
-    The run is trained long enough for a confident mask: with a barely trained one (DSC about
-    0.45, masks three times the label, hundreds of voxels within 0.01 of the threshold) the two
-    figures differed by 0.026 once in CI, most likely a flip in which component is the largest.
-    On the earlier all-abdomen phantoms 48 steps x 8 epochs gave val DSC 0.63-0.72 in six runs;
-    on the phantoms with a chest and a pelvis one CI run reached 0.497 there, hence 64 steps and
-    a floor of 0.45."""
+    Before one intensity path (validation on the rounded HU, predict on float HU) a barely
+    trained model, with hundreds of voxels within 0.01 of the threshold, gave figures 0.026
+    apart once in CI, and this test had to train 8 x 64 steps for a confident mask."""
     data, config = tiny_data
     cohort = data.parent / "cohort"
     run = tmp_path / "run"
     proc = pancseg(
         "train", data, run, "--config", config, "--seed", 4,
-        "--set", "train.steps_per_epoch=64", "--set", "train.stage1_epochs=8",
-        "--set", "train.stage2_epochs=3", "--set", "train.learning_rate=0.01",
+        "--set", "train.steps_per_epoch=24", "--set", "train.stage1_epochs=3",
+        "--set", "train.stage2_epochs=1", "--set", "train.learning_rate=0.01",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     state = json.loads((run / "state.json").read_text())
@@ -156,8 +154,8 @@ def test_evaluate_reproduces_the_runs_validation_scores(tiny_data, tmp_path):
     for model, key in ((run / "stage1.keras", "stage1"), (run / "stage2.keras", "stage2")):
         recorded = state[f"{key}_cases"]
         assert list(recorded) == [case]
-        # Not the easy agreement of two empty or two hopeless masks.
-        assert recorded[case] > 0.45, recorded
+        # Not the easy agreement of two empty masks.
+        assert recorded[case] > 0.05, recorded
         pred, report = tmp_path / f"pred_{key}", tmp_path / f"report_{key}"
         proc = pancseg("predict", model, image, "-o", pred)
         assert proc.returncode == 0, proc.stderr
@@ -165,7 +163,7 @@ def test_evaluate_reproduces_the_runs_validation_scores(tiny_data, tmp_path):
         assert proc.returncode == 0, proc.stderr
         with open(report / "metrics.csv", newline="") as f:
             rows = {r["case"]: r for r in csv.DictReader(f)}
-        assert abs(float(rows[case]["dsc"]) - recorded[case]) < 0.005, (rows[case], recorded)
+        assert abs(float(rows[case]["dsc"]) - recorded[case]) < 1e-3, (rows[case], recorded)
 
 
 @pytest.mark.large

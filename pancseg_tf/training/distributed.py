@@ -5,13 +5,21 @@ single-machine `Trainer`, with `pancseg_tf.training.multiworker.fit_distributed`
 ``model.fit`` (which fails under ``MultiWorkerMirroredStrategy`` with Keras 3). Every worker runs
 every step and saves the resume checkpoint (collectively: non-chief workers to temporary
 folders); only the chief writes the run folder's files (config, splits, log, best models).
+
+Test-only: with ``PANCSEG_TEST_KILL_AFTER_EPOCHS=N`` in the environment every worker sends
+itself SIGKILL when it is about to start its ``N + 1``-th epoch (counted over all stages and
+phases of the process), after the previous epoch's backup and before any collective of the
+next one, so that tests can kill a whole cluster at an exact point and resume it. Never set it
+otherwise.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
 import shutil
+import signal
 import tempfile
 from typing import Any
 
@@ -37,7 +45,7 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
     from pancseg_tf.data.pipeline import make_training_dataset
     from pancseg_tf.inference import load_model
     from pancseg_tf.models import transfer_stage1_weights
-    from pancseg_tf.training.multiworker import fit_distributed, is_chief
+    from pancseg_tf.training.multiworker import fit_distributed, is_chief, wait_for_workers
     from pancseg_tf.training.trainer import (
         TrainResult,
         build_contextual,
@@ -67,6 +75,8 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
             largest_component=cfg.postprocess.largest_component,
         )
     steps = cfg.train.steps_per_epoch
+    kill_after = os.environ.get("PANCSEG_TEST_KILL_AFTER_EPOCHS")
+    epochs_started = [0]
 
     def fit_phase(
         stage_no,
@@ -86,9 +96,14 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
         meta_epoch = _backup_epoch(backup)
         runlog.initial_epoch = max(first, meta_epoch)
         runlog.on_train_begin()
+        runlog.on_epoch_begin(runlog.initial_epoch)
         best = BestModel(run / best_name, state_path, f"stage{stage_no}", enabled=chief)
 
         def dataset_fn(context, epoch):
+            # Called once per epoch on each worker, before the epoch's first step.
+            if kill_after and epochs_started[0] >= int(kill_after):
+                os.kill(os.getpid(), signal.SIGKILL)
+            epochs_started[0] += 1
             ds = make_training_dataset(
                 trainer.data_dir,
                 cfg,
@@ -108,6 +123,7 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
                 if scores:
                     logs["val_dsc"] = sum(scores.values()) / len(scores)
                 runlog.on_epoch_end(epoch, logs)
+                runlog.on_epoch_begin(epoch + 1)  # the next epoch's clock
                 best.update(model, epoch, logs.get("val_dsc"), scores)
             else:
                 # Saving is collective in spirit: every worker saves, non-chief copies are dropped.
@@ -159,6 +175,10 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
         if chief:
             mark_state(state_path, "stage1_done")
     if stage in ("2", "both") and not read_json(state_path, {}).get("stage2_done"):
+        # The chief saves the best stage-1 model after the last stage-1 epoch, while the others
+        # may already be here: without this, a worker could read the previous best, and its
+        # stage-2 CNN would differ from the chief's.
+        wait_for_workers(strategy)
         stage1 = load_model(run / "stage1.keras")
         freeze = min(cfg.train.freeze_cnn_epochs, cfg.train.stage2_epochs)
         init = None

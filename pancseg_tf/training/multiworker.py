@@ -39,6 +39,14 @@ must take part); the chief writes ``work_dir/backup``, the other workers a tempo
 restores ``work_dir/backup`` when it holds a checkpoint and continues with the next epoch, so
 rerunning the same command after a crash resumes the run. Every worker must therefore see the
 same ``work_dir`` (a shared filesystem or a ``gs://`` bucket).
+
+A resumed run is exact, as in one process: it ends with the uninterrupted run's weights. The
+checkpoint holds the weights, the optimizer state (its step count drives the learning-rate
+schedule) and the epoch; the data order is the caller's, a function of the epoch
+(``dataset_fn``); and the random streams of dropout, whose Keras ``SeedGenerator`` counters the
+checkpoint does not hold, restart on every worker at a function of the epoch
+(`_restart_seed_generators`), keeping that worker's own seed. ``on_epoch_end`` runs before the
+epoch's backup: a kill in between runs that epoch again rather than losing its callback.
 """
 
 from __future__ import annotations
@@ -59,6 +67,7 @@ __all__ = [
     "BACKUP_DIR",
     "fit_distributed",
     "is_chief",
+    "wait_for_workers",
     "worker_id",
 ]
 
@@ -217,6 +226,21 @@ def _save_backup(checkpoint: tf.train.Checkpoint, backup_dir: str, chief: bool, 
         tf.io.gfile.rmtree(directory)
 
 
+def _restart_seed_generators(model: keras.Model, epoch: int) -> None:
+    """Sets the counter of each of the model's random streams (dropout) to ``epoch * 2**24``.
+
+    A Keras ``SeedGenerator`` draws from ``[seed, counter]`` and counts up at each draw; the
+    checkpoint does not hold it, so a resumed run would start counting again from 0 and draw
+    other dropout masks than an uninterrupted one. Restarting it at each epoch's start makes an
+    epoch's draws the same however the epoch was reached (an epoch draws far fewer than 2**24
+    times). Each worker keeps its own ``seed``; the assignment runs on every worker.
+    """
+    for state in model.variables:
+        if state.name == "seed_generator_state":
+            seed = int(keras.ops.convert_to_numpy(state)[0])
+            state.assign(np.array([seed, epoch * 2**24], dtype=state.dtype))
+
+
 # === Training ===
 
 
@@ -267,10 +291,12 @@ def fit_distributed(
             backup goes to ``work_dir/backup``.
         initial_epoch: Epoch to start at when no backup exists.
         loss_weights: Weight per loss key (missing keys weigh 1); only with a dict of losses.
-        on_epoch_end: Called on every worker after each epoch and its backup as
+        on_epoch_end: Called on every worker after each epoch, before its backup, as
             ``on_epoch_end(epoch, logs, model)``; use `is_chief` to write files on the chief
-            only. ``logs`` holds ``"loss"`` (the mean global-batch loss of the epoch, including
-            regularisation) and, with a dict of losses, ``"<key>_loss"`` (unweighted).
+            only. A kill after it and before the backup runs the epoch again, so it must
+            accept an epoch a second time (as `RunLog` and `BestModel` do). ``logs`` holds
+            ``"loss"`` (the mean global-batch loss of the epoch, including regularisation)
+            and, with a dict of losses, ``"<key>_loss"`` (unweighted).
         init_weights: Weights to load into the new model (``model.get_weights()`` order),
             e.g. those of an earlier training stage; the same on every worker.
 
@@ -416,6 +442,7 @@ def fit_distributed(
 
     history = []
     for epoch in range(start, epochs):
+        _restart_seed_generators(model, epoch)
         dataset = strategy.distribute_datasets_from_function(
             lambda context, epoch=epoch: dataset_fn(context, epoch)
         )
@@ -439,12 +466,31 @@ def fit_distributed(
         logs = dict(zip(log_keys, (sums / steps_per_epoch).numpy().tolist()))
         if statistics and num_replicas > 1:
             average_statistics()
-        epoch_counter.assign(epoch + 1)
-        _save_backup(checkpoint, backup_dir, chief, name)
         history.append({"epoch": epoch, **logs})
         if on_epoch_end is not None:
             on_epoch_end(epoch, logs, model)
+        epoch_counter.assign(epoch + 1)
+        _save_backup(checkpoint, backup_dir, chief, name)
     return model, history
+
+
+def wait_for_workers(strategy: tf.distribute.Strategy) -> None:
+    """Returns once every worker has called it: a barrier (one all-reduce of a number).
+
+    E.g. before a worker reads a file that the chief writes after the previous step.
+
+    Args:
+        strategy: The strategy the workers train under (any strategy: one process returns at
+            once).
+    """
+
+    def one():
+        return tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, tf.constant(1.0)
+        )
+
+    result = tf.function(lambda: strategy.run(one))()
+    strategy.experimental_local_results(result)[0].numpy()
 
 
 def _check_same_start(strategy: tf.distribute.Strategy, start: int) -> None:

@@ -175,7 +175,7 @@ def compare_one_pass(
         ``one_pass_dsc_delta`` (mean one-pass DSC - mean naive DSC), ``dsc_by_chunk``,
         ``seconds_by_chunk``.
     """
-    from pancseg_tf.cli import import_tensorflow_quietly
+    from pancseg_tf.quiet_tensorflow import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     import yaml

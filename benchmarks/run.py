@@ -999,7 +999,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     machine = machine_info()
     machine["load_average_start"] = load_average()
-    from pancseg_tf.cli import import_tensorflow_quietly
+    from pancseg_tf.quiet_tensorflow import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     import keras

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=pathlib.Path, help="write the results here")
     args = parser.parse_args(argv)
 
-    from pancseg_tf.cli import import_tensorflow_quietly
+    from pancseg_tf.quiet_tensorflow import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     from pancseg_tf.config import apply_overrides, load_config

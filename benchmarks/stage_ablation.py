@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{args.run} holds no model.keras: train it, or pass --config")
         training_command = train_run(args.data, args.run, args.config, args.set, args.seed)
 
-    from pancseg_tf.cli import import_tensorflow_quietly
+    from pancseg_tf.quiet_tensorflow import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     from pancseg_tf.config import load_config

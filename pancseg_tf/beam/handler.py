@@ -58,7 +58,7 @@ class SegmenterHandler(ModelHandler):
     def load_model(self):
         """The `Segmenter` (TensorFlow is imported here, on the worker, without its start-up
         lines)."""
-        from pancseg_tf.cli import import_tensorflow_quietly
+        from pancseg_tf.quiet_tensorflow import import_tensorflow_quietly
 
         import_tensorflow_quietly()
         from pancseg_tf.inference import Segmenter

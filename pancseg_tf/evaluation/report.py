@@ -787,7 +787,7 @@ def _evaluate_one(
     image_array, modality = None, truth.modality
     image_path = images.get(case, truth.image)
     if image_path is not None:
-        from pancseg_tf.io.nifti import read_volume
+        from pancseg_tf.io.read import read_volume
 
         try:
             image = read_volume(image_path, modality=truth.modality)

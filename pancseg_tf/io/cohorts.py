@@ -13,7 +13,7 @@ Three layouts are recognised:
   (``TCIA_pancreas_labels-02-05-2017/``).
 - **CSV manifest** with the columns ``case_id,image,label,modality`` and optionally
   ``label_values``: the values that mean pancreas in that row's label (integers separated by
-  ``;`` or spaces, or a preset of `pancseg_tf.preprocessing.labels.LABEL_PRESETS` such as
+  ``;`` or spaces, or a preset of `pancseg_tf.io.label_values.LABEL_PRESETS` such as
   ``totalsegmentator``), for a cohort that mixes label conventions (NIH 1, TotalSegmentator's
   multi-organ maps 7); empty: the config's ``preprocess.label_values``.
 
@@ -86,7 +86,7 @@ class Case:
         Raises:
             PancsegError: what `pancseg_tf.io.read_volume` raises.
         """
-        from pancseg_tf.io import read_volume
+        from pancseg_tf.io.read import read_volume
 
         return read_volume(self.image, modality=self.modality, allow_uneven=allow_uneven)
 
@@ -96,7 +96,7 @@ class Case:
         Raises:
             PancsegError: the case has no label, or what `pancseg_tf.io.read_nifti` raises.
         """
-        from pancseg_tf.io import read_nifti
+        from pancseg_tf.io.nifti import read_nifti
 
         if self.label is None:
             raise PancsegError(f"case {self.case_id} has no label")
@@ -611,7 +611,7 @@ def _discover_manifest(file: pathlib.Path, split: str) -> list[Case]:
 
 def _manifest_label_values(text: str, where: str) -> tuple[int, ...] | str | None:
     """A manifest's ``label_values`` cell: None when empty, else ints or ``"nonzero"``."""
-    from pancseg_tf.preprocessing.labels import parse_label_values
+    from pancseg_tf.io.label_values import parse_label_values
 
     text = text.strip()
     if not text:

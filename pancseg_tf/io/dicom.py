@@ -24,8 +24,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from pancseg_tf.errors import PancsegError
-from pancseg_tf.io.nifti import check_affine, rescale_to_intensity
-from pancseg_tf.io.volume import Volume
+from pancseg_tf.io.volume import Volume, check_affine, rescale_to_intensity
 from pancseg_tf.messages import file_names_only
 
 log = logging.getLogger("pancseg_tf.io")

@@ -1,4 +1,4 @@
-"""NIfTI reading and atomic writing with exact geometry, and `read_volume` for any input path.
+"""NIfTI reading and atomic writing with exact geometry.
 
 A volume read here keeps its voxel order, its affine (nibabel's RAS+, sform before qform) and its
 qform / sform codes, so that an output written on the same `Volume` lands on the input's grid
@@ -9,7 +9,6 @@ nothing a scanner or PACS stored (patient fields included) can leak into an outp
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import pathlib
@@ -19,7 +18,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from pancseg_tf.errors import PancsegError
-from pancseg_tf.io.volume import MODALITIES, Volume
+from pancseg_tf.io.volume import MODALITIES, Volume, check_affine, rescale_to_intensity
 
 log = logging.getLogger("pancseg_tf.io")
 
@@ -28,70 +27,7 @@ PathLike = str | os.PathLike
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
-# === Shared helpers ===
-
-
-def rescale_to_intensity(raw: np.ndarray, slope: float, intercept: float) -> np.ndarray:
-    """``raw * slope + intercept`` as int16 when that is exact, else float32.
-
-    CT values are Hounsfield units, integers in [-1024, 3071] on every scanner; int16 keeps them
-    exactly at half the memory of float32. Anything else (fractional slope, values out of the
-    int16 range, float input) becomes float32.
-
-    Args:
-        raw: stored values, any shape, integer or float dtype.
-        slope: multiplier (DICOM RescaleSlope, NIfTI scl_slope).
-        intercept: offset (DICOM RescaleIntercept, NIfTI scl_inter).
-
-    Returns:
-        Array of the same shape, dtype int16 or float32.
-    """
-    integral = (
-        np.issubdtype(raw.dtype, np.integer)
-        and float(slope).is_integer()
-        and float(intercept).is_integer()
-    )
-    if integral:
-        if raw.size == 0:
-            return raw.astype(np.int16)
-        lo, hi = int(raw.min()), int(raw.max())
-        ends = sorted((lo * int(slope) + int(intercept), hi * int(slope) + int(intercept)))
-        if ends[0] >= np.iinfo(np.int16).min and ends[1] <= np.iinfo(np.int16).max:
-            out = raw.astype(np.int32)
-            if slope != 1:
-                out *= int(slope)
-            if intercept != 0:
-                out += int(intercept)
-            return out.astype(np.int16)
-    out = raw.astype(np.float32)
-    if slope != 1:
-        out *= np.float32(slope)
-    if intercept != 0:
-        out += np.float32(intercept)
-    return out
-
-
-def check_affine(affine: np.ndarray, source: PathLike) -> None:
-    """Raise `PancsegError` unless ``affine`` is a finite, invertible voxel-to-world map."""
-    if not np.all(np.isfinite(affine)):
-        raise PancsegError(
-            f"{source}: the voxel-to-world affine contains NaN or Inf "
-            f"(rows {np.round(affine[:3], 4).tolist()}); expected finite values in mm"
-        )
-    linear = affine[:3, :3]
-    norms = np.linalg.norm(linear, axis=0)
-    if np.any(norms == 0):
-        raise PancsegError(
-            f"{source}: the voxel-to-world affine has a zero voxel size "
-            f"(column norms {np.round(norms, 6).tolist()} mm); expected a positive size per axis"
-        )
-    # Scale-free test: the determinant of the column-normalised matrix is the volume of the
-    # unit voxel cell, 1 for orthogonal axes and 0 for degenerate ones.
-    if abs(np.linalg.det(linear / norms)) < 1e-6:
-        raise PancsegError(
-            f"{source}: the voxel-to-world affine is singular (its voxel axes are parallel); "
-            "expected three independent axes"
-        )
+# === Reading ===
 
 
 def _one_line(error: BaseException) -> str:
@@ -301,64 +237,6 @@ def _check_header(path: pathlib.Path, img) -> None:
             f"{path}: voxel sizes pixdim[1:4] = {sizes.tolist()}; expected three finite sizes "
             f"> 0 mm, from which the {source} builds the voxel-to-world affine"
         )
-
-
-def _is_dicom_file(path: pathlib.Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
-def read_volume(
-    path: PathLike,
-    *,
-    modality: str | None = None,
-    series: int | None = None,
-    allow_uneven: bool = False,
-) -> Volume:
-    """Read a NIfTI file or a DICOM series folder.
-
-    Args:
-        path: a ``.nii`` / ``.nii.gz`` file, or a folder holding DICOM files (searched
-            recursively).
-        modality: ``"ct"`` or ``"mri"``; None means ``"ct"`` for NIfTI and the DICOM Modality
-            tag for a series. A value given here overrides the tag.
-        series: for a folder with several series, the SeriesNumber to read (default: the
-            series with the most slices).
-        allow_uneven: read a DICOM series with uneven slice spacing or a missing slice using
-            the mean spacing, with a logged warning, instead of refusing it.
-
-    Returns:
-        The `Volume`.
-
-    Raises:
-        PancsegError: nonexistent path, a file that is not NIfTI, an empty folder, a folder
-            without DICOM, or any problem `read_nifti` / `read_dicom_series` reports.
-    """
-    from pancseg_tf.io.dicom import read_dicom_series
-
-    path = pathlib.Path(path)
-    if modality is not None and modality not in MODALITIES:
-        raise PancsegError(f"modality must be one of {MODALITIES}, got {modality!r}")
-    if not path.exists():
-        raise PancsegError(f"no such file or folder: {path}")
-    if path.is_dir():
-        volume = read_dicom_series(path, series=series, allow_uneven=allow_uneven)
-        if modality is not None and modality != volume.modality:
-            volume = dataclasses.replace(volume, modality=modality)
-        return volume
-    if not path.name.lower().endswith(NIFTI_SUFFIXES):
-        if _is_dicom_file(path):
-            raise PancsegError(
-                f"{path} is a single DICOM file: pass the folder that holds the whole series"
-            )
-        raise PancsegError(
-            f"cannot read {path}: expected a .nii or .nii.gz file or a folder of DICOM files"
-        )
-    return read_nifti(path, modality=modality or "ct")
 
 
 # === Writing ===

@@ -1,10 +1,15 @@
-"""`Volume`: a 3D image with its voxel-to-world geometry, the unit the package passes around."""
+"""`Volume`: a 3D image with its voxel-to-world geometry, the unit the package passes around,
+and the checks every reader applies to what it builds one from (`rescale_to_intensity`,
+`check_affine`)."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
+
+from pancseg_tf.errors import PancsegError
 
 MODALITIES = ("ct", "mri")
 
@@ -68,3 +73,69 @@ class Volume:
         if tuple(array.shape) != self.shape:
             raise ValueError(f"array shape {array.shape} differs from the volume's {self.shape}")
         return dataclasses.replace(self, array=array)
+
+
+# === What every reader checks ===
+
+
+def rescale_to_intensity(raw: np.ndarray, slope: float, intercept: float) -> np.ndarray:
+    """``raw * slope + intercept`` as int16 when that is exact, else float32.
+
+    CT values are Hounsfield units, integers in [-1024, 3071] on every scanner; int16 keeps them
+    exactly at half the memory of float32. Anything else (fractional slope, values out of the
+    int16 range, float input) becomes float32.
+
+    Args:
+        raw: stored values, any shape, integer or float dtype.
+        slope: multiplier (DICOM RescaleSlope, NIfTI scl_slope).
+        intercept: offset (DICOM RescaleIntercept, NIfTI scl_inter).
+
+    Returns:
+        Array of the same shape, dtype int16 or float32.
+    """
+    integral = (
+        np.issubdtype(raw.dtype, np.integer)
+        and float(slope).is_integer()
+        and float(intercept).is_integer()
+    )
+    if integral:
+        if raw.size == 0:
+            return raw.astype(np.int16)
+        lo, hi = int(raw.min()), int(raw.max())
+        ends = sorted((lo * int(slope) + int(intercept), hi * int(slope) + int(intercept)))
+        if ends[0] >= np.iinfo(np.int16).min and ends[1] <= np.iinfo(np.int16).max:
+            out = raw.astype(np.int32)
+            if slope != 1:
+                out *= int(slope)
+            if intercept != 0:
+                out += int(intercept)
+            return out.astype(np.int16)
+    out = raw.astype(np.float32)
+    if slope != 1:
+        out *= np.float32(slope)
+    if intercept != 0:
+        out += np.float32(intercept)
+    return out
+
+
+def check_affine(affine: np.ndarray, source: str | os.PathLike) -> None:
+    """Raise `PancsegError` unless ``affine`` is a finite, invertible voxel-to-world map."""
+    if not np.all(np.isfinite(affine)):
+        raise PancsegError(
+            f"{source}: the voxel-to-world affine contains NaN or Inf "
+            f"(rows {np.round(affine[:3], 4).tolist()}); expected finite values in mm"
+        )
+    linear = affine[:3, :3]
+    norms = np.linalg.norm(linear, axis=0)
+    if np.any(norms == 0):
+        raise PancsegError(
+            f"{source}: the voxel-to-world affine has a zero voxel size "
+            f"(column norms {np.round(norms, 6).tolist()} mm); expected a positive size per axis"
+        )
+    # Scale-free test: the determinant of the column-normalised matrix is the volume of the
+    # unit voxel cell, 1 for orthogonal axes and 0 for degenerate ones.
+    if abs(np.linalg.det(linear / norms)) < 1e-6:
+        raise PancsegError(
+            f"{source}: the voxel-to-world affine is singular (its voxel axes are parallel); "
+            "expected three independent axes"
+        )

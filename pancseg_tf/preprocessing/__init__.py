@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from pancseg_tf.io.label_values import LABEL_PRESETS, parse_label_values
 from pancseg_tf.preprocessing.geometry import (
     CT_BODY_THRESHOLD_HU,
     CT_PAD_VALUE,
@@ -22,7 +23,7 @@ from pancseg_tf.preprocessing.geometry import (
     reorientation_for,
     to_canonical,
 )
-from pancseg_tf.preprocessing.labels import LABEL_PRESETS, map_labels, parse_label_values
+from pancseg_tf.preprocessing.labels import map_labels
 
 _INTENSITY = (
     "DEFAULT_HU_WINDOW",

@@ -16,51 +16,9 @@ from collections.abc import Iterable
 import numpy as np
 
 from pancseg_tf.errors import PancsegError
-
-# Preset name -> label values that mean pancreas (None: every non-zero value).
-LABEL_PRESETS: dict[str, tuple[int, ...] | None] = {
-    "msd": (1, 2),
-    "totalsegmentator": (7,),
-    "nih": (1,),
-    "nonzero": None,
-}
+from pancseg_tf.io.label_values import checked_values, parse_label_values
 
 LabelValues = str | Iterable[int] | None
-
-
-def parse_label_values(text: str) -> tuple[int, ...] | None:
-    """Parses a label-values option: a preset name or comma-separated integers.
-
-    Args:
-        text: ``"1,2"``, ``"7"``, or a preset name of `LABEL_PRESETS` (``"msd"``,
-            ``"totalsegmentator"``, ``"nih"``, ``"nonzero"``).
-
-    Returns:
-        The sorted unique values, or ``None`` for ``"nonzero"``.
-
-    Raises:
-        PancsegError: on an empty string, a non-integer item, or a value under 1 (0 is the
-            background, so it cannot mean pancreas).
-    """
-    key = text.strip().lower()
-    if key in LABEL_PRESETS:
-        return LABEL_PRESETS[key]
-    items = [item.strip() for item in key.split(",")]
-    if not key or any(not item for item in items):
-        raise PancsegError(
-            f"label values must be comma-separated integers or one of {sorted(LABEL_PRESETS)}, "
-            f"got {text!r}"
-        )
-    values = []
-    for item in items:
-        try:
-            values.append(int(item))
-        except ValueError:
-            raise PancsegError(
-                f"label values must be comma-separated integers or one of "
-                f"{sorted(LABEL_PRESETS)}, got {text!r} ({item!r} is not an integer)"
-            ) from None
-    return _checked_values(values, text)
 
 
 def map_labels(
@@ -76,7 +34,8 @@ def map_labels(
         label_array: label map, any shape; integer dtype, or a float dtype holding whole numbers
             (as NIfTI labels saved with a scaling often are).
         values: the label values that mean pancreas: a tuple of ints, a preset name of
-            `LABEL_PRESETS`, or ``None`` / ``"nonzero"`` for every non-zero value.
+            `pancseg_tf.io.label_values.LABEL_PRESETS`, or ``None`` / ``"nonzero"`` for every
+            non-zero value.
         strict: also require that the map holds no value other than 0 and ``values`` (catches
             a wrong preset, e.g. a multi-organ map read with the MSD values).
         require_present: when the map has non-zero values but none of ``values``, raise
@@ -95,7 +54,7 @@ def map_labels(
     if isinstance(values, str):
         values = parse_label_values(values)
     elif values is not None:
-        values = _checked_values(list(values), values)
+        values = checked_values(list(values), values)
     if label_array.dtype.kind == "f":
         whole = np.isfinite(label_array) & (label_array == np.round(label_array))
         if not whole.all():
@@ -133,21 +92,6 @@ def map_labels(
     if values is None:
         return (label_array != 0).astype(np.uint8)
     return np.isin(label_array, np.asarray(values)).astype(np.uint8)
-
-
-def _checked_values(values: list, shown: object) -> tuple[int, ...]:
-    out = []
-    for value in values:
-        try:
-            whole = not isinstance(value, bool) and float(value).is_integer()
-        except (TypeError, ValueError):
-            whole = False
-        if not whole:
-            raise PancsegError(f"label values must be integers, got {shown!r}")
-        out.append(int(value))
-    if not out or min(out) < 1:
-        raise PancsegError(f"label values must be one or more integers >= 1, got {shown!r}")
-    return tuple(sorted(set(out)))
 
 
 def _some(values: np.ndarray, limit: int = 10) -> str:

@@ -26,6 +26,8 @@ stage 2 vs stage 1, stage 2 vs control, control vs stage 1, shipped vs stage 1; 
 test case there are per-case values only.
 
 Usage:
+    python benchmarks/stage_ablation.py --reanalyse RESULTS.json  # comparisons of `METRICS`
+        # from the per-case rows a results file holds: no model runs, the rows are unchanged
     python benchmarks/stage_ablation.py RUN TEST_COHORT --data DATA --json OUT.json
         [--config CFG [--set KEY=VALUE ...] [--seed S]]   # train RUN first if it has no model
         [--no-control] [--control-learning-rate LR] [--cases id,id] [--validation]
@@ -63,8 +65,14 @@ COMPARISONS = (
     ("control", "stage1"),
     ("shipped", "stage1"),
 )
-#: metric -> higher is better.
-METRICS = {"dsc": True, "dsc_ambiguous": True, "slice_consistency": False}
+#: metric -> higher is better. HD95 and ASSD (mm) say whether the boundaries hold.
+METRICS = {
+    "dsc": True,
+    "dsc_ambiguous": True,
+    "slice_consistency": False,
+    "hd95_mm": False,
+    "assd_mm": False,
+}
 
 
 def ambiguous_dice(pred: np.ndarray, gt: np.ndarray, slices: list[int]) -> float:
@@ -229,7 +237,37 @@ def compare(arms: dict[str, dict], seed: int = 0) -> dict[str, Any]:
     return out
 
 
+def reanalyse(path: pathlib.Path, command: list[str]) -> dict[str, Any]:
+    """Recomputes a results file's comparisons for every metric of `METRICS` from the per-case
+    rows it holds (recorded by the governed run; nothing is scored again) and records this
+    analysis's own provenance under ``reanalysis`` beside the run's."""
+    report = json.loads(path.read_text(encoding="utf-8"))
+    report["comparisons"] = compare(report["arms"])
+    report["reanalysis"] = {
+        "why": "comparisons of the metrics added to METRICS since the run, from its own rows",
+        "metrics": list(METRICS),
+        "provenance": provenance(None, command),
+    }
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(report, indent=2, default=float) + "\n", encoding="utf-8")
+    partial.replace(path)
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--reanalyse"]:
+        if len(argv) != 2:
+            raise SystemExit("usage: stage_ablation.py --reanalyse RESULTS.json")
+        report = reanalyse(pathlib.Path(argv[1]), ["benchmarks/stage_ablation.py", *argv])
+        for key, metrics in report["comparisons"].items():
+            for metric, result in metrics.items():
+                if "verdict" in result:
+                    print(
+                        f"{key} {metric}: {result['mean_difference']:+.4f} "
+                        f"[{result['ci_low']:+.4f}, {result['ci_high']:+.4f}] {result['verdict']}"
+                    )
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=pathlib.Path, help="the run folder")
     parser.add_argument("cohort", type=pathlib.Path, help="the test cohort (MSD, NIH or CSV)")
@@ -244,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--validation", action="store_true", help="the run's validation cases")
     parser.add_argument("--json", type=pathlib.Path, required=True, help="the results JSON")
     args = parser.parse_args(argv)
-    command = list(sys.argv if argv is None else ["benchmarks/stage_ablation.py", *argv])
+    command = ["benchmarks/stage_ablation.py", *argv]
 
     training_command = None
     if not (args.run / "model.keras").is_file():

@@ -46,6 +46,36 @@ def test_a_run_without_a_model_needs_a_config(tmp_path):
     assert not (tmp_path / "o.json").exists()
 
 
+def test_reanalyse_compares_boundaries_from_the_recorded_rows(tmp_path):
+    """The governed results recorded HD95 and ASSD per case; the reanalysis compares them
+    without scoring anything again and leaves the rows as they were."""
+    rows = {
+        "stage1": [{"dsc": 0.80, "hd95_mm": 5.0, "assd_mm": 1.0}, {"dsc": 0.70, "hd95_mm": 6.0,
+                   "assd_mm": 1.5}, {"dsc": 0.90, "hd95_mm": 4.0, "assd_mm": 0.8}],
+        "stage2": [{"dsc": 0.81, "hd95_mm": 4.0, "assd_mm": 0.9}, {"dsc": 0.72, "hd95_mm": 5.0,
+                   "assd_mm": 1.2}, {"dsc": 0.91, "hd95_mm": 3.5, "assd_mm": 0.7}],
+    }  # fmt: skip
+    for arm in rows.values():
+        for row in arm:
+            row.update(dsc_ambiguous=row["dsc"], slice_consistency=0.1)
+    results = tmp_path / "results.json"
+    original = {
+        "provenance": {"git_commit": "abc"},
+        "arms": {k: {"cases": v} for k, v in rows.items()},
+    }
+    results.write_text(json.dumps(original))
+    proc = run(SCRIPT, "--reanalyse", results, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(results.read_text())
+    assert report["arms"] == original["arms"] and report["provenance"] == original["provenance"]
+    hd95 = report["comparisons"]["stage2_vs_stage1"]["hd95_mm"]
+    assert hd95["mean_difference"] == pytest.approx(-2.5 / 3)
+    assert hd95["a_better_cases"] == 3 and hd95["method"]["higher_is_better"] is False
+    assert report["comparisons"]["stage2_vs_stage1"]["assd_mm"]["n"] == 3
+    assert report["reanalysis"]["provenance"]["command"].endswith(f"--reanalyse {results}")
+    assert "stage2_vs_stage1 hd95_mm: -0.8333" in proc.stdout
+
+
 @pytest.mark.large
 def test_stage_ablation_end_to_end(tmp_path):
     pancseg = ["-m", "pancseg_tf.cli"]

@@ -238,10 +238,14 @@ def compare(arms: dict[str, dict], seed: int = 0) -> dict[str, Any]:
 
 
 def reanalyse(path: pathlib.Path, command: list[str]) -> dict[str, Any]:
-    """Recomputes a results file's comparisons for every metric of `METRICS` from the per-case
-    rows it holds (recorded by the governed run; nothing is scored again) and records this
-    analysis's own provenance under ``reanalysis`` beside the run's."""
+    """Recomputes a results file's per-arm summaries and comparisons for every metric of
+    `METRICS` from the per-case rows it holds (recorded by the governed run; nothing is scored
+    again) and records this analysis's own provenance under ``reanalysis`` beside the run's."""
+    from pancseg_tf.evaluation.metrics import summarize
+
     report = json.loads(path.read_text(encoding="utf-8"))
+    for arm in report["arms"].values():
+        arm["summary"] = summarize(arm["cases"], keys=("dsc", "ji", *METRICS))
     report["comparisons"] = compare(report["arms"])
     report["reanalysis"] = {
         "why": "comparisons of the metrics added to METRICS since the run, from its own rows",

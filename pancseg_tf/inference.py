@@ -963,6 +963,11 @@ def compiled_call(model, part: str):
     bidirectional ConvLSTM's recurrence step by step in Python, which cost a third of the
     CPU time of a volume (`benchmarks/run.py`, roofline part). Other backends call the model
     as it is. The output equals the eager call's.
+
+    A size-agnostic model (height and width ``None``: a CNN trained on ``data.crop_size``
+    crops) is traced once per slice size, the height and width fixed from the input of the
+    first call of that size: layers such as bilinear ``UpSampling2D`` cannot be traced with an
+    open plane size.
     """
     calls = _COMPILED.setdefault(model, {})
     if part not in calls:
@@ -975,16 +980,45 @@ def compiled_call(model, part: str):
             return ref()(x, training=False)
 
         if keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
-
             layer = ref()
             inputs = layer.inputs[0] if part == "model" else layer.input
-            # The model's own input shapes, batch and slice counts left open: one trace for
-            # every volume (a retrace per shape would cost time and print TF warnings).
-            signature = [tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), inputs)]
-            call = tf.function(call, input_signature=signature, autograph=False)
+            call = _traced_per_plane_size(call, inputs)
         calls[part] = call
     return calls[part]
+
+
+def _traced_per_plane_size(call, inputs):
+    """``call`` as ``tf.function``: one trace for the model's input shapes with the batch and
+    slice counts open, or, where the plane's height or width (axes -3 and -2, channels last)
+    is open, one trace per plane size seen."""
+    import tensorflow as tf
+
+    def spec(t, plane=None):
+        shape = list(t.shape)
+        if plane is not None:
+            fixed = shape[-3:-1]
+            shape[-3:-1] = [seen if size is None else size for size, seen in zip(fixed, plane)]
+        return tf.TensorSpec(shape, t.dtype)
+
+    flat = tf.nest.flatten(inputs)
+    if all(None not in tuple(t.shape)[-3:-1] for t in flat):
+        # The model's own input shapes, batch and slice counts left open: one trace for every
+        # volume (a retrace per shape would cost time and print TF warnings).
+        signature = [tf.nest.map_structure(spec, inputs)]
+        return tf.function(call, input_signature=signature, autograph=False)
+
+    traces: dict[tuple, Any] = {}
+
+    def per_size(x):
+        planes = tuple(tuple(int(v) for v in tuple(a.shape)[-3:-1]) for a in tf.nest.flatten(x))
+        if planes not in traces:
+            signature = [
+                tf.nest.pack_sequence_as(inputs, [spec(t, p) for t, p in zip(flat, planes)])
+            ]
+            traces[planes] = tf.function(call, input_signature=signature, autograph=False)
+        return traces[planes](x)
+
+    return per_size
 
 
 def _main_output(out):

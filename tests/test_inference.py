@@ -51,3 +51,23 @@ def test_tta_transforms_invert(zoom, shift):
     volume[20:40, 25:45] = 1.0
     back = _inplane_transform(_inplane_transform(volume, zoom, shift), zoom, shift, inverse=True)
     assert np.array_equal(back[8:56, 8:56] >= 0.5, volume[8:56, 8:56] >= 0.5)
+
+
+def test_compiled_call_traces_a_size_agnostic_cnn_once_per_plane_size():
+    """A CNN trained on crops (input_size None) runs compiled at any plane size, as eagerly;
+    its bilinear upsampling cannot be traced with an open height and width."""
+    import keras
+
+    from pancseg_tf.inference import compiled_call
+    from pancseg_tf.models import SliceCNN
+
+    keras.utils.set_random_seed(0)
+    cnn = SliceCNN.from_preset("quick", input_size=None, base_filters=4, depth=2)
+    run = compiled_call(cnn, "model")
+    rng = np.random.default_rng(0)
+    for shape in ((3, 32, 32, 1), (2, 48, 64, 1), (5, 32, 32, 1)):
+        x = rng.normal(size=shape).astype(np.float32)
+        out = np.asarray(run(x)["prob"])
+        assert out.shape == shape
+        np.testing.assert_allclose(out, np.asarray(cnn(x, training=False)["prob"]), atol=1e-5)
+    assert compiled_call(cnn, "model") is run

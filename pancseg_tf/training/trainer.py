@@ -111,7 +111,10 @@ def build_slice_cnn(cfg: Config):
 
 
 def build_contextual(cfg: Config, slice_cnn=None):
-    """The stage-2 model of the config around a `SliceCNN` (a new one if not given)."""
+    """The stage-2 model of the config around a `SliceCNN` (a new one if not given), for the
+    slices it trains on: ``data.crop_size`` where set (ConvLSTM2D is built for one size; the
+    model is validated and saved at the plane size, `ContextualSegmenter.with_input_size`),
+    else the prepared plane's size."""
     from pancseg_tf.models import ContextualSegmenter
 
     cnn = slice_cnn if slice_cnn is not None else build_slice_cnn(cfg)
@@ -120,9 +123,16 @@ def build_contextual(cfg: Config, slice_cnn=None):
     return ContextualSegmenter.from_preset(
         cfg.model.preset,
         slice_cnn=cnn,
+        input_size=training_size(cfg),
         context_window=cfg.data.window,
         **cfg.model.contextual_kwargs(),
     )
+
+
+def training_size(cfg: Config) -> tuple[int, int]:
+    """The in-plane size of training slices: ``data.crop_size``, else ``preprocess.size``."""
+    size = cfg.data.crop_size if cfg.data.crop_size is not None else cfg.preprocess.size
+    return (int(size[0]), int(size[1]))
 
 
 def make_loss(name: str):
@@ -396,17 +406,18 @@ class Trainer:
         for epoch in range(initial_epoch + 1, epochs):
             dataset = dataset.concatenate(one_epoch(epoch))
         dataset = dataset.map(targets)
+        best = BestModel(
+            best_path,
+            self.run_dir / "state.json",
+            f"stage{log_stage}",
+            enabled=chief,
+            validation=validation,
+        )
         callbacks = [
             _restart_seed_generators(model),
             validation,
             RunLog(self.run_dir / "log.csv", log_stage, initial_epoch, enabled=chief),
-            BestModel(
-                best_path,
-                self.run_dir / "state.json",
-                f"stage{log_stage}",
-                enabled=chief,
-                validation=validation,
-            ),
+            best,
             keras.callbacks.TensorBoard(
                 log_dir=str(self.run_dir / "tensorboard" / f"stage{log_stage}"),
                 write_graph=False,
@@ -420,6 +431,11 @@ class Trainer:
                 )
             )
         callbacks.append(atomic_backup_and_restore(backup_dir))
+        plane = tuple(int(v) for v in cfg.preprocess.size)
+        size = getattr(model, "input_size", None)
+        if size is not None and tuple(size) != plane:
+            # Stage 2 on crops: validated and saved at the plane size, as predict runs it.
+            callbacks.insert(1, _at_plane_size(model, plane, [validation, best]))
         kill_after = os.environ.get("PANCSEG_TEST_KILL_AFTER_BATCHES")
         if kill_after:
             callbacks.insert(0, _kill_after_batches(self, int(kill_after)))
@@ -496,7 +512,7 @@ class Trainer:
                 stage1 = load_model(stage1_path)
                 with strategy.scope():
                     model = build_contextual(cfg)
-                    model(tf.zeros((1, cfg.data.window, *cfg.preprocess.size, 1)))
+                    model(tf.zeros((1, cfg.data.window, *training_size(cfg), 1)))
                 transfer_stage1_weights(stage1, model)
                 del stage1
                 self._resume_stage2_weights(model)
@@ -638,6 +654,23 @@ def _restart_seed_generators(model):
             state.assign(np.array([seed, epoch * 2**24], dtype=state.dtype))
 
     return keras.callbacks.LambdaCallback(on_epoch_begin=begin)
+
+
+def _at_plane_size(model, size: tuple[int, int], callbacks: list):
+    """Hands ``callbacks`` (validation, best model) at each epoch's end a copy of ``model``
+    built for slices of ``size`` with its current weights: a `ContextualSegmenter` trained on
+    ``data.crop_size`` crops is validated and saved at the prepared plane's size (ConvLSTM2D is
+    built for one size; no weight depends on it). Goes before those callbacks."""
+    import keras
+
+    view = model.with_input_size(size)
+
+    def end(epoch, logs=None):
+        view.set_weights(model.get_weights())
+        for callback in callbacks:
+            callback.set_model(view)
+
+    return keras.callbacks.LambdaCallback(on_epoch_end=end)
 
 
 def resumable_early_stopping(patience: int, path: pathlib.Path, initial_epoch: int):

@@ -129,6 +129,37 @@ def test_two_stage_run_folder(tiny_data, tmp_path):
 
 
 @pytest.mark.large
+def test_crop_size_trains_both_stages_and_predicts_on_the_input_grid(tiny_data, tmp_path):
+    """``data.crop_size`` smaller than the prepared plane: both stages train on 32 x 32 crops,
+    are validated at the 48 x 48 plane (the size-agnostic CNN traced per plane size, the
+    ConvLSTM model rebuilt at the plane's size), stage2.keras is saved at the plane's size, and
+    `pancseg predict` of the run lands on the input's grid."""
+    import nibabel as nib
+
+    from pancseg_tf.inference import load_model
+
+    data, config = tiny_data
+    run = tmp_path / "run"
+    crop = ("--set", "data.crop_size=[32,32]")
+    epochs = ("--set", "train.stage1_epochs=1", "--set", "train.stage2_epochs=1")
+    proc = pancseg("train", data, run, "--config", config, *crop, *epochs)
+    assert proc.returncode == 0, proc.stderr
+    assert read_log(run) == [(1, 0), (2, 0)]
+    state = json.loads((run / "state.json").read_text())
+    # Both stages were scored on the whole validation volume.
+    assert len(state["stage1_cases"]) == 1 and len(state["stage2_cases"]) == 1
+    assert load_model(run / "stage1.keras").input_size is None
+    assert load_model(run / "stage2.keras").input_size == (48, 48)
+    image = data.parent / "cohort" / "imagesTr" / "synth_000.nii.gz"
+    proc = pancseg("predict", run, image, "-o", tmp_path / "pred")
+    assert proc.returncode == 0, proc.stderr
+    mask, source = nib.load(tmp_path / "pred" / "synth_000.nii.gz"), nib.load(image)
+    assert mask.shape == source.shape
+    np.testing.assert_allclose(mask.affine, source.affine, atol=1e-6)
+    assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
+
+
+@pytest.mark.large
 def test_evaluate_reproduces_the_runs_validation_scores(tiny_data, tmp_path):
     """`pancseg predict` + `pancseg evaluate` on the validation case give the per-case DSC the
     run recorded for its best checkpoints, stage 1 and stage 2, to 1e-3, on a barely trained

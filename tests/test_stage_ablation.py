@@ -57,7 +57,7 @@ def test_reanalyse_compares_boundaries_from_the_recorded_rows(tmp_path):
     }  # fmt: skip
     for arm in rows.values():
         for row in arm:
-            row.update(dsc_ambiguous=row["dsc"], slice_consistency=0.1)
+            row.update(ji=row["dsc"], dsc_ambiguous=row["dsc"], slice_consistency=0.1)
     results = tmp_path / "results.json"
     original = {
         "provenance": {"git_commit": "abc"},

@@ -18,16 +18,19 @@ import pathlib
 import sys
 import traceback
 
-#: An unexpected exception's message is cut to this many characters in its one error line.
-INTERNAL_MESSAGE_CHARS = 200
-
 # Before anything can import TensorFlow: its C++ start-up lines are not for the user's terminal.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
 
 from pancseg_tf._version import __version__  # noqa: E402
 from pancseg_tf.errors import PancsegError  # noqa: E402
-from pancseg_tf.messages import InputPathDisplay, file_names_only, one_line  # noqa: E402
+from pancseg_tf.messages import (  # noqa: E402
+    INTERNAL_MESSAGE_CHARS,  # noqa: F401 - importable from here, as before
+    InputPathDisplay,
+    error_summary,
+    file_names_only,
+    one_line,
+)
 
 log = logging.getLogger("pancseg_tf")
 
@@ -895,15 +898,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def internal_error_line(err: BaseException, show=str) -> str:
-    """The one line an unexpected exception gets: its type and its message, on one line, cut
-    to `INTERNAL_MESSAGE_CHARS` (a message can hold a whole array: TensorFlow prints the tensors
-    it could not bind, and image data must not reach a terminal or a log through it); a path
-    in it is shown by its last component (`file_names_only`)."""
-    message = one_line(file_names_only(show(str(err))))
-    if len(message) > INTERNAL_MESSAGE_CHARS:
-        message = message[: INTERNAL_MESSAGE_CHARS - 1] + "…"
+    """The one line an unexpected exception gets: `error_summary` (its type and the first line
+    of its message, cut to `INTERNAL_MESSAGE_CHARS`: a message can hold a whole array, and
+    image data must not reach a terminal or a log through it), after ``show`` (the command's
+    input paths by their last component)."""
     return (
-        f"pancseg: error: internal error: {type(err).__name__}: {message} "
+        f"pancseg: error: internal error: {error_summary(err, show=show)} "
         "(rerun with --debug for the traceback)"
     )
 

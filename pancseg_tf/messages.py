@@ -4,7 +4,9 @@ The rules every ``pancseg`` message follows (the command line applies them to it
 log lines; `pancseg_tf.beam` to the reasons in its failures file): `one_line` escapes what would
 split a line, `InputPathDisplay` shows an input by its last component only, and
 `file_names_only` cuts every other path in an error (a library's message, a manifest's entry, an
-output) to its last component.
+output) to its last component. An error nobody foresaw (a library's, a server's) is shown by
+`error_summary` / `short_message`: its first line, cut to `INTERNAL_MESSAGE_CHARS`, never the
+array its message may print.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import os
 import pathlib
 import re
+from collections.abc import Callable
 
 
 def one_line(text: str) -> str:
@@ -222,3 +225,64 @@ def _follow_spaces(text: str, start: int, end: int) -> int:
             break
         probe = word.end()
     return found
+
+
+# === An unexpected error's message, short ===
+
+#: How many characters of an unexpected error's message are shown (`short_message`).
+INTERNAL_MESSAGE_CHARS = 200
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def short_message(text: str, limit: int = INTERNAL_MESSAGE_CHARS) -> str:
+    """``text`` as one short line: its first non-empty line, every path by its last component
+    (`file_names_only`), control characters escaped (`one_line`), at most ``limit`` characters;
+    an ellipsis (``…``) ends it when anything was left out.
+
+    A library's or a server's message can hold a whole array (TensorFlow prints every value of
+    a tensor that does not bind to a tf.function, over dozens of lines); image data must reach
+    no terminal, log, failures file or index through it. Python's messages say what went wrong
+    on their first line; ``--debug`` shows the rest.
+
+    Args:
+        text: the message.
+        limit: the most characters returned (at least 2).
+
+    Example:
+        >>> short_message("Can not cast (30, 30) to (None, 4): array([[0., 0.],\\n [0., 0.]])")
+        'Can not cast (30, 30) to (None, 4): array([[0., 0.], …'
+    """
+    lines = [line.strip() for line in _LINE_BREAK.split(text) if line.strip()]
+    if not lines:
+        return ""
+    message = one_line(file_names_only(lines[0]))
+    marker = " …" if len(lines) > 1 else ""
+    if len(message) + len(marker) > limit:
+        message, marker = message[: limit - 1], "…"
+    return message + marker
+
+
+def error_summary(
+    err: BaseException,
+    limit: int = INTERNAL_MESSAGE_CHARS,
+    show: Callable[[str], str] | None = None,
+) -> str:
+    """``<Type>: <message>`` for an exception nobody foresaw: its type's name and
+    `short_message` of its message (the type's name alone when the message is empty).
+
+    The one form every place that reports such an error uses: the command line's internal-error
+    line, ``pancseg prepare``'s skipped cases, Beam's failure reasons.
+
+    Args:
+        err: the exception.
+        limit: the most characters of its message kept (the type's name comes on top).
+        show: applied to the whole message first, so that a path is replaced whole before the
+            cut (an `InputPathDisplay`, a case's paths as ``<image>``).
+
+    Example:
+        >>> error_summary(KeyError("spacing"))
+        "KeyError: 'spacing'"
+    """
+    text = str(err)
+    message = short_message(show(text) if show is not None else text, limit)
+    return f"{type(err).__name__}: {message}" if message else type(err).__name__

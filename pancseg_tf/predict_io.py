@@ -55,7 +55,8 @@ def predict_inputs(inputs: list[str]) -> list[tuple[str, object]]:
         cohort `pancseg_tf.io.Case`; names are not yet checked as file names.
 
     Raises:
-        PancsegError: a missing input, or two inputs giving the same case name.
+        PancsegError: a missing input, one that is neither a file nor a folder (a named pipe, a
+            socket, a device), or two inputs giving the same case name.
     """
     from pancseg_tf.io.cohorts import discover_cohort
 
@@ -64,6 +65,13 @@ def predict_inputs(inputs: list[str]) -> list[tuple[str, object]]:
         path = pathlib.Path(raw)
         if not path.exists():
             raise PancsegError(f"input not found: {path}")
+        if not (path.is_file() or path.is_dir()):
+            # Read as a file, a named pipe would wait for a writer forever.
+            raise PancsegError(
+                f"input {path} is neither a file nor a folder ({_file_kind(path)}): expected a "
+                "NIfTI file, a DICOM series folder, a folder of NIfTI files, a cohort folder or "
+                "a CSV manifest"
+            )
         if path.is_file() and path.suffix == ".csv":
             items += [(c.case_id, c) for c in discover_cohort(path, split="all")]
         elif path.is_file():
@@ -81,6 +89,22 @@ def predict_inputs(inputs: list[str]) -> list[tuple[str, object]]:
             else:
                 items.append((path.name, path))  # a DICOM series folder
     return check_unique_names(items)
+
+
+def _file_kind(path: pathlib.Path) -> str:
+    """What a path that is neither a file nor a folder is, in words."""
+    import stat
+
+    mode = path.stat().st_mode
+    for test, kind in (
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return kind
+    return f"file type {stat.filemode(mode)[0]!r}"
 
 
 def segmenter_options(

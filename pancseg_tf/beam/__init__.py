@@ -21,12 +21,16 @@ import re
 import uuid
 
 from pancseg_tf.errors import PancsegError
-from pancseg_tf.messages import one_line
+from pancseg_tf.messages import error_summary, short_message
 
 log = logging.getLogger("pancseg_tf")
 
 RUNNERS = ("DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner")
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: Longest `PancsegError` text kept in a failed pipeline's error line.
+_PIPELINE_REASON_CHARS = 400
+# The line a Python traceback ends with: ``[module.]SomeError: message``.
+_RAISED = re.compile(r"^((?:\w+\.)*\w+(?:Error|Exception|Exit|Interrupt)): ?(.*)$", re.MULTILINE)
 
 
 def pipeline_options(runner: str, items: list[str], *, debug: bool = False):
@@ -64,12 +68,20 @@ def pipeline_options(runner: str, items: list[str], *, debug: bool = False):
 
 def _pipeline_error(err: BaseException) -> str:
     """One line for a failed pipeline: the last ``PancsegError: ...`` in Beam's (often nested)
-    error text, else its last non-empty line."""
+    error text; else the last ``SomeError: message`` line of a worker's traceback in it (a
+    remote runner's); else the error itself (the DirectRunner raises the worker's exception).
+    An unexpected error is shown as `pancseg_tf.messages.error_summary` shows it: its message
+    may print a whole array over many lines."""
     text = str(err)
     found = re.findall(r"PancsegError: (.+)", text)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    reason = found[-1] if found else (lines[-1] if lines else type(err).__name__)
-    return one_line(reason)[:400]
+    if found:
+        return short_message(found[-1], _PIPELINE_REASON_CHARS)
+    raised = _RAISED.findall(text)
+    if raised:
+        name, message = raised[-1]
+        message = short_message(message)
+        return f"{name.rpartition('.')[2]}: {message}" if message else name.rpartition(".")[2]
+    return error_summary(err)
 
 
 def _check_model(model: str) -> str:

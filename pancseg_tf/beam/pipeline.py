@@ -28,13 +28,14 @@ from apache_beam.ml.inference.base import PredictionResult, RunInference
 from pancseg_tf.beam import files
 from pancseg_tf.beam.handler import LoadedCase, SegmentationFailure, SegmenterHandler
 from pancseg_tf.errors import PancsegError
-from pancseg_tf.messages import InputPathDisplay, one_line
+from pancseg_tf.messages import InputPathDisplay, error_summary, short_message
 from pancseg_tf.predict_io import hide_found_paths, load_case_volume, output_names, write_case
 
 SUMMARY_NAME = "summary.json"
 FAILURES_NAME = "failures.tsv"
 WRITTEN, SKIPPED, FAILED = "written", "skipped", "failed"
-#: Longest reason kept in the failures file.
+#: Longest reason kept in the failures file for a `PancsegError` (ours: it says what is wrong
+#: with the case); an unexpected error's message is cut to `INTERNAL_MESSAGE_CHARS`.
 MAX_REASON = 500
 
 
@@ -56,21 +57,27 @@ def _source_paths(source: Any) -> list[str]:
 
 
 def failure_reason(err: BaseException, task: CaseTask, local: Any = None) -> str:
-    """One line for a failed case: the error's message (with its type unless it is a
-    `PancsegError`), the input shown by its last component, a cohort's folders as ``<image>``.
+    """One line for a failed case: a `PancsegError`'s message, or an unexpected error as
+    `error_summary` shows it (its type and the first line of its message, cut to
+    `INTERNAL_MESSAGE_CHARS`: the message may hold an array); the input shown by its last
+    component, a cohort's folders as ``<image>``, any other path by its file name.
 
     Args:
         err: the exception.
         task: the case.
         local: the local copy that was read for a remote source, if any.
     """
-    message = str(err) if isinstance(err, PancsegError) else f"{type(err).__name__}: {err}"
-    message = hide_found_paths(message, task.source)
     shown = _source_paths(task.source)
     if local is not None and local is not task.source and not hasattr(local, "image"):
         shown.append(str(local))
-    reason = one_line(InputPathDisplay(shown)(message))
-    return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 1] + "…"
+    display = InputPathDisplay(shown)
+
+    def show(text: str) -> str:
+        return display(hide_found_paths(text, task.source))
+
+    if isinstance(err, PancsegError):
+        return short_message(show(str(err)), MAX_REASON)
+    return error_summary(err, show=show)
 
 
 def _record(case_id: str, status: str, reason: str = "", voxels: int | None = None) -> dict:

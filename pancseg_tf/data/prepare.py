@@ -48,6 +48,7 @@ import numpy as np
 from pancseg_tf.config import Config
 from pancseg_tf.data.tfrecord import encode_case, write_tfrecord_atomic
 from pancseg_tf.errors import PancsegError
+from pancseg_tf.messages import error_summary
 
 log = logging.getLogger("pancseg_tf.data")
 
@@ -272,10 +273,7 @@ def _run_task(task: _Task) -> dict[str, Any]:
     except MemoryError:
         return {"case_id": case_id, "error": "out of memory while preparing the case"}
     except Exception as err:  # noqa: BLE001 - reported per case, named, by the caller
-        message = f"{type(err).__name__}: {_one_line(err)}"
-        if isinstance(err, PancsegError):
-            message = _one_line(err)
-        return {"case_id": case_id, "error": message, "public_error": _scrub_paths(message, task)}
+        return {"case_id": case_id, **case_error(err, task)}
     shard = pathlib.Path(SHARDS_DIR) / f"{case_id}.tfrecord"
     write_tfrecord_atomic(out / shard, [record])
     entry["shard"] = shard.as_posix()
@@ -288,6 +286,24 @@ def _run_task(task: _Task) -> dict[str, Any]:
         "case_id": case_id,
         "entry": entry,
         "seconds": time.perf_counter() - start,
+    }
+
+
+def case_error(err: Exception, task: _Task) -> dict[str, str]:
+    """What a case that failed reports: ``error`` (for the log line) and ``public_error`` (for
+    ``index.json``: without the paths of the case's files).
+
+    A `PancsegError` is ours and says what is wrong with the case: it is shown whole, on one
+    line. Any other exception is unexpected and its message may hold an array (NumPy's and
+    TensorFlow's print their operands): it is shown as `error_summary` shows it, its first
+    line cut to `INTERNAL_MESSAGE_CHARS`.
+    """
+    if isinstance(err, PancsegError):
+        message = _one_line(err)
+        return {"error": message, "public_error": _scrub_paths(message, task)}
+    return {
+        "error": error_summary(err),
+        "public_error": error_summary(err, show=lambda text: _scrub_paths(text, task)),
     }
 
 

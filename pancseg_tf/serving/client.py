@@ -41,6 +41,7 @@ import numpy as np
 from pancseg_tf.config import PreprocessConfig
 from pancseg_tf.errors import PancsegError
 from pancseg_tf.io.volume import Volume
+from pancseg_tf.messages import short_message
 from pancseg_tf.serving import constants as names
 
 log = logging.getLogger("pancseg_tf.serving")
@@ -383,7 +384,7 @@ class GrpcClient(ServingClient):
                 return method(request, timeout=self.timeout_s)
             except grpc.RpcError as err:
                 if err.code() == grpc.StatusCode.UNAVAILABLE:
-                    raise _Unavailable(err.details() or "UNAVAILABLE") from None
+                    raise _Unavailable(_detail(err.details()) or "UNAVAILABLE") from None
                 raise self._error(err, what) from None
 
         response = self._retrying(once, what)
@@ -391,7 +392,7 @@ class GrpcClient(ServingClient):
         return response
 
     def _error(self, err, what: str) -> PancsegError:
-        code, details = err.code(), (err.details() or "").strip()
+        code, details = err.code(), _detail(err.details())
         grpc = self._grpc
         if code == grpc.StatusCode.NOT_FOUND:
             return PancsegError(f"{self.target} not found: {details}")
@@ -830,6 +831,13 @@ def _array_from_json(value: Any) -> np.ndarray:
 
 def _rest_error(err: urllib.error.HTTPError) -> str:
     try:
-        return str(json.loads(err.read()).get("error", err.reason))
+        return _detail(str(json.loads(err.read()).get("error", err.reason)))
     except Exception:  # noqa: BLE001 - any unreadable error body
-        return str(err.reason)
+        return _detail(str(err.reason))
+
+
+def _detail(text: str | None) -> str:
+    """A server's error detail as its `PancsegError` shows it: `short_message` (its first line,
+    cut to `INTERNAL_MESSAGE_CHARS`). A server may echo what it was sent (an output name, a
+    tensor's values) and TensorFlow's errors print whole tensors."""
+    return short_message(text or "")

@@ -353,12 +353,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from pancseg_tf.evaluation.report import evaluate_predictions
+    from pancseg_tf.evaluation.report import evaluate_predictions, outside_field_note
     from pancseg_tf.preprocessing.labels import parse_label_values
 
     labels = parse_label_values(args.gt_labels) if args.gt_labels else None
     summary = evaluate_predictions(
-        args.pred, args.gt, args.output, gt_labels=labels, images=args.images
+        args.pred,
+        args.gt,
+        args.output,
+        gt_labels=labels,
+        images=args.images,
+        prepared=args.prepared,
     )
     dsc = summary["metrics"]["dsc"]
     counts = summary["num_cases"]
@@ -373,6 +378,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     if problems:
         print(f"{problems} case(s) unpaired or failed: see {args.output}/summary.md")
+    field_note = outside_field_note(summary)
+    if field_note is not None:
+        print(field_note)
     return 1 if counts.get("failed", 0) else 0
 
 
@@ -718,6 +726,13 @@ def build_parser() -> argparse.ArgumentParser:
         "preset (msd, nih, totalsegmentator); default every non-zero value",
     )
     p.add_argument("--images", help="folder of images for the montages (paired by file name)")
+    p.add_argument(
+        "--prepared",
+        metavar="DATA",
+        help="a prepared folder (pancseg prepare, the model's preprocessing) holding these "
+        "cases: lists those whose pancreas lies partly outside the model's in-plane field, "
+        "with the fraction lost (default: not stated)",
+    )
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser(

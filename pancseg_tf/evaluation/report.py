@@ -7,10 +7,13 @@ nnU-Net folder, NIH Pancreas-CT download, CSV manifest; see `pancseg_tf.io.disco
 paired by case id. The report folder gets:
 
 ==============================  ===============================================================
-``metrics.csv``                 one row per evaluated case: ``case``, then `CASE_KEYS`
+``metrics.csv``                 one row per evaluated case: ``case``, then `CASE_KEYS` (and
+                                `OUTSIDE_FIELD_KEY` with ``prepared``)
 ``summary.json``                per metric mean / std / min / max / n, the evaluated, unpaired
                                 and failed cases (the value this function returns)
-``summary.md``                  the paper's table (metric | mean ± std | min | max | n), lists
+``summary.md``                  the paper's table (metric | mean ± std | min | max | n), lists;
+                                with ``prepared``, the cases whose pancreas lies partly outside
+                                the model's in-plane field (`pancseg_tf.evaluation.field`)
 ``dsc_boxplot.png``             per-case DSC as a box plot (when a case was evaluated)
 ``cases/<case>.png``            axial montage, 1218 px wide: ground truth (green) and
                                 prediction (red) outlines, yellow where they coincide, over the
@@ -56,6 +59,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from pancseg_tf.errors import PancsegError
+from pancseg_tf.evaluation.field import field_of_index, outside_field_line, outside_fractions
 from pancseg_tf.evaluation.figures import (
     ORIENTATION_NOTE,
     CaseVolumes,
@@ -78,7 +82,13 @@ log = logging.getLogger("pancseg_tf.evaluation")
 
 PathLike = str | os.PathLike
 
-__all__ = ["GRID_TOLERANCE_MM", "REPORT_KEYS", "evaluate_predictions"]
+__all__ = [
+    "GRID_TOLERANCE_MM",
+    "OUTSIDE_FIELD_KEY",
+    "REPORT_KEYS",
+    "evaluate_predictions",
+    "outside_field_note",
+]
 
 # The figures' names this module had before they moved to `pancseg_tf.evaluation.figures`.
 _canonical = canonical_case
@@ -104,6 +114,10 @@ _DISPLAY: dict[str, tuple[str, float, int]] = {
     "gt_volume_ml": ("ground-truth volume (ml)", 1.0, 1),
     "pred_volume_ml": ("predicted volume (ml)", 1.0, 1),
 }
+
+# metrics.csv's column (with ``prepared``): the fraction of the case's pancreas outside the
+# model's in-plane field, as prepare recorded it; empty where unknown.
+OUTSIDE_FIELD_KEY = "label_outside_field_fraction"
 
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _PROBABILITY_SUFFIX = "_prob"  # pancseg predict --probabilities writes <case>_prob.nii.gz
@@ -303,12 +317,13 @@ def _csv_value(value: object) -> object:
     return value
 
 
-def _metrics_csv(rows: Sequence[tuple[str, Mapping[str, object]]]) -> bytes:
+def _metrics_csv(rows: Sequence[tuple[str, Mapping[str, object]]], field: bool = False) -> bytes:
+    keys = (*CASE_KEYS, OUTSIDE_FIELD_KEY) if field else CASE_KEYS
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["case", *CASE_KEYS])
+    writer.writerow(["case", *keys])
     for case, row in rows:
-        writer.writerow([case, *(_csv_value(row[key]) for key in CASE_KEYS)])
+        writer.writerow([case, *("" if row[k] is None else _csv_value(row[k]) for k in keys)])
     return buffer.getvalue().encode("utf-8")
 
 
@@ -385,6 +400,17 @@ def _undefined_notes(metrics: Mapping[str, Mapping[str, object]]) -> list[str]:
     return notes
 
 
+def outside_field_note(summary: Mapping[str, object]) -> str | None:
+    """The sentence naming the evaluated cases whose pancreas lies partly outside the model's
+    field, from a summary `evaluate_predictions` returned; None when it was not given
+    ``prepared``."""
+    outside = summary.get("outside_field")
+    if outside is None:
+        return None
+    cases = [(entry["case"], entry["fraction"]) for entry in outside["cases"]]
+    return outside_field_line(cases, outside["field"], unknown=len(outside["unknown"]))
+
+
 def _summary_md(summary: Mapping[str, object]) -> bytes:
     lines = ["# Pancreas segmentation: evaluation", "", _counts_line(summary), ""]
     lines += ["| metric | mean ± std | min | max | n |", "| --- | --- | --- | --- | --- |"]
@@ -392,6 +418,13 @@ def _summary_md(summary: Mapping[str, object]) -> bytes:
     notes = _undefined_notes(summary["metrics"])
     if notes:
         lines += ["", *notes]
+    field_line = outside_field_note(summary)
+    if field_line is not None:
+        lines += ["", "## Pancreas outside the model's field", "", field_line]
+        if summary["outside_field"]["cases"]:
+            lines += ["", "| case | pancreas outside the field (%) |", "| --- | --- |"]
+            for entry in summary["outside_field"]["cases"]:
+                lines.append(f"| {entry['case']} | {100.0 * entry['fraction']:.2f} |")
     unpaired = summary["unpaired"]
     if unpaired["prediction_only"] or unpaired["ground_truth_only"]:
         lines += ["", "## Unpaired cases (not evaluated)", ""]
@@ -550,6 +583,10 @@ def _index_html(
     parts.append("</table>")
     for note in _undefined_notes(summary["metrics"]):
         parts.append(f"<p>{e(note)}</p>")
+    field_line = outside_field_note(summary)
+    if field_line is not None:
+        parts.append("<h2>Pancreas outside the model's field</h2>")
+        parts.append(f'<p id="outside-field">{e(field_line)}</p>')
     if boxplot is not None:
         parts += [
             "<h2>DSC per case</h2>",
@@ -577,6 +614,7 @@ def _index_html(
             "<table>",
             "<tr><th>case</th><th>axial slices</th>"
             + "".join(f"<th>{e(_DISPLAY[key][0])}</th>" for key in _CASE_COLUMNS)
+            + ("<th>pancreas outside the field (%)</th>" if field_line is not None else "")
             + "</tr>",
         ]
         for case, row in rows:
@@ -590,6 +628,9 @@ def _index_html(
             )
             cells = [f"<td>{link(page, case) if href else e(case)}</td>", f"<td>{image}</td>"]
             cells += [f"<td>{e(value)}</td>" for value in _case_values(row)]
+            if field_line is not None:
+                fraction = row.get(OUTSIDE_FIELD_KEY)
+                cells.append(f"<td>{_statistic(fraction, 100.0, 2)}</td>")
             parts.append("<tr>" + "".join(cells) + "</tr>")
         parts.append("</table>")
         parts.append("<h2>Montages</h2>")
@@ -814,6 +855,7 @@ def evaluate_predictions(
     *,
     gt_labels: tuple[int, ...] | None = None,
     images: PathLike | None = None,
+    prepared: PathLike | None = None,
     progress: bool = True,
 ) -> dict:
     """Evaluates a folder of predicted masks against the ground truth and writes a report folder.
@@ -836,6 +878,11 @@ def evaluate_predictions(
         images: folder of images ``<case>.nii.gz`` or ``<case>_0000.nii.gz`` for the montages;
             it takes precedence over a cohort's images. Without images the montages show the
             masks alone. Images never change a metric.
+        prepared: a prepared data folder (``pancseg prepare``'s, with the preprocessing of
+            the model that predicted) whose ``index.json`` records, per case, the fraction of
+            the pancreas outside the model's in-plane field: the report lists the evaluated
+            cases with such a fraction (summary.md, index.html, a metrics.csv column
+            `OUTSIDE_FIELD_KEY`). None: not stated (evaluate cannot know the model's field).
         progress: log one line per case (logger ``pancseg_tf.evaluation``, level INFO; case ids
             only).
 
@@ -848,7 +895,10 @@ def evaluate_predictions(
         ``failed`` (``[{"case", "reason"}]``), ``gt_labels`` (list or None),
         ``ground_truth`` (``"folder"`` or ``"cohort"``) and ``cases_without_image`` (evaluated
         cases whose montage shows the masks alone: no image given or found, unreadable, or on
-        another grid).
+        another grid), ``outside_field`` (None without ``prepared``; else ``field``: ``{"size":
+        [H, W], "spacing_mm"}``, ``cases``: ``[{"case", "fraction"}]`` of the evaluated cases
+        with pancreas outside the field, ``unknown``: evaluated cases the index does not
+        state).
 
     Raises:
         PancsegError: ``pred`` is not a folder of masks; ``gt`` is neither a label folder nor a
@@ -869,6 +919,12 @@ def evaluate_predictions(
     predictions = _predictions(pred_folder)
     truths, source = _ground_truth(gt_path)
     image_files = _image_files(pathlib.Path(images)) if images is not None else {}
+    field, fractions = None, {}
+    if prepared is not None:
+        from pancseg_tf.data.prepare import load_index
+
+        index = load_index(prepared)
+        field, fractions = field_of_index(index), outside_fractions(index)
 
     paired = sorted(set(predictions) & set(truths))
     prediction_only = sorted(set(predictions) - set(truths))
@@ -905,6 +961,8 @@ def evaluate_predictions(
             failed.append({"case": case, "reason": str(error)})
             log.warning("[%d/%d] case %s failed: %s", number, len(paired), case, error)
             continue
+        if field is not None:
+            row[OUTSIDE_FIELD_KEY] = fractions.get(case)
         # Outside the try: a report that cannot be written is not one case's failure.
         _write_case_figures(cases_folder, case, row, volume, window)
         rows.append((case, row))
@@ -956,10 +1014,11 @@ def evaluate_predictions(
             "gt_labels": None if gt_labels is None else list(gt_labels),
             "ground_truth": source,
             "cases_without_image": without_image,
+            "outside_field": None if field is None else _outside_field(rows, field),
         }
     )
 
-    _write_atomic(out / "metrics.csv", _metrics_csv(rows))
+    _write_atomic(out / "metrics.csv", _metrics_csv(rows, field is not None))
     text = json.dumps(summary, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     _write_atomic(out / "summary.json", text.encode("utf-8"))
     _write_atomic(out / "summary.md", _summary_md(summary))
@@ -985,6 +1044,22 @@ def evaluate_predictions(
             out,
         )
     return summary
+
+
+def _outside_field(
+    rows: Sequence[tuple[str, Mapping[str, object]]], field: Mapping[str, object]
+) -> dict[str, object]:
+    """summary.json's ``outside_field``: the evaluated cases with pancreas outside the field
+    and those whose fraction the prepared index does not state."""
+    return {
+        "field": dict(field),
+        "cases": [
+            {"case": case, "fraction": row[OUTSIDE_FIELD_KEY]}
+            for case, row in rows
+            if row[OUTSIDE_FIELD_KEY] is not None and row[OUTSIDE_FIELD_KEY] > 0
+        ],
+        "unknown": [case for case, row in rows if row[OUTSIDE_FIELD_KEY] is None],
+    }
 
 
 def _some(cases: Sequence[str], limit: int = 3) -> str:

@@ -9,6 +9,7 @@ Shapes are channels-last: a slice batch is ``(N, H, W, C)``, a slice window ``(B
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import keras
@@ -224,3 +225,30 @@ def normalise_input_size(input_size: Any, depth: int) -> tuple[int, int] | None:
                 f"got {input_size!r}"
             )
     return size
+
+
+def preset_kwargs(cls: type, preset: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A model class's named size (``cls.presets[preset]``) with ``kwargs`` over it.
+
+    Raises:
+        PancsegError: for an unknown preset name.
+    """
+    if preset not in cls.presets:
+        raise PancsegError(
+            f"unknown {cls.__name__} preset {preset!r}; expected one of {sorted(cls.presets)}"
+        )
+    return {**copy.deepcopy(cls.presets[preset]), **kwargs}
+
+
+def base_model_config(model: keras.Model) -> dict[str, Any]:
+    """The name, trainable flag and dtype policy of a model's ``get_config``.
+
+    Our models' configs are not chained to ``super()``: a functional model's config is a layer
+    graph, which cannot be passed back to their constructors.
+    """
+    return {
+        "name": model.name,
+        "trainable": model.trainable,
+        "dtype": keras.dtype_policies.serialize(model.dtype_policy),
+    }
+

@@ -10,7 +10,6 @@ Reference:
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import keras
@@ -20,9 +19,11 @@ from pancseg_tf.errors import PancsegError
 from pancseg_tf.models.blocks import (
     FoldTime,
     UnfoldTime,
+    base_model_config,
     check_positive_int,
     downsample_mask,
     normalise_input_size,
+    preset_kwargs,
 )
 from pancseg_tf.models.slice_cnn import PROB, SliceCNN
 
@@ -415,19 +416,11 @@ class ContextualSegmenter(keras.Model):
         Raises:
             PancsegError: for an unknown preset name.
         """
-        if preset not in cls.presets:
-            raise PancsegError(
-                f"unknown ContextualSegmenter preset {preset!r}; expected one of "
-                f"{sorted(cls.presets)}"
-            )
-        return cls(**{**copy.deepcopy(cls.presets[preset]), **kwargs})
+        return cls(**preset_kwargs(cls, preset, kwargs))
 
     def get_config(self) -> dict[str, Any]:
-        # Not chained to super(): a functional model's config is a layer graph.
         return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            **base_model_config(self),
             "slice_cnn": keras.saving.serialize_keras_object(self.slice_cnn),
             "input_size": self.input_size,
             "lstm_filters": self.lstm_filters,

@@ -10,7 +10,6 @@ Reference:
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import keras
@@ -19,10 +18,12 @@ from pancseg_tf.errors import PancsegError
 from pancseg_tf.models.blocks import (
     BN_MOMENTUM,
     KERNEL_INITIALIZER,
+    base_model_config,
     check_positive_int,
     conv_block,
     downsample_mask,
     normalise_input_size,
+    preset_kwargs,
 )
 
 #: Named sizes. ``"tiny"`` is for tests and smoke runs (seconds); ``"quick"`` trains on two CPU
@@ -287,19 +288,11 @@ class SliceCNN(keras.Model):
         Raises:
             PancsegError: for an unknown preset name.
         """
-        if preset not in cls.presets:
-            raise PancsegError(
-                f"unknown SliceCNN preset {preset!r}; expected one of {sorted(cls.presets)}"
-            )
-        return cls(**{**copy.deepcopy(cls.presets[preset]), **kwargs})
+        return cls(**preset_kwargs(cls, preset, kwargs))
 
     def get_config(self) -> dict[str, Any]:
-        # Not chained to super(): a functional model's config is a layer graph, which cannot be
-        # passed back to this constructor.
         return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            **base_model_config(self),
             "base_filters": self.base_filters,
             "depth": self.depth,
             "input_size": self.input_size,

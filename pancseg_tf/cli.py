@@ -31,30 +31,9 @@ from pancseg_tf.messages import (  # noqa: E402
     file_names_only,
     one_line,
 )
+from pancseg_tf.quiet_tensorflow import import_tensorflow_quietly  # noqa: E402
 
 log = logging.getLogger("pancseg_tf")
-
-
-def import_tensorflow_quietly() -> None:
-    """Imports TensorFlow and Keras with file descriptor 2 pointed at /dev/null.
-
-    TensorFlow's C++ start-up lines (oneDNN, CUDA stubs, CPU features) are written before its
-    logging is initialised, so ``TF_CPP_MIN_LOG_LEVEL`` does not stop them all; they are not for
-    the user's terminal. Python-level errors during the import are still raised.
-    """
-    if "tensorflow" in sys.modules:
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        os.close(devnull)
-        import keras  # noqa: F401
-        import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 # === Subcommands ===
@@ -354,7 +333,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pancseg_tf.evaluation.report import evaluate_predictions, outside_field_note
-    from pancseg_tf.preprocessing.labels import parse_label_values
+    from pancseg_tf.io.label_values import parse_label_values
 
     labels = parse_label_values(args.gt_labels) if args.gt_labels else None
     summary = evaluate_predictions(

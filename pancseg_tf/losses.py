@@ -409,8 +409,34 @@ class _PerSampleLoss(keras.losses.Loss):
         return reducer(values, values, sample_weight=weights)
 
 
+class _OverlapLoss(_PerSampleLoss):
+    """Base of the overlap losses (Jaccard, Dice): ``batch_sum`` and ``epsilon``, and the
+    function (`jaccard_loss` or `dice_loss`) that computes the values."""
+
+    _function = staticmethod(jaccard_loss)
+
+    def __init__(self, batch_sum: bool, epsilon: float, reduction: str | None, name: str):
+        super().__init__(name=name, reduction=reduction)
+        self.batch_sum = bool(batch_sum)
+        self.epsilon = _check_epsilon(epsilon)
+
+    def _values(self, y_true, y_pred, sample_weight):
+        return self._function(
+            y_true,
+            y_pred,
+            epsilon=self.epsilon,
+            batch_sum=self.batch_sum,
+            sample_weight=sample_weight,
+        )
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update({"batch_sum": self.batch_sum, "epsilon": self.epsilon})
+        return config
+
+
 @keras.saving.register_keras_serializable(package="pancseg_tf")
-class JaccardLoss(_PerSampleLoss):
+class JaccardLoss(_OverlapLoss):
     """The paper's Jaccard loss, `1 - (I + eps) / (U + eps)`; see `jaccard_loss`.
 
     Why the sums run over the whole batch by default: with per-sample sums, a window without
@@ -460,6 +486,8 @@ class JaccardLoss(_PerSampleLoss):
     0.4
     """
 
+    _function = staticmethod(jaccard_loss)
+
     def __init__(
         self,
         batch_sum: bool = True,
@@ -467,27 +495,11 @@ class JaccardLoss(_PerSampleLoss):
         reduction: str | None = "sum_over_batch_size",
         name: str = "jaccard_loss",
     ):
-        super().__init__(name=name, reduction=reduction)
-        self.batch_sum = bool(batch_sum)
-        self.epsilon = _check_epsilon(epsilon)
-
-    def _values(self, y_true, y_pred, sample_weight):
-        return jaccard_loss(
-            y_true,
-            y_pred,
-            epsilon=self.epsilon,
-            batch_sum=self.batch_sum,
-            sample_weight=sample_weight,
-        )
-
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config.update({"batch_sum": self.batch_sum, "epsilon": self.epsilon})
-        return config
+        super().__init__(batch_sum, epsilon, reduction, name)
 
 
 @keras.saving.register_keras_serializable(package="pancseg_tf")
-class DiceLoss(_PerSampleLoss):
+class DiceLoss(_OverlapLoss):
     """Soft Dice loss `1 - (2 I + eps) / (sum y + sum p + eps)`; see `dice_loss`.
 
     The two modes, the batch-sum default (over the global batch of all `tf.distribute`
@@ -501,6 +513,8 @@ class DiceLoss(_PerSampleLoss):
         name: Name of the loss.
     """
 
+    _function = staticmethod(dice_loss)
+
     def __init__(
         self,
         batch_sum: bool = True,
@@ -508,23 +522,7 @@ class DiceLoss(_PerSampleLoss):
         reduction: str | None = "sum_over_batch_size",
         name: str = "dice_loss",
     ):
-        super().__init__(name=name, reduction=reduction)
-        self.batch_sum = bool(batch_sum)
-        self.epsilon = _check_epsilon(epsilon)
-
-    def _values(self, y_true, y_pred, sample_weight):
-        return dice_loss(
-            y_true,
-            y_pred,
-            epsilon=self.epsilon,
-            batch_sum=self.batch_sum,
-            sample_weight=sample_weight,
-        )
-
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config.update({"batch_sum": self.batch_sum, "epsilon": self.epsilon})
-        return config
+        super().__init__(batch_sum, epsilon, reduction, name)
 
 
 @keras.saving.register_keras_serializable(package="pancseg_tf")

@@ -147,16 +147,9 @@ class DiceScore(_OverlapScore):
 
 @keras.saving.register_keras_serializable(package="pancseg_tf")
 class JaccardScore(_OverlapScore):
-    """Jaccard index (intersection over union) `TP / (TP + FP + FN)`, accumulated over batches.
-
-    Counts are global over all batches since the last reset (see the module docstring);
-    1.0 while TP + FP + FN = 0.
-
-    Args:
-        threshold: Probabilities strictly above it are predicted foreground.
-        name: Name of the metric, shown in the training log.
-        dtype: Dtype of the counts and the result (float32 by default).
-    """
+    """Jaccard index (intersection over union) `TP / (TP + FP + FN)`, accumulated over batches
+    like `DiceScore` (global counts since the last reset; 1.0 while there is no foreground),
+    with the same arguments."""
 
     def __init__(self, threshold: float = 0.5, name: str = "jaccard_score", dtype=None):
         super().__init__(threshold=threshold, name=name, dtype=dtype)

@@ -107,15 +107,23 @@ def _is_image_header(ds) -> bool:
     return "SeriesInstanceUID" in ds and any(tag in ds for tag in _IMAGE_TAGS)
 
 
-def _int_tag(ds, tag: str, default: int | None = None) -> int | None:
-    """An integer tag's value; ``default`` when absent or empty; None when not an integer."""
+def _number_tag(ds, tag: str) -> tuple[object, float | None]:
+    """A numeric tag's raw value and its number: ``(None, None)`` when absent or empty, ``NaN``
+    when not a number."""
     value = ds.get(tag)
     if value is None or value == "":
-        return default
+        return None, None
     try:
-        number = float(value)
+        return value, float(value)
     except (TypeError, ValueError):
-        return None
+        return value, float("nan")
+
+
+def _int_tag(ds, tag: str, default: int | None = None) -> int | None:
+    """An integer tag's value; ``default`` when absent or empty; None when not an integer."""
+    value, number = _number_tag(ds, tag)
+    if value is None:
+        return default
     return int(number) if number.is_integer() else None
 
 
@@ -437,13 +445,9 @@ def _rescale(ds, tag: str, default: float, index: int, total: int, where: str) -
 
     A slope of 0 would map every pixel to the intercept: it is refused like NaN and Inf.
     """
-    value = ds.get(tag)
-    if value is None or value == "":
+    value, number = _number_tag(ds, tag)
+    if value is None:
         return default
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = float("nan")
     if not np.isfinite(number) or (tag == "RescaleSlope" and number == 0):
         raise PancsegError(
             f"{where}: slice {index + 1} of {total} has {tag} {value!s:.20}; expected a finite "

@@ -9,6 +9,8 @@ Shared by the in-process loop (`pancseg_tf.cli`) and the Apache Beam pipeline
 - `segmenter_options`: the command's flags as `Segmenter.from_path` keyword arguments;
 - `load_case_volume` and `write_case`: one case read, and its mask (and probabilities) written
   atomically on the input's own grid, whole or not at all;
+- `check_dicom_seg_inputs` and `load_dicom_case`: the same for ``--output-format dicom-seg``,
+  whose mask `write_case` writes as a DICOM Segmentation of the case's series;
 - `hide_found_paths`: an error message without the folders a cohort was found in.
 
 Nothing here imports TensorFlow.
@@ -166,22 +168,73 @@ def load_case_volume(source: object):
     return source.load_image() if hasattr(source, "load_image") else read_volume(source)
 
 
-def output_names(case: str, *, probabilities: bool = False) -> list[str]:
-    """The files a case writes into the output folder, the mask first."""
-    names = [f"{case}.nii.gz"]
+def check_dicom_seg_inputs(items: list[tuple[str, object]]) -> None:
+    """Refuses ``--output-format dicom-seg`` before any model loads: for an input that is not a
+    DICOM series folder (a SEG references the series it segments), and without highdicom.
+
+    Args:
+        items: `predict_inputs`'s ``(case name, source)`` pairs.
+
+    Raises:
+        PancsegError: naming the first case whose image is a file, or saying how to install
+            highdicom.
+    """
+    from pancseg_tf.io.dicom_seg import import_highdicom
+
+    for name, source in items:
+        image = pathlib.Path(getattr(source, "image", source))
+        if not image.is_dir():
+            raise PancsegError(
+                f"--output-format dicom-seg needs DICOM series input, got the file {image.name} "
+                f"(case {name}); a DICOM SEG references the DICOM series it segments: use "
+                "--output-format nifti for NIfTI input"
+            )
+    import_highdicom()
+
+
+def load_dicom_case(source: object) -> tuple[Any, list]:
+    """A case's DICOM series as ``(volume, slice headers)``, for `write_case` to write its SEG.
+
+    A cohort `Case` keeps its modality, as `Case.load_image` does. The headers hold patient and
+    study fields: for the SEG only, never for a message or a log.
+
+    Raises:
+        PancsegError: what `pancseg_tf.io.dicom.read_dicom_series_with_headers` raises.
+    """
+    import dataclasses
+
+    from pancseg_tf.io.dicom import read_dicom_series_with_headers
+
+    volume, headers = read_dicom_series_with_headers(getattr(source, "image", source))
+    modality = getattr(source, "modality", None)
+    if modality is not None and modality != volume.modality:
+        volume = dataclasses.replace(volume, modality=modality)
+    return volume, headers
+
+
+def output_names(case: str, *, probabilities: bool = False, dicom_seg: bool = False) -> list[str]:
+    """The files a case writes into the output folder, the mask first (``<case>.dcm`` for a
+    DICOM SEG)."""
+    names = [f"{case}.dcm" if dicom_seg else f"{case}.nii.gz"]
     if probabilities:
         names.append(f"{case}_prob.nii.gz")
     return names
 
 
 def write_case(
-    result, volume, out: pathlib.Path, case: str, *, probabilities: bool = False
+    result,
+    volume,
+    out: pathlib.Path,
+    case: str,
+    *,
+    probabilities: bool = False,
+    headers: list | None = None,
 ) -> list[pathlib.Path]:
     """Writes a case's uint8 mask (and float32 probabilities) on the volume's own grid.
 
-    Each file is written atomically (`pancseg_tf.io.write_nifti`); the case is written whole or
-    not at all: when the probabilities cannot be written, the mask written before them is
-    removed.
+    Each file is written atomically (`pancseg_tf.io.write_nifti`, or
+    `pancseg_tf.io.dicom_seg.write_segmentation` for a SEG); the case is written whole or not at
+    all: when the probabilities cannot be written, the mask written before them is removed.
 
     Args:
         result: the `Segmentation` of ``volume``.
@@ -189,18 +242,29 @@ def write_case(
         out: the output folder.
         case: the case name (checked by `pancseg_tf.io.check_case_id`).
         probabilities: also write ``<case>_prob.nii.gz``.
+        headers: the series' slice headers from `load_dicom_case`: the mask is then written
+            as a DICOM SEG, ``<case>.dcm`` (the probabilities stay NIfTI).
 
     Returns:
         The written paths, in the order of `output_names`.
 
     Raises:
-        PancsegError: what `write_nifti` raises (after removing what this call wrote).
+        PancsegError: what the writers raise (after removing what this call wrote).
     """
     from pancseg_tf.io import write_nifti
 
-    mask_name, *prob_name = output_names(case, probabilities=probabilities)
+    mask_name, *prob_name = output_names(
+        case, probabilities=probabilities, dicom_seg=headers is not None
+    )
     protect = [volume.source]
-    written = [write_nifti(result.mask, volume, out / mask_name, dtype="uint8", protect=protect)]
+    if headers is not None:
+        from pancseg_tf.io.dicom_seg import write_segmentation
+
+        written = [write_segmentation(result.mask, volume, headers, out / mask_name)]
+    else:
+        written = [
+            write_nifti(result.mask, volume, out / mask_name, dtype="uint8", protect=protect)
+        ]
     try:
         for name in prob_name:
             written.append(

@@ -162,7 +162,7 @@ def test_provenance_names_the_commit_config_and_command(common, tmp_path):
     )
     assert out["command"] == "benchmarks/x.py 'run dir' --json o.json"
     package = pathlib.Path(out["package_path"])  # this tree (editable) or site-packages
-    assert package.name == "pancseg_tf" and (package / "cli.py").is_file()
+    assert package.name == "pancseg_tf" and (package / "cli" / "__init__.py").is_file()
     assert out["libraries"]["numpy"] == np.__version__
     assert out["machine"]["cores"] >= 1 and out["date_utc"].endswith("+00:00")
     json.dumps(out)  # goes into a results JSON as it is

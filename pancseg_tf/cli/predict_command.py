@@ -1,0 +1,104 @@
+"""``pancseg predict``: segment each input in this process (or hand them to Apache Beam).
+
+The steps around the network are `pancseg_tf.predict_io`'s, shared with the Beam pipeline; here
+is the loop over the cases: one log line per case, a failed case logged and counted (exit
+status 1), a full disk stopping the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import pathlib
+import time
+
+from pancseg_tf.cli.errors import storage_full_error
+from pancseg_tf.errors import PancsegError
+from pancseg_tf.quiet_tensorflow import import_tensorflow_quietly
+
+log = logging.getLogger("pancseg_tf")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Segments every case of ``args.inputs`` into ``args.output``.
+
+    Returns:
+        0 when every case was written, 1 when some failed.
+
+    Raises:
+        PancsegError: flags that do not go together, no input, an input the output format
+            cannot take, a model that cannot load, or a full disk before any mask was written.
+    """
+    from pancseg_tf.io.cohorts import check_case_id
+    from pancseg_tf.predict_io import (
+        check_dicom_seg_inputs,
+        hide_found_paths,
+        load_case_volume,
+        load_dicom_case,
+        predict_inputs,
+        segmenter_options_from_args,
+        write_case,
+    )
+
+    dicom_seg = args.output_format == "dicom-seg"
+    if args.runner is not None and dicom_seg:
+        raise PancsegError(
+            f"--output-format {args.output_format} runs in this process only, not with --runner"
+        )
+    if args.runner is not None:
+        from pancseg_tf.beam import predict_with_beam  # inputs may be globs or gs:// there
+
+        return predict_with_beam(args)
+    if args.pipeline_option:
+        raise PancsegError("--pipeline-option needs --runner (a Beam runner to pass it to)")
+    items = predict_inputs(args.inputs)
+    if not items:
+        raise PancsegError("no input volumes found")
+    if dicom_seg:
+        check_dicom_seg_inputs(items)
+    options = segmenter_options_from_args(args)
+    import_tensorflow_quietly()
+    from pancseg_tf.inference import Segmenter
+
+    segmenter = Segmenter.from_path(args.model, unsafe=args.unsafe, **options)
+    out = pathlib.Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for i, (name, source) in enumerate(items, start=1):
+        start = time.monotonic()
+        try:
+            case = check_case_id(name)  # a file name inside the output folder
+            headers = None
+            if dicom_seg:
+                volume, headers = load_dicom_case(source)
+            else:
+                volume = load_case_volume(source)
+            result = segmenter.segment(volume)
+            # A case is written whole or not at all: no mask without the probabilities asked for.
+            write_case(result, volume, out, case, probabilities=args.probabilities, headers=headers)
+            log.info(
+                "[%d/%d] %s: %d voxels (%.1f s)",
+                i,
+                len(items),
+                case,
+                int(result.mask.sum()),
+                time.monotonic() - start,
+            )
+        except PancsegError as err:
+            failed += 1
+            message = hide_found_paths(str(err), source)
+            full = storage_full_error(err)
+            if full is not None and failed == i:
+                raise PancsegError(f"{message} (no mask written)") from None
+            shown = name if name.isprintable() else repr(name)  # a newline would split the line
+            log.error("[%d/%d] %s failed: %s", i, len(items), shown, message)
+            if full is not None:
+                # Every later case would fail the same way, after its whole computation.
+                log.error(
+                    "error: the output is full (%s): stopped with %d case(s) not attempted",
+                    full.strerror,
+                    len(items) - i,
+                )
+                break
+    print(f"wrote {i - failed} of {len(items)} mask(s) to {out}")
+    return 1 if failed else 0

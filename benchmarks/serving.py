@@ -1,7 +1,7 @@
 """One volume through gRPC against in-process prediction: wall time and bytes on the wire.
 
 Exports a model (chunks of ``--chunk`` slices), starts the local TF Serving stand-in
-(`pancseg_tf.serving.testserver`) in a separate process on 127.0.0.1, and segments the same
+(``serving/standin_server.py``) in a separate process on 127.0.0.1, and segments the same
 volume twice, once in process (``Segmenter(chunk=N)``, what ``pancseg predict --chunk N`` runs)
 and once with ``pancseg query``'s gRPC client, after one untimed warm-up of each (tracing;
 TF Serving's ``--enable_model_warmup`` does that at load time). It checks that both masks are
@@ -48,6 +48,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 QUICK_VOLUME = SHARED / "totalsegmentator_example" / "ct_3mm.nii.gz"
 FULL_VOLUME = SHARED / "nih_pancreas_ct" / "Pancreas-CT" / "PANCREAS_0002"
+#: The TF Serving stand-in: a script of the repository (not shipped with the package).
+STANDIN_SERVER = REPO / "serving" / "standin_server.py"
 
 
 def _build_run(folder: pathlib.Path, quick: bool) -> pathlib.Path:
@@ -84,8 +86,7 @@ def _start_server(base: pathlib.Path) -> tuple[subprocess.Popen, str]:
         port = probe.getsockname()[1]
     command = [
         sys.executable,
-        "-m",
-        "pancseg_tf.serving.testserver",
+        str(STANDIN_SERVER),
         str(base),
         "--grpc-port",
         str(port),
@@ -166,7 +167,7 @@ def measure_serving(
         "chunks": result.chunks,
         "requests": result.requests,
         "transport": "grpc",
-        "server": "pancseg_tf.serving.testserver (separate process, tensor_content responses)",
+        "server": "serving/standin_server.py (separate process, tensor_content responses)",
         "tensorflow": tf.__version__,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
     }

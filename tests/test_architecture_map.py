@@ -113,3 +113,36 @@ def test_prediction_needs_no_trainer(start):
     assert "pancseg_tf.errors" in ours  # the closure works
     trainer = sorted(n for n in ours if n.startswith("pancseg_tf.training"))
     assert not trainer, f"{start} reaches {trainer}"
+
+
+def code_strings(name: str) -> list[str]:
+    """The string constants of ``name``'s source, its docstrings left out."""
+    tree = ast.parse(MODULES[name].read_text(encoding="utf-8"))
+    scopes = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, scopes) and node.body and isinstance(node.body[0], ast.Expr)
+    }
+    return [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in docstrings
+    ]
+
+
+def test_the_package_never_loads_the_serving_standin():
+    """The TF Serving stand-in is the repository's ``serving/standin_server.py`` (not shipped by
+    ``pip install``): tests, notebook 03 and a benchmark load it; no module of the package
+    imports it, by name or by its file's path."""
+    assert (REPO / "serving" / "standin_server.py").is_file()
+    assert "pancseg_tf.serving.client" in MODULES  # the map of modules is there
+    culprits = sorted(
+        name
+        for name in MODULES
+        if any(i.split(".")[0] in ("serving", "standin_server") for i in imports_of(name))
+        or any("standin_server" in text for text in code_strings(name))
+    )
+    assert not culprits, f"{culprits} load serving/standin_server.py"

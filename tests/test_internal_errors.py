@@ -221,8 +221,9 @@ def test_a_long_server_error_detail_is_cut(tmp_path_factory):
     PancsegError keeps the start of it."""
     from pancseg_tf.serving import constants as names
     from pancseg_tf.serving.client import GrpcClient, RestClient
-    from pancseg_tf.serving.testserver import LocalModelServer
-    from tests.serving import CHUNK, SIZE, shared_export
+    from tests.serving import CHUNK, SIZE, shared_export, standin_server
+
+    LocalModelServer = standin_server().LocalModelServer
 
     _, _, export = shared_export(tmp_path_factory)
     slices = np.zeros((1, CHUNK, *SIZE), np.int16)

@@ -82,13 +82,15 @@ def test_install_cell_is_skipped_under_smoke(path):
 @pytest.fixture
 def kernel_env(tmp_path, monkeypatch):
     """The kernel and what it starts see this environment: this venv's ``pancseg`` first on
-    PATH, temporary folders under ``tmp_path``, and kernelspecs of ``sys.prefix`` before a
-    user-level ``python3``."""
+    PATH, temporary folders under ``tmp_path``, kernelspecs of ``sys.prefix`` before a
+    user-level ``python3``, and this checkout as ``PANCSEG_REPO`` (notebook 03 loads the TF
+    Serving stand-in, ``serving/standin_server.py``, from it instead of downloading it)."""
     bin_dir = os.path.dirname(sys.executable)
     monkeypatch.setenv("PATH", bin_dir + os.pathsep + os.environ.get("PATH", ""))
     monkeypatch.setenv("JUPYTER_PREFER_ENV_PATH", "1")
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
     monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setenv("PANCSEG_REPO", str(NOTEBOOKS.parent))
     return tmp_path
 
 

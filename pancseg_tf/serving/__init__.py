@@ -1,11 +1,13 @@
-"""Serving: SavedModel export for TensorFlow Serving, gRPC and REST clients, a local test server.
+"""Serving: SavedModel export for TensorFlow Serving, gRPC and REST clients.
 
 The request contract is ``serving/CONTRACT.md``; its names live in `pancseg_tf.serving.constants`.
 
 - `export_model` (``pancseg export``) writes ``BASE/<name>/<version>/`` for TF Serving;
 - `query_file` / `query_volume` (``pancseg query``) segment a volume through a served export,
-  with `GrpcClient` or `RestClient`;
-- `LocalModelServer` is a stand-in for TF Serving on 127.0.0.1 (tests, notebooks, benchmarks).
+  with `GrpcClient` or `RestClient`.
+
+The local stand-in for TF Serving (tests, notebooks, benchmarks) is not part of the package:
+it is the repository's ``serving/standin_server.py``.
 
 Importing this package is cheap: the submodules (TensorFlow, gRPC) load on first use.
 """
@@ -27,7 +29,6 @@ _LAZY = {
     "connect": "pancseg_tf.serving.client",
     "query_file": "pancseg_tf.serving.client",
     "query_volume": "pancseg_tf.serving.client",
-    "LocalModelServer": "pancseg_tf.serving.testserver",
 }
 
 __all__ = ["constants", *_LAZY]

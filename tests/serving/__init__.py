@@ -6,7 +6,9 @@ block. The fusion conv gets random weights, as training would give it, so the Co
 context changes the output and where chunks start and end matters.
 """
 
+import importlib.util
 import pathlib
+import sys
 
 import numpy as np
 
@@ -15,6 +17,25 @@ SIZE = (48, 48)
 SETTINGS = ["preprocess.size=[48, 48]", "preprocess.spacing_mm=3.2"]
 CHUNK = 8
 PROVENANCE = {"package": "pancseg_tf", "package_version": "test", "seed": 0}
+#: The TF Serving stand-in: a script of the repository, not a module of the package.
+STANDIN_SERVER = pathlib.Path(__file__).resolve().parents[2] / "serving" / "standin_server.py"
+
+
+def standin_server():
+    """``serving/standin_server.py`` as a module (`LocalModelServer`, `LoadedVersion`), loaded
+    once from its path: by name, ``serving`` could be ``benchmarks/serving.py``, which a test
+    module puts on ``sys.path``."""
+    name = "standin_server"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, STANDIN_SERVER)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name]
 
 
 def tiny_model(seed: int = 0):

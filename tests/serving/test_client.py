@@ -15,7 +15,7 @@ import pytest
 
 from pancseg_tf.errors import PancsegError
 from pancseg_tf.serving import constants as names
-from tests.serving import CHUNK, SIZE, predict_segmenter, shared_export, write_run
+from tests.serving import CHUNK, SIZE, predict_segmenter, shared_export, standin_server, write_run
 
 # Keras saving a model under NumPy 2 (not our code).
 pytestmark = pytest.mark.filterwarnings(
@@ -34,7 +34,7 @@ def shared(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(shared):
-    from pancseg_tf.serving.testserver import LocalModelServer
+    LocalModelServer = standin_server().LocalModelServer
 
     with LocalModelServer(shared[2].parent.parent, max_message_bytes=LIMIT) as running:
         yield running
@@ -256,7 +256,8 @@ def test_missing_model_version_or_signature_is_a_clear_error(tmp_path, server):
     import keras
 
     from pancseg_tf.serving.client import RestClient
-    from pancseg_tf.serving.testserver import LocalModelServer
+
+    LocalModelServer = standin_server().LocalModelServer
 
     with pytest.raises(PancsegError, match=r"model 'nope' \(latest version\) at .* not found"):
         grpc_client(server, model="nope").describe()
@@ -277,7 +278,8 @@ def test_missing_model_version_or_signature_is_a_clear_error(tmp_path, server):
 
 def test_versions_are_pinned(tmp_path, shared):
     from pancseg_tf.serving.client import GrpcClient
-    from pancseg_tf.serving.testserver import LocalModelServer
+
+    LocalModelServer = standin_server().LocalModelServer
 
     for version in ("1", "2"):
         shutil.copytree(shared[2], tmp_path / "pancseg" / version)
@@ -334,7 +336,8 @@ def test_unreachable_server_is_retried_then_reported():
 
 def test_a_server_that_starts_late_is_reached_by_retrying(shared):
     from pancseg_tf.serving.client import GrpcClient
-    from pancseg_tf.serving.testserver import LocalModelServer
+
+    LocalModelServer = standin_server().LocalModelServer
 
     port = _free_port()
     late = LocalModelServer(shared[2].parent.parent, grpc_port=port, rest_port=None)
@@ -444,8 +447,9 @@ def test_query_agrees_with_one_pass_predict(tmp_path, ts_ct_path, ts_labels_path
     from pancseg_tf.preprocessing.intensity import hu_window
     from pancseg_tf.serving.client import GrpcClient, query_volume
     from pancseg_tf.serving.export import export_model
-    from pancseg_tf.serving.testserver import LocalModelServer
     from tests.serving import activate_context, tiny_model
+
+    LocalModelServer = standin_server().LocalModelServer
 
     volume, labels = read_volume(ts_ct_path), read_volume(ts_labels_path)
     plan = plan_volume(volume, PreprocessConfig(size=SIZE, spacing_mm=3.2))
@@ -486,9 +490,10 @@ def test_mri_export_and_query_bit_for_bit(tmp_path):
     from pancseg_tf.io import read_volume
     from pancseg_tf.serving.client import GrpcClient, RestClient, query_file, query_volume
     from pancseg_tf.serving.export import export_model
-    from pancseg_tf.serving.testserver import LocalModelServer
     from pancseg_tf.synthetic import make_cohort
     from tests.serving import tiny_model
+
+    LocalModelServer = standin_server().LocalModelServer
 
     cohort = make_cohort(tmp_path / "cohort", cases=1, modality="mri", shape=(64, 64, 24))
     source = cohort / "imagesTr" / "synth_000.nii.gz"

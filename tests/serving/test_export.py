@@ -13,7 +13,7 @@ import pytest
 
 from pancseg_tf.errors import PancsegError
 from pancseg_tf.serving import constants as names
-from tests.serving import CHUNK, PROVENANCE, SIZE, shared_export, write_run
+from tests.serving import CHUNK, PROVENANCE, SIZE, shared_export, standin_server, write_run
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -335,7 +335,7 @@ def test_warmup_records_are_valid_requests(export_dir):
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
 
-    from pancseg_tf.serving.testserver import LoadedVersion
+    LoadedVersion = standin_server().LoadedVersion
 
     path = export_dir / names.ASSETS_EXTRA / names.WARMUP_FILE
     records = []

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from pancseg_tf.serving import constants as names
-from tests.serving import CHUNK, SIZE, predict_segmenter, shared_export
+from tests.serving import CHUNK, SIZE, predict_segmenter, shared_export, standin_server
 
 # Keras saving a model under NumPy 2 (not our code).
 pytestmark = pytest.mark.filterwarnings(
@@ -46,7 +46,7 @@ def shared(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(shared):
-    from pancseg_tf.serving.testserver import LocalModelServer
+    LocalModelServer = standin_server().LocalModelServer
 
     with LocalModelServer(shared[2].parent.parent, max_message_bytes=LIMIT, rest_port=None) as s:
         yield s
@@ -301,7 +301,8 @@ def test_client_finishes_a_volume_across_a_server_restart(tmp_path, shared, ts_c
 
     from pancseg_tf.io import read_volume
     from pancseg_tf.serving.client import GrpcClient, query_volume
-    from pancseg_tf.serving.testserver import LocalModelServer
+
+    LocalModelServer = standin_server().LocalModelServer
 
     volume = read_volume(ts_ct_path)
     expected = predict_segmenter(shared[1], chunk=CHUNK).segment(volume)

@@ -1,5 +1,11 @@
 """A local stand-in for TensorFlow Serving, for tests, notebooks and benchmarks.
 
+A script of the repository, not a module of the installed package: ``pip install`` does not ship
+it. It uses the installed `pancseg_tf` (``pancseg_tf.serving.constants``, ``pancseg_tf.errors``)
+and TF Serving's protos (``tensorflow-serving-api``, ``grpcio``). Tests load it from this file
+(``tests/serving/__init__.py``: `standin_server`), as does ``notebooks/03_serving.ipynb``;
+``benchmarks/serving.py`` runs it as a script.
+
 `LocalModelServer` loads ``BASE/<name>/<version>/`` exports the way ``tensorflow_model_server``
 does (TensorFlow's C++ SavedModel loader into a session, tag ``serve``, tensors fed and fetched by
 the ``SignatureDef``'s names) and answers on 127.0.0.1 only:
@@ -21,7 +27,7 @@ implements neither batching nor warm-up, nor the Classify, Regress and MultiInfe
 
 Run it by hand::
 
-    python -m pancseg_tf.serving.testserver exports --grpc-port 8500 --rest-port 8501
+    python serving/standin_server.py exports --grpc-port 8500 --rest-port 8501
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ import numpy as np
 from pancseg_tf.errors import PancsegError
 from pancseg_tf.serving import constants as names
 
-log = logging.getLogger("pancseg_tf.serving")
+log = logging.getLogger("standin_server")
 
 #: TF Serving's gRPC message limit, both directions.
 TF_SERVING_MAX_MESSAGE_BYTES = 2**31 - 1
@@ -755,7 +761,7 @@ def _rows_to_columns(instances: Any, aliases: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pancseg_tf.serving.testserver BASE``: serve until interrupted."""
+    """``python serving/standin_server.py BASE``: serve until interrupted."""
     parser = argparse.ArgumentParser(
         description="A local stand-in for TensorFlow Serving (127.0.0.1 only)."
     )
@@ -777,14 +783,17 @@ def main(argv: list[str] | None = None) -> int:
     if versions not in ("latest", "all"):
         versions = [int(v) for v in versions.split(",")]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    server = LocalModelServer(
-        args.base,
-        args.name,
-        versions=versions,
-        grpc_port=args.grpc_port,
-        rest_port=args.rest_port,
-        response_encoding=args.response_encoding,
-    ).start()
+    try:
+        server = LocalModelServer(
+            args.base,
+            args.name,
+            versions=versions,
+            grpc_port=args.grpc_port,
+            rest_port=args.rest_port,
+            response_encoding=args.response_encoding,
+        ).start()
+    except PancsegError as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
     print(f"gRPC on {server.grpc_target}, REST on {server.rest_target} (Ctrl-C stops)", flush=True)
     try:
         threading.Event().wait()

@@ -5,12 +5,12 @@ import pytest
 
 from pancseg_tf.inference import (
     TTA_TRANSFORMS,
-    _inplane_transform,
     blend_chunks,
     chunk_spans,
     chunk_weights,
     postprocess_mask,
 )
+from pancseg_tf.inference.tta import inplane_transform
 
 
 @pytest.mark.parametrize(
@@ -49,7 +49,7 @@ def test_postprocess_keeps_the_largest_component_and_fills_holes():
 def test_tta_transforms_invert(zoom, shift):
     volume = np.zeros((64, 64, 3), np.float32)
     volume[20:40, 25:45] = 1.0
-    back = _inplane_transform(_inplane_transform(volume, zoom, shift), zoom, shift, inverse=True)
+    back = inplane_transform(inplane_transform(volume, zoom, shift), zoom, shift, inverse=True)
     assert np.array_equal(back[8:56, 8:56] >= 0.5, volume[8:56, 8:56] >= 0.5)
 
 

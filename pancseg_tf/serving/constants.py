@@ -7,6 +7,18 @@ name, dtype, shape or the meaning of a value changes, and say what changed there
 
 from __future__ import annotations
 
+# The names of the served signature's inputs and outputs (`SLICES`, `SLICE_COUNT`,
+# `PERCENTILES`, `PROBABILITIES`, `MASK`, with their shapes and dtypes) are those of the
+# computation it serves, `pancseg_tf.inference.ChunkNetwork`: defined below both inference and
+# serving, re-exported here.
+from pancseg_tf.inference.signature import (  # noqa: F401 - re-exported
+    MASK,
+    PERCENTILES,
+    PROBABILITIES,
+    SLICE_COUNT,
+    SLICES,
+)
+
 #: Version of the request / response contract in ``serving/CONTRACT.md``. Exports record it in
 #: ``assets.extra/pancseg.json`` and in the ``pancseg_config`` signature; clients refuse an
 #: export whose contract version they do not know.
@@ -21,18 +33,8 @@ PREDICT_METHOD_NAME = "tensorflow/serving/predict"
 
 #: The signature that segments chunks of consecutive model-grid slices.
 SERVING_SIGNATURE = "serving_default"
-#: ``(B, T, H, W)`` raw intensities of ``B`` independent chunks of ``T = chunk`` slices:
-#: ``int16`` Hounsfield units for CT, ``float32`` for MRI.
-SLICES = "slices"
-#: ``(B,)`` ``int32``: valid slices at the start of each chunk, ``1 <= n <= T`` (``T`` except
-#: for a volume shorter than one chunk, whose chunk is padded with zeros after ``n`` slices).
-SLICE_COUNT = "slice_count"
-#: ``(B, 2)`` ``float32``, MRI exports only: each chunk's volume percentiles ``(p_low, p_high)``.
-PERCENTILES = "percentiles"
-#: ``(B, T, H, W)`` ``float32`` probabilities in [0, 1]; 0 after ``slice_count`` slices.
-PROBABILITIES = "probabilities"
-#: ``(B, T, H, W)`` ``uint8`` {0, 1}: ``probabilities >= threshold`` (the run's threshold).
-MASK = "mask"
+# Its inputs `SLICES`, `SLICE_COUNT`, `PERCENTILES` and outputs `PROBABILITIES`, `MASK`: see the
+# import above.
 
 # === Signature "pancseg_config": what a client needs to prepare requests ===
 

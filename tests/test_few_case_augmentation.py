@@ -2,16 +2,28 @@
 runs themselves are benchmarks/PROTOCOL.md's, amendment 2026-12-06 (b))."""
 
 import csv
+import importlib
 import pathlib
 import sys
 
+import pytest
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import few_case_augmentation as fca  # noqa: E402
 
 
-def test_each_fold_trains_on_the_other_real_scan(tmp_path, shared_data):
+@pytest.fixture(scope="module")
+def fca():
+    """The script as a module, with ``sys.path`` as it was afterwards (the script puts
+    ``benchmarks/`` first, where ``benchmarks/serving.py`` would shadow ``serving/``)."""
+    saved = list(sys.path)
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        return importlib.import_module("few_case_augmentation")
+    finally:
+        sys.path[:] = saved
+
+
+def test_each_fold_trains_on_the_other_real_scan(tmp_path, shared_data, fca):
     for held_out in fca.TRAINING_CASES:
         training = [c for c in fca.TRAINING_CASES if c is not held_out]
         fca.write_manifest(tmp_path / "m.csv", shared_data, training)
@@ -22,7 +34,7 @@ def test_each_fold_trains_on_the_other_real_scan(tmp_path, shared_data):
             assert pathlib.Path(row["image"]).is_file() and pathlib.Path(row["label"]).is_file()
 
 
-def test_intensity_is_chosen_only_when_it_wins_on_every_held_out_scan():
+def test_intensity_is_chosen_only_when_it_wins_on_every_held_out_scan(fca):
     def fold(off, on):
         return {"off": {"dsc": off}, "intensity": {"dsc": on}}
 

@@ -120,7 +120,7 @@ def train_control(
     from pancseg_tf.data.pipeline import make_training_dataset
     from pancseg_tf.inference import load_model
     from pancseg_tf.training.callbacks import BestModel, RunLog, WholeVolumeValidation, read_json
-    from pancseg_tf.training.trainer import (
+    from pancseg_tf.training.recipe import (
         make_optimizer,
         phase_seed,
         side_loss_weights,  # the trainer's rule for the side outputs' weights: stage 1's loss

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     from pancseg_tf.config import load_config
     from pancseg_tf.data.pipeline import load_validation_volumes
     from pancseg_tf.inference import Segmenter, load_model
-    from pancseg_tf.training.trainer import build_contextual
+    from pancseg_tf.training.recipe import build_contextual
 
     cfg = load_config(args.run / "config.yaml")
     splits = json.loads((args.run / "splits.json").read_text())

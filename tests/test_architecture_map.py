@@ -146,3 +146,64 @@ def test_the_package_never_loads_the_serving_standin():
         or any("standin_server" in text for text in code_strings(name))
     )
     assert not culprits, f"{culprits} load serving/standin_server.py"
+
+
+def import_cycles() -> list[list[str]]:
+    """The strongly connected components of more than one module in the graph of our modules'
+    imports (lazy ones too; importing a module runs the ``__init__`` of its packages, so an
+    import of ``a.b.c`` is an edge to ``a.b`` as well, except to a package enclosing the
+    importer, which is running already)."""
+    edges = {}
+    for name in MODULES:
+        targets = set()
+        for imported in imports_of(name):
+            for module in executed(imported) & MODULES.keys():
+                if module != name and module != "pancseg_tf" and not name.startswith(module + "."):
+                    targets.add(module)
+        edges[name] = targets
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:  # Tarjan's algorithm
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(edges[node]):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_circle():
+    assert import_cycles() == []
+
+
+def test_the_cycle_finder_finds_a_circle(monkeypatch):
+    """The check above can fail: two modules importing each other (lazily) are a circle."""
+    real = imports_of
+    a, b = "pancseg_tf.io.read", "pancseg_tf.io.nifti"
+    monkeypatch.setitem(
+        globals(), "imports_of", lambda name: real(name) | ({a} if name == b else set())
+    )
+    assert [a, b] in [sorted(c) for c in import_cycles()] or [b, a] in import_cycles()
+

@@ -46,7 +46,7 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
     from pancseg_tf.inference import load_model
     from pancseg_tf.models import transfer_stage1_weights
     from pancseg_tf.training.multiworker import fit_distributed, is_chief, wait_for_workers
-    from pancseg_tf.training.trainer import (
+    from pancseg_tf.training.recipe import (
         TrainResult,
         build_contextual,
         build_slice_cnn,

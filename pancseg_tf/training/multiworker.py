@@ -45,8 +45,9 @@ checkpoint holds the weights, the optimizer state (its step count drives the lea
 schedule) and the epoch; the data order is the caller's, a function of the epoch
 (``dataset_fn``); and the random streams of dropout, whose Keras ``SeedGenerator`` counters the
 checkpoint does not hold, restart on every worker at a function of the epoch
-(`_restart_seed_generators`), keeping that worker's own seed. ``on_epoch_end`` runs before the
-epoch's backup: a kill in between runs that epoch again rather than losing its callback.
+(`pancseg_tf.training.recipe.restart_seed_generators`), keeping that worker's own seed.
+``on_epoch_end`` runs before the epoch's backup: a kill in between runs that epoch again rather
+than losing its callback.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ import numpy as np
 import tensorflow as tf
 
 from pancseg_tf.errors import PancsegError
+from pancseg_tf.training.recipe import restart_seed_generators
 
 __all__ = [
     "BACKUP_DIR",
@@ -224,21 +226,6 @@ def _save_backup(checkpoint: tf.train.Checkpoint, backup_dir: str, chief: bool, 
     manager.save(checkpoint_number=int(checkpoint.epoch.numpy()))
     if not chief:
         tf.io.gfile.rmtree(directory)
-
-
-def _restart_seed_generators(model: keras.Model, epoch: int) -> None:
-    """Sets the counter of each of the model's random streams (dropout) to ``epoch * 2**24``.
-
-    A Keras ``SeedGenerator`` draws from ``[seed, counter]`` and counts up at each draw; the
-    checkpoint does not hold it, so a resumed run would start counting again from 0 and draw
-    other dropout masks than an uninterrupted one. Restarting it at each epoch's start makes an
-    epoch's draws the same however the epoch was reached (an epoch draws far fewer than 2**24
-    times). Each worker keeps its own ``seed``; the assignment runs on every worker.
-    """
-    for state in model.variables:
-        if state.name == "seed_generator_state":
-            seed = int(keras.ops.convert_to_numpy(state)[0])
-            state.assign(np.array([seed, epoch * 2**24], dtype=state.dtype))
 
 
 # === Training ===
@@ -442,7 +429,7 @@ def fit_distributed(
 
     history = []
     for epoch in range(start, epochs):
-        _restart_seed_generators(model, epoch)
+        restart_seed_generators(model, epoch)
         dataset = strategy.distribute_datasets_from_function(
             lambda context, epoch=epoch: dataset_fn(context, epoch)
         )

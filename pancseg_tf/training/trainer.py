@@ -34,7 +34,6 @@ set it otherwise.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -42,7 +41,6 @@ import os
 import pathlib
 import signal
 import sys
-import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,6 +56,19 @@ from pancseg_tf.training.callbacks import (
     read_json,
     ship_best_model,
     write_atomic,
+)
+from pancseg_tf.training.recipe import (
+    TrainResult,
+    build_contextual,
+    build_slice_cnn,
+    freeze_for_stage2,
+    make_optimizer,
+    phase_seed,
+    restart_seed_generators,
+    side_loss_weights,
+    stage2_learning_rate,
+    stage_losses,
+    training_size,
 )
 
 log = logging.getLogger("pancseg_tf.training")
@@ -97,87 +108,6 @@ def split_cases(case_ids: list[str], fraction: float, seed: int) -> dict[str, An
     validation = sorted(ids[i] for i in order[:n_val])
     train = sorted(ids[i] for i in order[n_val:])
     return {"seed": seed, "train": train, "validation": validation}
-
-
-def build_slice_cnn(cfg: Config):
-    """The stage-1 CNN of the config (input size = the preprocessing's plane size)."""
-    from pancseg_tf.models import SliceCNN
-
-    # Training on crops smaller than the prepared plane needs a size-agnostic network.
-    size = tuple(cfg.preprocess.size) if cfg.data.crop_size is None else None
-    return SliceCNN.from_preset(
-        cfg.model.preset, input_size=size, **cfg.model.slice_cnn_kwargs()
-    )
-
-
-def build_contextual(cfg: Config, slice_cnn=None):
-    """The stage-2 model of the config around a `SliceCNN` (a new one if not given), for the
-    slices it trains on: ``data.crop_size`` where set (ConvLSTM2D is built for one size; the
-    model is validated and saved at the plane size, `ContextualSegmenter.with_input_size`),
-    else the prepared plane's size."""
-    from pancseg_tf.models import ContextualSegmenter
-
-    cnn = slice_cnn if slice_cnn is not None else build_slice_cnn(cfg)
-    # The recurrence learns windows of data.window slices: prediction runs it over chunks of as
-    # many (ContextualSegmenter.context_window).
-    return ContextualSegmenter.from_preset(
-        cfg.model.preset,
-        slice_cnn=cnn,
-        input_size=training_size(cfg),
-        context_window=cfg.data.window,
-        **cfg.model.contextual_kwargs(),
-    )
-
-
-def training_size(cfg: Config) -> tuple[int, int]:
-    """The in-plane size of training slices: ``data.crop_size``, else ``preprocess.size``."""
-    size = cfg.data.crop_size if cfg.data.crop_size is not None else cfg.preprocess.size
-    return (int(size[0]), int(size[1]))
-
-
-def make_loss(name: str):
-    """The loss named in ``train.loss`` (see `pancseg_tf.losses`)."""
-    from pancseg_tf import losses
-
-    return {
-        "jaccard": lambda: losses.JaccardLoss(batch_sum=True),
-        "jaccard_per_sample": lambda: losses.JaccardLoss(batch_sum=False),
-        "dice": lambda: losses.DiceLoss(batch_sum=True),
-        "bce": lambda: losses.WeightedBCELoss(pos_weight=1.0),
-        "weighted_bce": lambda: losses.WeightedBCELoss(pos_weight=None),
-        "jaccard_bce": lambda: losses.JaccardBCELoss(),
-    }[name]()
-
-
-def stage_losses(cfg: Config, keys: list[str], stage: int) -> dict:
-    """One loss per output key: ``train.loss``; in stage 2 sharpened by
-    ``train.stage2_loss_sharpness`` (see `pancseg_tf.losses.SharpenedLoss`)."""
-    from pancseg_tf.losses import SharpenedLoss
-
-    sharpness = float(cfg.train.stage2_loss_sharpness)
-    losses = {}
-    for key in keys:
-        loss = make_loss(cfg.train.loss)
-        losses[key] = SharpenedLoss(loss, sharpness) if stage == 2 and sharpness != 1.0 else loss
-    return losses
-
-
-def make_optimizer(learning_rate: float, cfg: Config, epochs: int, warmup_epochs: int):
-    """AdamW with linear warm-up and cosine decay over the stage's steps."""
-    import keras
-
-    steps = max(1, epochs * cfg.train.steps_per_epoch)
-    warmup = min(steps - 1, warmup_epochs * cfg.train.steps_per_epoch)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=learning_rate * 0.1 if warmup else learning_rate,
-        decay_steps=max(1, steps - warmup),
-        alpha=0.05,
-        warmup_target=learning_rate if warmup else None,
-        warmup_steps=warmup,
-    )
-    return keras.optimizers.AdamW(
-        learning_rate=schedule, weight_decay=cfg.train.weight_decay, clipnorm=5.0
-    )
 
 
 def configure_devices(strategy: str) -> None:
@@ -223,13 +153,6 @@ def data_index_hash(data_dir: pathlib.Path) -> str:
 
 
 # === The run ===
-
-
-@dataclasses.dataclass
-class TrainResult:
-    run_dir: pathlib.Path
-    splits: dict[str, list[str]]
-    best: dict[str, float]
 
 
 class Trainer:
@@ -464,6 +387,13 @@ class Trainer:
         if stage not in ("1", "2", "both"):
             raise PancsegError(f"--stage must be 1, 2 or both; got {stage!r}")
         self.config.validate()
+        if self.strategy_name == "multiworker" and self.config.data.crop_size and stage != "1":
+            # The multi-worker step has no plane-size copy of the contextual model for
+            # validation and checkpoints (`_at_plane_size`): refused rather than half-done.
+            raise PancsegError(
+                "stage 2 with data.crop_size is not supported with --strategy multiworker; "
+                "train stage 2 without data.crop_size, or on one machine (--strategy mirrored)"
+            )
         index = self._check_data()
         configure_devices(self.strategy_name)
         import keras
@@ -597,61 +527,13 @@ class Trainer:
             model.load_weights(str(frozen), skip_mismatch=True)
 
 
-def freeze_for_stage2(model, *, frozen: bool) -> None:
-    """Stage 2: the whole CNN frozen, or its weights trainable with batch norm kept fixed.
-
-    Fine-tuning keeps the CNN's batch normalisation in inference mode with its stage-1
-    statistics: a stage-2 batch is a few windows of consecutive slices, whose statistics are
-    correlated and unrepresentative (measured: with batch norm training on such batches the
-    validation DSC fell from 0.71 to 0.45 in one epoch of the demo).
-    """
-    import keras
-
-    model.freeze_cnn(frozen)
-    if not frozen:
-        for layer in model.slice_cnn.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.trainable = False
-
-
-def phase_seed(seed: int, phase: str) -> int:
-    """The random seed a training phase (or a stage's model build) starts from.
-
-    A function of the run's seed and the phase's name only, never of what the process ran
-    before: a run resumed at stage 2 skips stage 1 and must still draw the same initial
-    ConvLSTM weights, dropout seeds and shuffles as an uninterrupted one.
-
-    Args:
-        seed: the run's ``--seed``.
-        phase: ``stage1_model``, ``stage1``, ``stage2_model``, ``stage2_frozen`` or ``stage2``.
-
-    Returns:
-        A seed in ``[0, 2**32)`` (NumPy's range); stage 1 (``stage1_model``, ``stage1``) gets
-        ``seed`` itself, as before phases were seeded apart.
-    """
-    if phase in ("stage1_model", "stage1"):
-        return seed
-    return zlib.crc32(f"{seed}:{phase}".encode())
-
-
 def _restart_seed_generators(model):
-    """Restarts the model's random streams (dropout) at a function of the epoch.
-
-    Each Keras ``SeedGenerator`` draws ``[seed, counter]`` with a counter that
-    ``BackupAndRestore`` does not save: after a resume it would start again from 0, so the
-    resumed epochs would get other dropout masks than an uninterrupted run's. Setting the
-    counter to ``epoch * 2**24`` at each epoch's start makes an epoch's masks the same however
-    it was reached (an epoch draws far fewer than 2**24 times).
-    """
+    """A callback that restarts the model's random streams at each epoch's start
+    (`restart_seed_generators`), so a resumed run draws the uninterrupted run's dropout."""
     import keras
-    import numpy as np
-
-    states = [v for v in model.variables if v.name == "seed_generator_state"]
 
     def begin(epoch, logs=None):
-        for state in states:
-            seed = int(keras.ops.convert_to_numpy(state)[0])
-            state.assign(np.array([seed, epoch * 2**24], dtype=state.dtype))
+        restart_seed_generators(model, epoch)
 
     return keras.callbacks.LambdaCallback(on_epoch_begin=begin)
 
@@ -763,26 +645,6 @@ def _kill_after_batches(trainer: Trainer, count: int):
         trainer._batches_run += 1
 
     return keras.callbacks.LambdaCallback(on_train_batch_begin=begin, on_train_batch_end=end)
-
-
-def stage2_learning_rate(cfg: Config, phase: str) -> float:
-    """Peak learning rate of a stage-2 phase: the frozen-CNN phase trains new layers from
-    scratch (``context_learning_rate``, default ``learning_rate``); the end-to-end phase
-    fine-tunes (``stage2_learning_rate``)."""
-    if phase == "stage2_frozen":
-        return cfg.train.context_learning_rate or cfg.train.learning_rate
-    return cfg.train.stage2_learning_rate
-
-
-def side_loss_weights(keys: list[str], side: tuple[float, ...]) -> dict[str, float]:
-    """Stage 1's loss weights: 1 for ``"prob"``, ``side[i]`` for the ``i``-th side output
-    (finest first; the last weight repeats for deeper ones)."""
-    weights = {}
-    sides = [k for k in keys if k != "prob"]
-    for i, key in enumerate(sides):
-        weights[key] = float(side[i]) if i < len(side) else float(side[-1]) if side else 0.0
-    weights["prob"] = 1.0
-    return weights
 
 
 def _target_fn(model, stage: int):

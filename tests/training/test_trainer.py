@@ -308,6 +308,20 @@ def free_ports(n):
     return ports
 
 
+def test_multiworker_stage_2_on_crops_is_one_line(tiny_data, tmp_path):
+    """The multi-worker step has no plane-size copy of a model trained on crops: refused before
+    TensorFlow starts a cluster, in one line, exit 2."""
+    data, config = tiny_data
+    proc = pancseg(
+        "train", data, tmp_path / "run", "--config", config, "--strategy", "multiworker",
+        "--set", "data.crop_size=[32, 32]",
+    )  # fmt: skip
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("pancseg: error:")]
+    assert len(errors) == 1 and "data.crop_size" in errors[0] and "multiworker" in errors[0]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
+
+
 @pytest.mark.large
 def test_multiworker_from_the_command_line(tiny_data, tmp_path):
     """Two `pancseg train --strategy multiworker` processes on localhost train one run."""

@@ -118,7 +118,12 @@ def test_a_body_wider_than_the_field_gets_predictions_outside_it(bright_cnn):
 
 @pytest.mark.large
 def test_a_body_that_fits_takes_the_one_tile_path_bit_for_bit(bright_cnn):
-    from pancseg_tf.inference import Segmenter, finish_segmentation, plan_volume
+    from pancseg_tf.inference import (
+        Segmenter,
+        finish_segmentation,
+        plan_volume,
+        request_intensities,
+    )
 
     cnn, preprocess = bright_cnn
     volume = blob_volume(100.0, 25.0)
@@ -127,7 +132,8 @@ def test_a_body_that_fits_takes_the_one_tile_path_bit_for_bit(bright_cnn):
     result = segmenter.segment(volume)
     plan = plan_volume(volume, preprocess)
     assert result.plan == plan
-    image = segmenter.normalize(plan.forward(volume.array), volume)
+    wire, _ = request_intensities(volume, plan, preprocess)  # what segment runs on: int16 HU
+    image = segmenter.normalize(wire.astype(np.float32), volume)
     direct = segmenter._predict_tile(image)  # the network on the model grid, no tiling code
     assert np.array_equal(result.model_probabilities, direct)
     expected = finish_segmentation(plan, direct, threshold=0.5, postprocess=True)

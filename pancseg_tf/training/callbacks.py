@@ -17,7 +17,9 @@ import numpy as np
 
 log = logging.getLogger("pancseg_tf.training")
 
-LOG_COLUMNS = ("stage", "epoch", "loss", "val_dsc", "learning_rate", "seconds")
+#: ``dsc`` / ``ji``: streaming scores over the epoch's training batches (augmented windows);
+#: ``val_dsc``: whole validation volumes on their own grids, as ``pancseg evaluate`` scores.
+LOG_COLUMNS = ("stage", "epoch", "loss", "dsc", "ji", "val_dsc", "learning_rate", "seconds")
 
 
 def write_atomic(path: pathlib.Path, text: str) -> None:
@@ -180,6 +182,8 @@ class RunLog(keras.callbacks.Callback):
                 "stage": self.stage,
                 "epoch": epoch,
                 "loss": _fmt(logs.get("loss")),
+                "dsc": _fmt(logs.get("dsc")),
+                "ji": _fmt(logs.get("ji")),
                 "val_dsc": _fmt(logs.get("val_dsc")),
                 "learning_rate": _fmt(_learning_rate(self.model)),
                 "seconds": f"{time.monotonic() - self._start:.1f}",

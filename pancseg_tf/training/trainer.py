@@ -309,6 +309,7 @@ class Trainer:
                 loss_weights=loss_weights,
                 jit_compile=cfg.train.jit_compile,
             )
+            _report_training_scores(model)
         steps = cfg.train.steps_per_epoch
         targets = _target_fn(model, stage)
 
@@ -525,6 +526,37 @@ class Trainer:
         unfrozen = self.run_dir / "backup" / "stage2" / "latest.weights.h5"
         if frozen.is_file() and not unfrozen.is_file():
             model.load_weights(str(frozen), skip_mismatch=True)
+
+
+def _report_training_scores(model) -> None:
+    """Streaming DSC and JI of the main output over the epoch's training batches
+    (`pancseg_tf.metrics`), in ``fit``'s progress bar, its logs and ``log.csv``.
+
+    Keras compiles metrics only for models whose every output has a target; ours also return
+    side outputs and features that no loss reads, so the two scores are updated here from the
+    ``prob`` target and prediction, beside the compiled losses, and reset with them at each
+    epoch. Created in the strategy's scope (the caller's), held by this closure only: they are
+    not saved with the model.
+    """
+    from pancseg_tf.metrics import DiceScore, JaccardScore
+
+    scores = (DiceScore(name="dsc"), JaccardScore(name="ji"))
+    compiled_metrics, compiled_reset = model.compute_metrics, model.reset_metrics
+
+    def compute_metrics(x, y, y_pred, sample_weight=None):
+        for score in scores:
+            score.update_state(y["prob"], y_pred["prob"])
+        results = compiled_metrics(x, y, y_pred, sample_weight)
+        results.update({score.name: score.result() for score in scores})
+        return results
+
+    def reset_metrics():
+        compiled_reset()
+        for score in scores:
+            score.reset_state()
+
+    model.compute_metrics = compute_metrics
+    model.reset_metrics = reset_metrics
 
 
 def _restart_seed_generators(model):

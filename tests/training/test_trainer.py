@@ -109,6 +109,13 @@ def test_two_stage_run_folder(tiny_data, tmp_path):
     assert (run / "model.keras").read_bytes() == (run / f"{shipped}.keras").read_bytes()
     assert any((run / "tensorboard" / "stage1").iterdir())
     assert read_log(run) == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    # Streaming DSC and JI of the training batches, per epoch, both stages (pancseg_tf.metrics).
+    with open(run / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        dsc, ji = float(row["dsc"]), float(row["ji"])
+        assert 0.0 <= ji <= dsc <= 1.0 and ji == pytest.approx(dsc / (2 - dsc), abs=1e-4), row
+    assert "dsc:" in proc.stdout + proc.stderr  # fit's progress line
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["train"]["stage2_loss_sharpness"] == 3
     assert cfg["provenance"]["package_version"]
@@ -258,6 +265,9 @@ def test_mirrored_on_two_logical_cpus(tiny_data, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert read_log(run) == [(1, 0)]
+    with open(run / "log.csv", newline="") as f:
+        (row,) = csv.DictReader(f)
+    assert 0.0 <= float(row["ji"]) <= float(row["dsc"]) <= 1.0  # summed over both replicas
     assert (run / "stage1.keras").is_file()
     assert not (run / "model.keras").exists()
 

@@ -1,0 +1,213 @@
+"""`make_cohort`: seeded synthetic phantoms written as a Medical Segmentation Decathlon cohort,
+with ``dataset.json`` and ``ambiguous_slices.json``, byte-identical for the same arguments.
+
+NumPy, SciPy and nibabel only: no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import pathlib
+import re
+
+import numpy as np
+
+from pancseg_tf.atomic import replacing
+from pancseg_tf.errors import PancsegError
+from pancseg_tf.io.cohorts import AMBIGUOUS_SLICES_FILE
+from pancseg_tf.synthetic.phantom import (
+    DEFAULT_SHAPE,
+    DEFAULT_SPACING,
+    check_modality,
+    check_shape,
+    check_spacing,
+    make_phantom,
+)
+
+__all__ = ["GENERATOR", "make_cohort"]
+
+# dataset.json's "synthetic.generator": what marks a folder as a cohort `make_cohort` may replace.
+GENERATOR = "pancseg_tf.synthetic"
+
+
+def make_cohort(
+    out: str | os.PathLike,
+    *,
+    cases: int = 8,
+    modality: str = "ct",
+    seed: int = 0,
+    shape: tuple[int, int, int] = DEFAULT_SHAPE,
+    spacing: tuple[float, float, float] = DEFAULT_SPACING,
+    overwrite: bool = False,
+) -> pathlib.Path:
+    """Writes a seeded synthetic cohort in the Medical Segmentation Decathlon (MSD) layout.
+
+    ``OUT/dataset.json``, ``OUT/imagesTr/synth_000.nii.gz`` ... (CT as int16 HU, MRI as float32),
+    ``OUT/labelsTr/synth_000.nii.gz`` ... (uint8, 1 = pancreas) and ``OUT/ambiguous_slices.json``
+    (case id -> indices k of the slices whose pancreas is ambiguous on its own). Cases vary in
+    body size, organ and pancreas position, size and curvature, in-plane spacing (``spacing``
+    scaled by 0.875-1.125, so 0.7-0.9 mm at the default) and the affine's origin; the affine is
+    RAS (diagonal) and the slice spacing is ``spacing[2]``.
+
+    The same arguments give byte-identical files (gzip without a timestamp) with the same NumPy and
+    SciPy on the same platform, and case ``n`` is the same whatever the number of cases. Every
+    file is written under a temporary name and renamed; ``dataset.json`` comes last.
+
+    Args:
+        out: the output folder; it must not exist or be empty, unless ``overwrite``.
+        cases: number of cases (>= 1).
+        modality: ``"ct"`` or ``"mri"``.
+        seed: the random seed.
+        shape: volume shape ``(I, J, K)`` of every case.
+        spacing: nominal voxel size in mm.
+        overwrite: replace a previous synthetic cohort in ``out`` (a folder holding anything else
+            is never overwritten).
+
+    Returns:
+        The output folder.
+
+    Raises:
+        PancsegError: for bad arguments, or when ``out`` holds files that are not a previous
+            synthetic cohort (or any files, without ``overwrite``).
+    """
+    if isinstance(cases, bool) or not isinstance(cases, (int, np.integer)) or cases < 1:
+        raise PancsegError(f"cases must be an integer >= 1, got {cases!r}")
+    check_modality(modality)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise PancsegError(f"seed must be an integer >= 0, got {seed!r}")
+    shape = check_shape(shape)
+    spacing = check_spacing(spacing)
+    out = pathlib.Path(out)
+    _check_output_folder(out, overwrite)
+
+    images, labels = out / "imagesTr", out / "labelsTr"
+    images.mkdir(parents=True, exist_ok=True)
+    labels.mkdir(parents=True, exist_ok=True)
+    ambiguous: dict[str, list[int]] = {}
+    training = []
+    for n, child in enumerate(np.random.SeedSequence(int(seed)).spawn(int(cases))):
+        rng = np.random.default_rng(child)
+        factor = rng.uniform(0.875, 1.125)
+        case_spacing = (
+            round(spacing[0] * factor, 4),
+            round(spacing[1] * factor, 4),
+            round(spacing[2], 4),
+        )
+        origin = [
+            round(-(shape[0] - 1) / 2 * case_spacing[0] + rng.uniform(-20, 20), 2),
+            round(-(shape[1] - 1) / 2 * case_spacing[1] + rng.uniform(-20, 20), 2),
+            round(-rng.uniform(100.0, 400.0), 2),
+        ]
+        affine = np.diag([*case_spacing, 1.0])
+        affine[:3, 3] = origin
+        image, label, slices = make_phantom(
+            rng, modality=modality, shape=shape, spacing=case_spacing
+        )
+        case_id = f"synth_{n:03d}"
+        _write_atomic(images / f"{case_id}.nii.gz", _nifti_gz_bytes(image, affine))
+        _write_atomic(labels / f"{case_id}.nii.gz", _nifti_gz_bytes(label, affine))
+        ambiguous[case_id] = slices
+        training.append(
+            {"image": f"./imagesTr/{case_id}.nii.gz", "label": f"./labelsTr/{case_id}.nii.gz"}
+        )
+    _remove_stale_cases(out, set(ambiguous))
+
+    name = "CT" if modality == "ct" else "MRI"
+    _write_atomic(out / AMBIGUOUS_SLICES_FILE, _ambiguous_json_bytes(ambiguous))
+    dataset = {
+        "name": f"pancseg_tf synthetic {name}",
+        "description": (
+            f"Synthetic abdominal {name}-like phantoms with a pancreas label, generated by "
+            f"{GENERATOR} (seed {seed}). Not patient data. {AMBIGUOUS_SLICES_FILE} lists the "
+            "slices on which the pancreas is ambiguous on its own."
+        ),
+        "reference": "pancseg_tf",
+        "tensorImageSize": "3D",
+        "modality": {"0": name},
+        "labels": {"0": "background", "1": "pancreas"},
+        "numTraining": len(training),
+        "numTest": 0,
+        "training": training,
+        "test": [],
+        "synthetic": {
+            "generator": GENERATOR,
+            "seed": int(seed),
+            "modality": modality,
+            "shape": list(shape),
+            "spacing": list(spacing),
+        },
+    }
+    _write_atomic(out / "dataset.json", _json_bytes(dataset))
+    return out
+
+
+_SYNTH_FILE = re.compile(r"synth_\d+\.nii\.gz")
+
+
+def _is_synthetic_cohort(folder: pathlib.Path) -> bool:
+    try:
+        dataset = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(dataset, dict) and (dataset.get("synthetic") or {}).get("generator") == (
+        GENERATOR
+    )
+
+
+def _check_output_folder(out: pathlib.Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise PancsegError(f"output {out} exists and is not a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise PancsegError(
+            f"output folder {out} is not empty: choose a new folder (or pass overwrite=True to "
+            "replace a previous synthetic cohort)"
+        )
+    if not _is_synthetic_cohort(out):
+        raise PancsegError(
+            f"output folder {out} is not empty and holds no pancseg_tf synthetic cohort "
+            "(no dataset.json written by it): refusing to overwrite it"
+        )
+
+
+def _remove_stale_cases(out: pathlib.Path, keep: set[str]) -> None:
+    """After an overwrite with fewer cases, remove the previous run's extra synth_* files."""
+    for sub in ("imagesTr", "labelsTr"):
+        for path in (out / sub).iterdir():
+            if _SYNTH_FILE.fullmatch(path.name) and path.name[: -len(".nii.gz")] not in keep:
+                path.unlink()
+
+
+def _nifti_gz_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
+    """A .nii.gz file's bytes, identical for identical input (gzip header without a time)."""
+    import nibabel as nib
+
+    image = nib.Nifti1Image(array, affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    image.header.set_xyzt_units("mm", "sec")
+    image.header["descrip"] = b"pancseg_tf synthetic phantom"
+    buffer = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0, compresslevel=1) as gz:
+        gz.write(image.to_bytes())
+    return buffer.getvalue()
+
+
+def _json_bytes(obj) -> bytes:
+    return (json.dumps(obj, indent=2) + "\n").encode("utf-8")
+
+
+def _ambiguous_json_bytes(ambiguous: dict[str, list[int]]) -> bytes:
+    """One line per case: ``"synth_000": [21, 26]``."""
+    lines = [f"  {json.dumps(case)}: {json.dumps(slices)}" for case, slices in ambiguous.items()]
+    return ("{\n" + ",\n".join(lines) + "\n}\n").encode("utf-8")
+
+
+def _write_atomic(path: pathlib.Path, data: bytes) -> None:
+    """Writes under a hidden temporary name in the same folder, then renames over ``path``."""
+    with replacing(path) as tmp:
+        tmp.write_bytes(data)

@@ -3,40 +3,11 @@
 Plain numpy / scipy; nothing here imports TensorFlow.
 """
 
-from pancseg_tf.evaluation.metrics import (
-    CASE_KEYS,
-    SUMMARY_KEYS,
-    SliceConsistency,
-    assd,
-    dice,
-    evaluate_case,
-    hd95,
-    jaccard,
-    precision,
-    recall,
-    relative_volume_difference,
-    slice_consistency,
-    summarize,
-    surface_distances,
-)
-from pancseg_tf.evaluation.report import GRID_TOLERANCE_MM, REPORT_KEYS, evaluate_predictions
+from pancseg_tf.evaluation import metrics
+from pancseg_tf.evaluation.metrics import *  # noqa: F403 (the names of metrics.__all__)
+from pancseg_tf.evaluation.pairing import GRID_TOLERANCE_MM
+from pancseg_tf.evaluation.report import evaluate_predictions
+from pancseg_tf.evaluation.tables import REPORT_KEYS
 
-__all__ = [
-    "CASE_KEYS",
-    "SUMMARY_KEYS",
-    "SliceConsistency",
-    "assd",
-    "dice",
-    "evaluate_case",
-    "hd95",
-    "jaccard",
-    "precision",
-    "recall",
-    "relative_volume_difference",
-    "slice_consistency",
-    "summarize",
-    "surface_distances",
-    "GRID_TOLERANCE_MM",
-    "REPORT_KEYS",
-    "evaluate_predictions",
-]
+__all__ = ["GRID_TOLERANCE_MM", "REPORT_KEYS", "evaluate_predictions"]
+__all__ += metrics.__all__

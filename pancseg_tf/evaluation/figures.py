@@ -1,7 +1,7 @@
 """The evaluation report's figures: case montages, per-slice overlays and the DSC box plot.
 
 Everything here turns arrays into PNG bytes; `pancseg_tf.evaluation.report` pairs the files,
-scores the cases, writes the files and the HTML around them.
+scores the cases and writes them, with the HTML of `pancseg_tf.evaluation.pages` around them.
 
 Orientation: every picture is an axial slice in the **radiological convention** that PACS
 viewers use: seen from the patient's feet, anterior at the top and the patient's right on the

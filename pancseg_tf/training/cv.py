@@ -487,7 +487,7 @@ def segment_and_score(
         ``{"cases": [row, ...], "summary": summarize(...)}``.
     """
     from pancseg_tf.evaluation.metrics import dice, evaluate_case, summarize
-    from pancseg_tf.evaluation.report import axial_axis
+    from pancseg_tf.evaluation.pairing import axial_axis
     from pancseg_tf.inference import Segmenter, load_model, postprocess_mask
     from pancseg_tf.io import write_nifti
     from pancseg_tf.preprocessing.labels import map_labels
@@ -717,6 +717,6 @@ def plot_threshold_curves(summary: dict[str, Any], path: pathlib.Path) -> None:
 
 def _write_json(path: pathlib.Path, data: Any) -> None:
     """Strict JSON (NaN, e.g. HD95 of an empty mask, written as null), atomically."""
-    from pancseg_tf.evaluation.report import json_safe
+    from pancseg_tf.evaluation.tables import json_safe
 
     write_text(path, json.dumps(json_safe(data), indent=1, allow_nan=False) + "\n")

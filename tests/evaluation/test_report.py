@@ -15,7 +15,7 @@ import pytest
 
 from pancseg_tf.errors import PancsegError
 from pancseg_tf.evaluation import CASE_KEYS, REPORT_KEYS, evaluate_predictions
-from pancseg_tf.evaluation.report import _canonical, _display
+from pancseg_tf.evaluation.figures import canonical_case, radiological_view
 from pancseg_tf.io import Volume
 from pancseg_tf.synthetic import make_cohort
 
@@ -482,8 +482,9 @@ def test_display_is_radiological_for_ras_and_lps_storage():
         mask[right_anterior[0], right_anterior[1], 2] = True
         other = np.zeros_like(mask)
         other[left_posterior[0], left_posterior[1], 2] = True
-        canonical = _canonical(mask, other, None, Volume(mask.astype(np.uint8), affine))
-        gt_view, pred_view = _display(canonical.gt[:, :, 2]), _display(canonical.pred[:, :, 2])
+        canonical = canonical_case(mask, other, None, Volume(mask.astype(np.uint8), affine))
+        gt_view = radiological_view(canonical.gt[:, :, 2])
+        pred_view = radiological_view(canonical.pred[:, :, 2])
         assert gt_view.shape == (4, 6)  # rows anterior -> posterior, columns right -> left
         assert gt_view[0, 0] and gt_view.sum() == 1
         assert pred_view[-1, -1] and pred_view.sum() == 1

@@ -225,15 +225,10 @@ def dice(pred: ArrayLike, gt: ArrayLike) -> float:
 def jaccard(pred: ArrayLike, gt: ArrayLike) -> float:
     """Jaccard index (intersection over union) |P ∩ G| / |P ∪ G|, the paper's JI.
 
-    Args:
-        pred: predicted mask, boolean or integer, any shape (e.g. ``(I, J, K)``).
-        gt: ground-truth mask of the same shape.
-
     Returns:
         JI in [0, 1]; 1 when both masks are empty, 0 when exactly one is.
 
-    Raises:
-        PancsegError: when the shapes differ or a mask is not boolean or integer.
+    Arguments and errors as `dice`.
     """
     return _jaccard(*_counts(*_masks(pred, gt)))
 
@@ -241,16 +236,11 @@ def jaccard(pred: ArrayLike, gt: ArrayLike) -> float:
 def precision(pred: ArrayLike, gt: ArrayLike) -> float:
     """Precision (positive predictive value) |P ∩ G| / |P|.
 
-    Args:
-        pred: predicted mask, boolean or integer, any shape (e.g. ``(I, J, K)``).
-        gt: ground-truth mask of the same shape.
-
     Returns:
         Precision in [0, 1]; for an empty prediction 1 when the truth is empty too (nothing to
         find, nothing claimed), else 0 (a missed organ is the worst case; MedPy also gives 0).
 
-    Raises:
-        PancsegError: when the shapes differ or a mask is not boolean or integer.
+    Arguments and errors as `dice`.
     """
     return _precision(*_counts(*_masks(pred, gt)))
 
@@ -258,16 +248,11 @@ def precision(pred: ArrayLike, gt: ArrayLike) -> float:
 def recall(pred: ArrayLike, gt: ArrayLike) -> float:
     """Recall (sensitivity) |P ∩ G| / |G|.
 
-    Args:
-        pred: predicted mask, boolean or integer, any shape (e.g. ``(I, J, K)``).
-        gt: ground-truth mask of the same shape.
-
     Returns:
         Recall in [0, 1]; for an empty truth 1 when the prediction is empty too, else 0 (a
         hallucinated organ is the worst case; MedPy also gives 0).
 
-    Raises:
-        PancsegError: when the shapes differ or a mask is not boolean or integer.
+    Arguments and errors as `dice`.
     """
     return _recall(*_counts(*_masks(pred, gt)))
 
@@ -441,18 +426,10 @@ def assd(
     The mean of the directed surface distances of both directions pooled together: the sum of
     all distances divided by the number of surface voxels of both masks.
 
-    Args:
-        pred: predicted mask, boolean or integer, shape ``(I, J, K)`` (or any other).
-        gt: ground-truth mask of the same shape.
-        spacing: voxel size in mm along each array axis, e.g. ``(0.8, 0.8, 2.5)``.
-        connectivity: surface connectivity, see ``surface_distances``.
-
     Returns:
         ASSD in mm; 0 when both masks are empty; the volume's diagonal in mm when exactly one is.
 
-    Raises:
-        PancsegError: when the shapes differ, a mask is not boolean or integer, or the spacing
-            does not have one positive value per axis.
+    Arguments and errors as `hd95`.
     """
     pred, gt = _masks(pred, gt)
     return _distance_metrics(pred, gt, _spacing(spacing, pred.ndim), connectivity)[1]

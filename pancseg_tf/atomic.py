@@ -13,20 +13,27 @@ import pathlib
 from collections.abc import Iterator
 
 
-def temporary_name(path: str | os.PathLike, *, keep_suffix: bool = False) -> pathlib.Path:
+def temporary_name(path: str | os.PathLike, *, keep_suffix: bool | str = False) -> pathlib.Path:
     """The hidden temporary name beside ``path`` for this process.
 
     ``keep_suffix`` keeps the final suffix last (``.x.tmp-12.keras``) for writers that
-    choose the format by the file name.
+    choose the format by the file name; a string keeps that suffix (``".nii.gz"``:
+    ``.x.tmp-12.nii.gz``).
     """
     path = pathlib.Path(path)
     if keep_suffix:
-        return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+        suffix = keep_suffix if isinstance(keep_suffix, str) else path.suffix
+        if not path.name.endswith(suffix):
+            raise ValueError(f"{path.name} does not end in {suffix}")
+        stem = path.name[: len(path.name) - len(suffix)]
+        return path.with_name(f".{stem}.tmp-{os.getpid()}{suffix}")
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
 @contextlib.contextmanager
-def replacing(path: str | os.PathLike, *, keep_suffix: bool = False) -> Iterator[pathlib.Path]:
+def replacing(
+    path: str | os.PathLike, *, keep_suffix: bool | str = False
+) -> Iterator[pathlib.Path]:
     """Yields a temporary path to write; renames it to ``path`` when the block succeeds and
     removes it when the block fails.
 
@@ -42,6 +49,29 @@ def replacing(path: str | os.PathLike, *, keep_suffix: bool = False) -> Iterator
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flushes a written file's data to disk (a full disk may only say so here)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_folder(folder: str | os.PathLike) -> None:
+    """Makes a rename into ``folder`` durable; a platform that cannot open a folder is skipped."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -27,6 +27,13 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
+def exception_text(error: BaseException) -> str:
+    """A library's exception message on one line (whitespace collapsed), every path in it cut
+    to its last component (`file_names_only`: folders may name the patient); the exception
+    type's name when the message is empty."""
+    return file_names_only(" ".join(str(error).split())) or type(error).__name__
+
+
 #: Arguments that name data to read (a volume, a DICOM series folder, a cohort, ground truth).
 INPUT_ARGS = ("path", "input", "inputs", "cohort", "gt", "images")
 # Characters a path shown in a message runs on with (it ends at a space, quote, comma or colon).

@@ -48,7 +48,7 @@ import numpy as np
 from pancseg_tf.config import Config
 from pancseg_tf.data.tfrecord import encode_case, write_tfrecord_atomic
 from pancseg_tf.errors import PancsegError
-from pancseg_tf.messages import error_summary
+from pancseg_tf.messages import error_summary, exception_text, file_names_only
 
 log = logging.getLogger("pancseg_tf.data")
 
@@ -299,16 +299,12 @@ def case_error(err: Exception, task: _Task) -> dict[str, str]:
     line cut to `INTERNAL_MESSAGE_CHARS`.
     """
     if isinstance(err, PancsegError):
-        message = _one_line(err)
-        return {"error": message, "public_error": _scrub_paths(message, task)}
+        message = " ".join(str(err).split())  # whole: `_scrub_paths` finds the case's paths
+        return {"error": message, "public_error": file_names_only(_scrub_paths(message, task))}
     return {
         "error": error_summary(err),
         "public_error": error_summary(err, show=lambda text: _scrub_paths(text, task)),
     }
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 def _worker_init() -> None:
@@ -369,7 +365,7 @@ def _read_json(path: pathlib.Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise PancsegError(f"cannot read {path}: {_one_line(err)}") from None
+        raise PancsegError(f"cannot read {path}: {exception_text(err)}") from None
 
 
 def prepare_cohort(

@@ -17,8 +17,10 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from pancseg_tf.atomic import fsync_file, fsync_folder, replacing
 from pancseg_tf.errors import PancsegError
 from pancseg_tf.io.volume import MODALITIES, Volume, check_affine, rescale_to_intensity
+from pancseg_tf.messages import exception_text
 
 log = logging.getLogger("pancseg_tf.io")
 
@@ -28,15 +30,6 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 # === Reading ===
-
-
-def _one_line(error: BaseException) -> str:
-    """A library's message on one line, its paths cut to their last component (nibabel names
-    the file in full, and the folders above it may name the patient)."""
-    from pancseg_tf.messages import file_names_only
-
-    text = file_names_only(" ".join(str(error).split()))
-    return text or type(error).__name__
 
 
 @contextlib.contextmanager
@@ -74,13 +67,13 @@ def _nifti_error(path: pathlib.Path, error: BaseException) -> PancsegError:
     from nibabel.spatialimages import HeaderDataError
 
     if isinstance(error, ImageFileError | HeaderDataError):
-        why = f"not a valid NIfTI file ({_one_line(error)})"
+        why = f"not a valid NIfTI file ({exception_text(error)})"
     elif isinstance(error, EOFError):
         why = "the file is truncated (compressed stream ended early)"
     elif isinstance(error, zlib.error) or type(error).__name__ == "BadGzipFile":
-        why = f"the file is not valid gzip data ({_one_line(error)})"
+        why = f"the file is not valid gzip data ({exception_text(error)})"
     else:
-        why = _one_line(error)
+        why = exception_text(error)
     return PancsegError(f"could not read NIfTI file {path}: {why}")
 
 
@@ -128,7 +121,7 @@ def read_nifti(path: PathLike, *, modality: str = "ct") -> Volume:
         with open(path, "rb"):
             pass
     except OSError as error:  # nibabel says "Could not read file" or "Empty file" for these
-        why = error.strerror or _one_line(error)
+        why = error.strerror or exception_text(error)
         raise PancsegError(f"could not read NIfTI file {path}: {why}") from None
     readable = (OSError, EOFError, ValueError, zlib.error, ImageFileError, HeaderDataError)
     with _quiet_nibabel():
@@ -312,7 +305,7 @@ def write_nifti(
     import nibabel as nib
 
     path = pathlib.Path(path)
-    base, suffix = _split_nifti_name(path)
+    _, suffix = _split_nifti_name(path)  # also checks the name
     array = np.asarray(array)
     if tuple(array.shape) != reference.shape:
         raise PancsegError(
@@ -342,24 +335,15 @@ def write_nifti(
     for field in ("descrip", "db_name", "aux_file", "intent_name"):
         img.header[field] = b""
 
-    tmp = path.parent / f".{base}.tmp-{os.getpid()}{suffix}"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        img.to_filename(str(tmp))
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        _fsync_folder(path.parent)
+        with replacing(path, keep_suffix=suffix) as tmp:  # nibabel reads the format off it
+            img.to_filename(str(tmp))
+            fsync_file(tmp)
+        fsync_folder(path.parent)
     except OSError as error:
-        _remove_quietly(tmp)
-        reason = error.strerror or _one_line(error)
+        reason = error.strerror or exception_text(error)
         raise PancsegError(f"could not write {path}: {reason}") from None
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
     log.debug("wrote %s (%s, %s)", path, " x ".join(map(str, data.shape)), data.dtype)
     return path
 
@@ -378,26 +362,3 @@ def write_volume(volume: Volume, path: PathLike) -> pathlib.Path:
         PancsegError: as `write_nifti`.
     """
     return write_nifti(volume.array, volume, path)
-
-
-def _fsync_folder(folder: pathlib.Path) -> None:
-    # Makes the rename itself durable; not every platform can open a folder.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _remove_quietly(path: pathlib.Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-    except OSError:
-        log.warning("could not remove the temporary file %s", path)

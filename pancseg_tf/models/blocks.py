@@ -15,7 +15,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from pancseg_tf.errors import PancsegError
+from pancseg_tf.errors import PancsegError, check_positive_int  # noqa: F401 - models import it here
 
 # One default so every conv of the package is initialised the same way; He init suits ReLU nets
 # trained from scratch, which is how the paper trains its CNN.
@@ -184,14 +184,6 @@ def downsample_mask(mask: Any, factor: int) -> Any:
     if factor == 1:
         return mask
     return ops.average_pool(mask, pool_size=factor, strides=factor, padding="valid")
-
-
-def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    """``value`` if it is an integer >= ``minimum`` (not a bool), else a `PancsegError` naming
-    ``name`` and what it got."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise PancsegError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def normalise_input_size(input_size: Any, depth: int) -> tuple[int, int] | None:

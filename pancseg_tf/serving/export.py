@@ -43,6 +43,7 @@ import numpy as np
 from pancseg_tf._version import __version__
 from pancseg_tf.config import Config
 from pancseg_tf.errors import PancsegError
+from pancseg_tf.messages import exception_text
 from pancseg_tf.serving import constants as names
 
 log = logging.getLogger("pancseg_tf.serving")
@@ -350,9 +351,9 @@ def export_model(
             # On disk before the rename: a published version is never a half-flushed one.
             _fsync_tree(tmp)
         except OSError as err:
+            reason = err.strerror or exception_text(err)
             raise PancsegError(
-                f"could not write the export into {model_dir}: {err.strerror or _one_line(err)}"
-                " (nothing was published)"
+                f"could not write the export into {model_dir}: {reason} (nothing was published)"
             ) from err
         except Exception as err:
             reason = _storage_error_text(err)
@@ -382,10 +383,6 @@ def _storage_error_text(err: BaseException) -> str | None:
         if reason in text:
             return reason
     return None
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 def _fsync_tree(folder: pathlib.Path) -> None:

@@ -62,7 +62,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pancseg_tf.errors import PancsegError
+from pancseg_tf.errors import PancsegError, check_positive_int
 from pancseg_tf.training.recipe import restart_seed_generators
 
 __all__ = [
@@ -156,12 +156,6 @@ def worker_id(strategy: tf.distribute.Strategy | None = None) -> str:
 
 
 # === Checks ===
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise PancsegError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _check_losses(losses: Any, loss_weights: dict[str, float] | None) -> dict[str, float]:
@@ -297,9 +291,9 @@ def fit_distributed(
             workers that disagree on the epoch to start at (they do not see the same
             ``work_dir``).
     """
-    epochs = _check_int("epochs", epochs, 1)
-    steps_per_epoch = _check_int("steps_per_epoch", steps_per_epoch, 1)
-    initial_epoch = _check_int("initial_epoch", initial_epoch, 0)
+    epochs = check_positive_int("epochs", epochs, 1)
+    steps_per_epoch = check_positive_int("steps_per_epoch", steps_per_epoch, 1)
+    initial_epoch = check_positive_int("initial_epoch", initial_epoch, 0)
     if initial_epoch > epochs:
         raise PancsegError(f"initial_epoch must be <= epochs = {epochs}, got {initial_epoch}")
     backup_dir = posixpath.join(os.fspath(work_dir), BACKUP_DIR)

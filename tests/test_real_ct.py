@@ -144,16 +144,18 @@ def test_capacity_quick_config_fits_one_real_nih_scan(tmp_path, nih_root):
     quick grid's round trip alone caps this case at DSC 0.894. Scored on the scan's own grid
     (512 x 512 x 195) by `pancseg evaluate`, for stage 1 and for the model the run ships.
     One case means no held-out case: ``train.validation_fraction=0`` validates on it.
-    Measured here (seed 0, 9 min on the loaded 2-core machine, 5.3 CPU-minutes): stage 1 0.830,
-    the shipped contextual model 0.850.
+    Measured with 144 stage-1 steps (seed 0, 9 min on the loaded 2-core machine): stage 1 0.830,
+    the shipped contextual model 0.850; in CI 0.834 once and 0.782 / 0.744 another time, hence
+    192 steps now.
     """
     data, run = tmp_path / "prepared", tmp_path / "run"
     pancseg("prepare", str(nih_root), str(data), "--config", "quick")
     pancseg(
         "train", str(data), str(run), "--config", "quick", "--seed", "0",
         *("--set", "train.validation_fraction=0"),
-        # 144 stage-1 steps: 80 reached 0.65 on this scan, 120 with augmentation 0.82.
-        *("--set", "train.stage1_epochs=6", "--set", "train.stage2_epochs=1"),
+        # 192 stage-1 steps: 80 reached 0.65 on this scan, 120 with augmentation 0.82, 144
+        # 0.83 and 0.78 in two CI runs (training on CPU threads is not bit-reproducible).
+        *("--set", "train.stage1_epochs=8", "--set", "train.stage2_epochs=1"),
         *("--set", "train.steps_per_epoch=24", "--set", "data.augment=false"),
     )  # fmt: skip
     splits = json.loads((run / "splits.json").read_text())

@@ -393,8 +393,9 @@ def _paint_thorax(canvas, rng, body, inner, zat, zlen):
     """Above the diaphragm: lungs (with vessels), the heart on the dome, the diaphragm itself.
 
     The heart is the chest's pancreas look-alike on CT: a contrast-filled blood pool of
-    150-250 HU in a ~40-60 HU myocardium, ringed by epicardial fat and lung; it rests on the
-    dome at the midline, left of centre, its long axis turned to the left and front.
+    140-250 HU in a 50-115 HU myocardium (enhanced, it matches the pancreas), ringed by
+    epicardial fat and lung; it rests on the dome at the midline, left of centre, its long axis
+    turned to the left and front.
     """
     u = rng.uniform
     A, B, s = body.A, body.B, body.s

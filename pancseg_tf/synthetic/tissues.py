@@ -45,8 +45,10 @@ _INTENSITIES: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
     "gallbladder": ((8.0, 3.0), (140.0, 8.0)),
     "lung": ((-850.0, 30.0), (20.0, 6.0)),
     "lung_vessel": ((150.0, 20.0), (60.0, 10.0)),
+    # CT: per case (50-115 HU: enhanced myocardium reaches the pancreas' brightness, as in NIH
+    # Pancreas-CT 0002, whose heart above the liver dome reads a median of 90 HU)
     "myocardium": ((50.0, 8.0), (310.0, 15.0)),
-    # per case (CT 150-250 HU); MRI: gradient-echo inflow, bright, a T1 look-alike
+    # per case (CT 140-250 HU); MRI: gradient-echo inflow, bright, a T1 look-alike
     "blood_pool": ((200.0, 10.0), (480.0, 25.0)),
     "urine": ((10.0, 4.0), (100.0, 8.0)),
     # positive (CT) or T1-bright (MRI) oral contrast, per case
@@ -103,9 +105,10 @@ def render_intensities(
     table["pancreas_ambiguous"] = (look_mean, table["pancreas"][1])
     table["lookalike"] = (look_mean, table["lookalike"][1])
     if modality == "ct":
-        table["blood_pool"] = (u(150.0, 250.0), table["blood_pool"][1])
+        table["blood_pool"] = (u(140.0, 250.0), table["blood_pool"][1])
         table["contrast_bowel"] = (u(180.0, 320.0), table["contrast_bowel"][1])
         table["cancellous_bone"] = (u(180.0, 280.0), table["cancellous_bone"][1])
+        table["myocardium"] = (u(50.0, 115.0), table["myocardium"][1])
     else:
         table["blood_pool"] = (table["blood_pool"][0] * u(0.9, 1.1), table["blood_pool"][1])
         table["contrast_bowel"] = (table["contrast_bowel"][0] * u(0.9, 1.1), 30.0)

@@ -16,9 +16,16 @@ Prints one JSON object: ``{"status": "skipped", "reason": ...}`` when torch or M
 installed (``pip install torch==2.13.0 monai``), else the timings. ``benchmarks/run.py`` (part
 9) runs this in its own process, so torch and TensorFlow never share a process or threads.
 
+With ``--train-gflops-per-slice G`` it measures training instead: ``BasicUNet`` with its
+default feature widths scaled by one factor until its forward FLOPs per slice are within 3 % of
+``G`` (the CNN it is compared with), Adam on ``BCEWithLogitsLoss``, one step on a batch of
+``--train-batch`` random slices (forward, backward, update), timed in rounds after warm-up
+steps: slices per CPU second and per wall second.
+
 Usage::
 
     python benchmarks/peer_monai.py --size 256 --slices 200 --width 32
+    python benchmarks/peer_monai.py --size 128 --train-gflops-per-slice 1.9 --train-batch 16
 """
 
 from __future__ import annotations
@@ -110,6 +117,74 @@ def measure(size: int, slices: int, width: int, sw_batch: int, repeats: int) -> 
     }
 
 
+_BASIC_UNET_FEATURES = (32, 32, 64, 128, 256, 32)
+
+
+def _scaled_basic_unet(size: int, gflops_per_slice: float):
+    """``BasicUNet`` with its default features scaled to ``gflops_per_slice`` (within 3 %)."""
+    import torch
+    from monai.networks.nets import BasicUNet
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def build(scale: float):
+        features = tuple(max(2, round(f * scale)) for f in _BASIC_UNET_FEATURES)
+        net = BasicUNet(spatial_dims=2, in_channels=1, out_channels=1, features=features)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            net.eval()(torch.rand(1, 1, size, size))
+        return net.train(), features, counter.get_total_flops() / 1e9
+
+    scale = 1.0
+    for _ in range(8):  # FLOPs grow with the square of the widths
+        net, features, gflops = build(scale)
+        if abs(gflops / gflops_per_slice - 1.0) <= 0.03:
+            break
+        scale *= (gflops_per_slice / gflops) ** 0.5
+    return net, features, gflops
+
+
+def measure_training(
+    size: int, gflops_per_slice: float, batch: int, steps: int, repeats: int
+) -> dict[str, Any]:
+    """Slices per CPU second of BasicUNet training steps at the given FLOPs per slice."""
+    import monai
+    import torch
+
+    torch.manual_seed(0)
+    net, features, gflops = _scaled_basic_unet(size, gflops_per_slice)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    images = torch.rand(batch, 1, size, size)
+    labels = (torch.rand(batch, 1, size, size) > 0.9).float()
+
+    def train_steps() -> None:
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(net(images), labels)
+            loss.backward()
+            optimizer.step()
+
+    best = interleaved_best({"train": train_steps}, repeats, warmup=1)["train"]
+    slices = batch * steps
+    return {
+        "status": "ok",
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "threads": torch.get_num_threads(),
+        "network": f"monai.networks.nets.BasicUNet(spatial_dims=2, in_channels=1, "
+        f"out_channels=1, features={features})",
+        "params": sum(p.numel() for p in net.parameters()),
+        "gflops_per_slice": round(gflops, 3),
+        "target_gflops_per_slice": round(gflops_per_slice, 3),
+        "step": f"Adam, BCEWithLogitsLoss, batch {batch} of {size} x {size}",
+        "slices_timed": slices,
+        "seconds": round(best["wall_s"], 3),
+        "cpu_seconds": round(best["cpu_s"], 3),
+        "walls": best["walls"],
+        "slices_per_s": round(slices / best["wall_s"], 2),
+        "slices_per_cpu_s": round(slices / best["cpu_s"], 2),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256, help="in-plane size (default 256)")
@@ -117,6 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=32, help="reference conv width (default 32)")
     parser.add_argument("--sw-batch", type=int, default=16, help="slices per call (default 16)")
     parser.add_argument("--repeats", type=int, default=2, help="alternating timed rounds")
+    parser.add_argument(
+        "--train-gflops-per-slice",
+        type=float,
+        help="measure training steps of BasicUNet scaled to these forward GFLOPs per slice",
+    )
+    parser.add_argument("--train-batch", type=int, default=16, help="slices per training step")
+    parser.add_argument("--train-steps", type=int, default=4, help="training steps per round")
     parser.add_argument("--json", help="also write the result to this file")
     args = parser.parse_args(argv)
     try:
@@ -128,7 +210,16 @@ def main(argv: list[str] | None = None) -> int:
             "reason": f"not installed: {err.name} (pip install torch==2.13.0 monai)",
         }
     else:
-        result = measure(args.size, args.slices, args.width, args.sw_batch, args.repeats)
+        if args.train_gflops_per_slice is not None:
+            result = measure_training(
+                args.size,
+                args.train_gflops_per_slice,
+                args.train_batch,
+                args.train_steps,
+                args.repeats,
+            )
+        else:
+            result = measure(args.size, args.slices, args.width, args.sw_batch, args.repeats)
     emit_json(result, args.json)
     return 0
 

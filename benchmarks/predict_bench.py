@@ -134,6 +134,60 @@ def predict_from_outside(
     }
 
 
+def step_split(run: pathlib.Path, volume: pathlib.Path, out: pathlib.Path) -> dict[str, Any]:
+    """Where ``pancseg predict``'s time goes for one volume, step by step, in this process.
+
+    The steps are the ones `pancseg_tf.cli.predict_command` runs, called one by one on the
+    same objects: read the file, preprocess (plan, resample to the model grid, quantise), the
+    network (`Segmenter.predict_intensities`), finish (resample the probabilities back to the
+    input's grid, threshold, largest component) and write the mask. One warm-up volume first
+    (graph tracing is a first-call cost, not a per-volume one), then the best of two rounds.
+
+    Returns:
+        ``{"seconds": {step: wall s}, "cpu_seconds": {step: CPU s}, "total_seconds",
+        "shares": {step: fraction of the total wall time}}``.
+    """
+    from pancseg_tf.inference import Segmenter, finish_segmentation, request_intensities
+    from pancseg_tf.predict_io import load_case_volume, write_case
+
+    segmenter = Segmenter.from_path(run)
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    best: dict[str, tuple[float, float]] = {}
+    for round_ in range(3):
+        clock: list[tuple[float, float]] = [(time.perf_counter(), time.process_time())]
+        steps: list[str] = []
+
+        def done(name: str, clock=clock, steps=steps) -> None:
+            clock.append((time.perf_counter(), time.process_time()))
+            steps.append(name)
+
+        vol = load_case_volume(volume)
+        done("read")
+        plan = segmenter.plan(vol)
+        image, percentiles = request_intensities(vol, plan, segmenter.preprocess)
+        done("preprocess")
+        probs = segmenter.predict_intensities(image, percentiles)
+        done("network")
+        result = finish_segmentation(
+            plan, probs, threshold=segmenter.threshold, postprocess=segmenter.postprocess
+        )
+        done("finish")
+        write_case(result, vol, out, "case", probabilities=False)
+        done("write")
+        for name, (w0, c0), (w1, c1) in zip(steps, clock, clock[1:]):
+            if round_ > 0 and (name not in best or w1 - w0 < best[name][0]):
+                best[name] = (w1 - w0, c1 - c0)
+    total = sum(w for w, _ in best.values())
+    return {
+        "seconds": {k: round(w, 3) for k, (w, _) in best.items()},
+        "cpu_seconds": {k: round(c, 3) for k, (_, c) in best.items()},
+        "total_seconds": round(total, 3),
+        "shares": {k: round(w / total, 3) for k, (w, _) in best.items()},
+        "rounds": "a warm-up volume, then the best of 2 rounds per step",
+    }
+
+
 def peak_rss_of_predict(
     run: pathlib.Path,
     work: pathlib.Path,

@@ -145,7 +145,8 @@ def step_split(run: pathlib.Path, volume: pathlib.Path, out: pathlib.Path) -> di
 
     Returns:
         ``{"seconds": {step: wall s}, "cpu_seconds": {step: CPU s}, "total_seconds",
-        "shares": {step: fraction of the total wall time}}``.
+        "shares": {step: fraction of the total wall time}, "model_grid_shape", "tiles",
+        "chunk", "chunk_overlap"}`` (how many model-size tiles and chunks the network ran).
     """
     from pancseg_tf.inference import Segmenter, finish_segmentation, request_intensities
     from pancseg_tf.predict_io import load_case_volume, write_case
@@ -178,8 +179,16 @@ def step_split(run: pathlib.Path, volume: pathlib.Path, out: pathlib.Path) -> di
         for name, (w0, c0), (w1, c1) in zip(steps, clock, clock[1:]):
             if round_ > 0 and (name not in best or w1 - w0 < best[name][0]):
                 best[name] = (w1 - w0, c1 - c0)
+    from pancseg_tf.inference.chunks import DEFAULT_OVERLAP_FRACTION, tile_spans
+
+    size = tuple(int(v) for v in segmenter.preprocess.size)
+    shared = tuple(int(v * DEFAULT_OVERLAP_FRACTION) for v in size)
     total = sum(w for w, _ in best.values())
     return {
+        "model_grid_shape": list(image.shape),
+        "tiles": len(tile_spans(image.shape[:2], size, shared)),
+        "chunk": segmenter.chunk,
+        "chunk_overlap": segmenter.overlap,
         "seconds": {k: round(w, 3) for k, (w, _) in best.items()},
         "cpu_seconds": {k: round(c, 3) for k, (_, c) in best.items()},
         "total_seconds": round(total, 3),

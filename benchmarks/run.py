@@ -990,6 +990,21 @@ def _cause(name: str, report: dict[str, Any]) -> str | None:
             f"{compiled['speedup_over_eager_cpu']:.2f}x less CPU time, the same output (max abs "
             f"difference {compiled['max_abs_difference_from_segmenter']:.1g})"
         )
+    if name == "ct_512x512x200_seconds" and details.get("quick_model_steps"):
+        steps = details["quick_model_steps"]
+        slowest = max(steps["seconds"], key=steps["seconds"].get)
+        return (
+            f"{slowest} takes {steps['shares'][slowest]:.0%} of the steps' "
+            f"{steps['total_seconds']:.1f} s ({steps['seconds'][slowest]:.1f} s)"
+            + (
+                f"; the body fills a {steps['model_grid_shape'][0]} x "
+                f"{steps['model_grid_shape'][1]} model grid, run as {steps['tiles']} "
+                f"overlapping tiles in chunks of {steps['chunk']} slices"
+                if "tiles" in steps
+                else ""
+            )
+            + "; `Segmenter` runs each chunk alone (`tf.map_fn`, the served computation)"
+        )
     if name == "pipeline_overhead" and details:
         training = details["training"]
         return (

@@ -149,3 +149,51 @@ def test_tiny_run_of_two_parts_writes_the_report(tmp_path):
         timeout=120,
     )
     assert rendered.returncode == 0 and rendered.stdout.strip() == table.strip()
+
+
+def test_readme_benchmark_tables_are_generated_from_the_committed_report(harness):
+    """No hand-copied performance figure: the README's block is `readme_block` of
+    ``benchmarks/results/latest.json``, which names the commit (an ancestor of this tree),
+    the model config's hash and the command that made it."""
+    import re
+
+    report = json.loads((REPO / "benchmarks" / "results" / "latest.json").read_text())
+    readme = (REPO / "README.md").read_text()
+    assert readme.count(harness.README_BEGIN) == 1 and readme.count(harness.README_END) == 1
+    begin = readme.index(harness.README_BEGIN)
+    block = readme[begin : readme.index(harness.README_END) + len(harness.README_END)]
+    assert block == harness.readme_block(report)
+    assert set(harness.FIGURES) <= set(report)
+    assert re.fullmatch(r"[0-9a-f]{40}", report["commit"])
+    assert re.fullmatch(r"[0-9a-f]{64}", report["config_sha256"])
+    assert report["command"].startswith("python benchmarks/run.py")
+    assert report["provenance"]["command"].startswith("benchmarks/run.py")
+    git = subprocess.run(
+        ["git", "-C", str(REPO), "merge-base", "--is-ancestor", report["commit"], "HEAD"],
+        capture_output=True,
+    )
+    if git.returncode in (0, 1):  # 128 and up: no git checkout here (an installed copy)
+        assert git.returncode == 0, "latest.json was made at a commit this tree does not hold"
+
+
+def test_readme_block_is_replaced_whole_and_refused_without_markers(harness, tmp_path):
+    report = json.loads((REPO / "benchmarks" / "results" / "latest.json").read_text())
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        f"# x\n\nbefore\n{harness.README_BEGIN}\nold table\n{harness.README_END}\nafter\n"
+    )
+    harness.write_readme_block(readme, report)
+    text = readme.read_text()
+    assert text.startswith("# x\n\nbefore\n") and text.endswith("\nafter\n")
+    assert "old table" not in text and harness.readme_block(report) in text
+    readme.write_text("# no markers\n")
+    with pytest.raises(SystemExit, match="no single benchmarks block"):
+        harness.write_readme_block(readme, report)
+    assert readme.read_text() == "# no markers\n"
+
+
+def test_the_harness_measures_the_quick_model_on_the_shipped_grid(harness):
+    from pancseg_tf.config import load_config
+
+    assert list(load_config("quick").preprocess.size) == [harness.QUICK_GRID] * 2
+    assert harness.SIZES["quick"].preset_size == harness.SIZES["full"].preset_size == 128

@@ -1050,6 +1050,12 @@ def _format(value: Any) -> str:
     return f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
 
 
+def _wide_table(head: str, columns: list[str], rows: dict[str, list[str]]) -> list[str]:
+    """A Markdown table with one column per name and one row per entry of ``rows``."""
+    lines = [f"| {head} | " + " | ".join(columns) + " |", "| --- |" + " ---: |" * len(columns)]
+    return lines + [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows.items()]
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The figures as a Markdown table with the command and machine above it."""
     m = report["machine"]
@@ -1104,11 +1110,15 @@ def markdown(report: dict[str, Any]) -> str:
             f" CT with the quick model, in one process ({steps['rounds']}; "
             f"{steps['total_seconds']:.2f} s in all):",
             "",
-            "| step | " + " | ".join(names) + " |",
-            "| --- |" + " ---: |" * len(names),
-            "| wall s | " + " | ".join(f"{steps['seconds'][n]:.2f}" for n in names) + " |",
-            "| CPU s | " + " | ".join(f"{steps['cpu_seconds'][n]:.2f}" for n in names) + " |",
-            "| share | " + " | ".join(f"{steps['shares'][n]:.0%}" for n in names) + " |",
+            *_wide_table(
+                "step",
+                names,
+                {
+                    "wall s": [f"{steps['seconds'][n]:.2f}" for n in names],
+                    "CPU s": [f"{steps['cpu_seconds'][n]:.2f}" for n in names],
+                    "share": [f"{steps['shares'][n]:.0%}" for n in names],
+                },
+            ),
         ]
     one_pass = report["parts"].get("one_pass", {}).get("details")
     if one_pass:
@@ -1119,12 +1129,14 @@ def markdown(report: dict[str, Any]) -> str:
             f"T = {one_pass['window']}, stride 1, DSC {one_pass['dsc_naive_windows']:.4f} in "
             f"{one_pass['seconds_naive_windows']:.1f} s per volume):",
             "",
-            "| chunk | " + " | ".join(chunks) + " |",
-            "| --- |" + " ---: |" * len(chunks),
-            "| DSC | " + " | ".join(f"{v:.4f}" for v in chunks.values()) + " |",
-            "| s per volume | "
-            + " | ".join(f"{v:.2f}" for v in one_pass["seconds_by_chunk"].values())
-            + " |",
+            *_wide_table(
+                "chunk",
+                list(chunks),
+                {
+                    "DSC": [f"{v:.4f}" for v in chunks.values()],
+                    "s per volume": [f"{v:.2f}" for v in one_pass["seconds_by_chunk"].values()],
+                },
+            ),
         ]
     skipped = [(k, v) for k, v in report["parts"].items() if v["status"] == "skipped"]
     failed = [(k, v) for k, v in report["parts"].items() if v["status"] == "failed"]

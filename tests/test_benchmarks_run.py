@@ -197,3 +197,40 @@ def test_the_harness_measures_the_quick_model_on_the_shipped_grid(harness):
 
     assert list(load_config("quick").preprocess.size) == [harness.QUICK_GRID] * 2
     assert harness.SIZES["quick"].preset_size == harness.SIZES["full"].preset_size == 128
+
+
+def test_bf16_twin_holds_the_same_weights_and_computes_in_bfloat16():
+    """`bf16_inference.bf16_twin`, which the harness's bf16 decision rests on: same weights,
+    bfloat16 convolutions in the CNN, the recurrent head pinned to float32, outputs close."""
+    import keras
+    import numpy as np
+
+    from pancseg_tf.models import ContextualSegmenter
+
+    saved = list(sys.path)
+    spec = importlib.util.spec_from_file_location(
+        "bf16_inference", REPO / "benchmarks" / "bf16_inference.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = saved
+    keras.utils.set_random_seed(0)
+    model = ContextualSegmenter.from_preset("tiny")
+    height, width = model.input_size
+    x = np.random.default_rng(0).random((1, 4, height, width, 1), dtype=np.float32)
+    reference = np.asarray(model(x, training=False)["prob"])
+    twin = module.bf16_twin(model)
+    for a, b in zip(model.get_weights(), twin.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    convs = [
+        layer
+        for layer in twin.slice_cnn._flatten_layers()
+        if "conv" in type(layer).__name__.lower()
+    ]
+    assert convs and all(layer.compute_dtype == "bfloat16" for layer in convs)
+    out = np.asarray(keras.ops.convert_to_numpy(twin(x, training=False)["prob"]), dtype=np.float32)
+    assert out.dtype == np.float32 and out.shape == reference.shape
+    assert np.abs(out - reference).max() < 0.05
+    assert not np.array_equal(out, reference)  # it did run in another precision

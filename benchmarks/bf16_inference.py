@@ -56,21 +56,27 @@ def compare(run: pathlib.Path, heldout: pathlib.Path, repeats: int = 2) -> dict[
 
     from pancseg_tf.evaluation.metrics import dice
     from pancseg_tf.inference import Segmenter, request_intensities
-    from pancseg_tf.io import read_volume
+    from pancseg_tf.io.cohorts import discover_cohort
+    from pancseg_tf.preprocessing.labels import map_labels
 
     base = Segmenter.from_path(run)
-    twin = Segmenter(bf16_twin(base.model), base.preprocess)
-    twin.threshold, twin.postprocess = base.threshold, base.postprocess
+    twin = Segmenter(
+        bf16_twin(base.model),
+        base.preprocess,
+        threshold=base.threshold,
+        postprocess=base.postprocess,
+        chunk=base.chunk,
+        overlap=base.overlap,
+        slice_batch=base.slice_batch,
+        tta=base.tta,
+    )
     rows = []
-    images = sorted((heldout / "imagesTr").glob("*.nii.gz"))
-    for image_path in images:
-        label_path = heldout / "labelsTr" / image_path.name.replace("_0000", "")
-        volume = read_volume(image_path)
-        label = np.asarray(read_volume(label_path).array) > 0
-        row = {"case": image_path.name.split(".")[0]}
+    for case in discover_cohort(heldout):
+        volume = case.load_image()
+        label = map_labels(case.load_label().array, None)
+        row = {"case": case.case_id}
         for name, seg in (("float32", base), ("mixed_bfloat16", twin)):
-            mask = seg.segment(volume).mask > 0
-            row[name] = float(dice(mask, label))
+            row[name] = float(dice(seg.segment(volume).mask, label))
         row["delta"] = row["mixed_bfloat16"] - row["float32"]
         rows.append(row)
     # speed: the network alone, on the last case's model-grid intensities

@@ -149,44 +149,41 @@ def step_split(run: pathlib.Path, volume: pathlib.Path, out: pathlib.Path) -> di
         "chunk", "chunk_overlap"}`` (how many model-size tiles and chunks the network ran).
     """
     from pancseg_tf.inference import Segmenter, finish_segmentation, request_intensities
+    from pancseg_tf.inference.chunks import tile_layout
     from pancseg_tf.predict_io import load_case_volume, write_case
 
     segmenter = Segmenter.from_path(run)
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    names = ("read", "preprocess", "network", "finish", "write")
+
+    def now() -> tuple[float, float]:
+        return time.perf_counter(), time.process_time()
+
     best: dict[str, tuple[float, float]] = {}
     for round_ in range(3):
-        clock: list[tuple[float, float]] = [(time.perf_counter(), time.process_time())]
-        steps: list[str] = []
-
-        def done(name: str, clock=clock, steps=steps) -> None:
-            clock.append((time.perf_counter(), time.process_time()))
-            steps.append(name)
-
+        marks = [now()]  # then one after each step
         vol = load_case_volume(volume)
-        done("read")
+        marks.append(now())
         plan = segmenter.plan(vol)
         image, percentiles = request_intensities(vol, plan, segmenter.preprocess)
-        done("preprocess")
+        marks.append(now())
         probs = segmenter.predict_intensities(image, percentiles)
-        done("network")
+        marks.append(now())
         result = finish_segmentation(
             plan, probs, threshold=segmenter.threshold, postprocess=segmenter.postprocess
         )
-        done("finish")
+        marks.append(now())
         write_case(result, vol, out, "case", probabilities=False)
-        done("write")
-        for name, (w0, c0), (w1, c1) in zip(steps, clock, clock[1:]):
+        marks.append(now())
+        for name, (w0, c0), (w1, c1) in zip(names, marks[:-1], marks[1:], strict=True):
             if round_ > 0 and (name not in best or w1 - w0 < best[name][0]):
                 best[name] = (w1 - w0, c1 - c0)
-    from pancseg_tf.inference.chunks import DEFAULT_OVERLAP_FRACTION, tile_spans
-
-    size = tuple(int(v) for v in segmenter.preprocess.size)
-    shared = tuple(int(v * DEFAULT_OVERLAP_FRACTION) for v in size)
+    spans, _ = tile_layout(image.shape[:2], segmenter.preprocess.size)
     total = sum(w for w, _ in best.values())
     return {
         "model_grid_shape": list(image.shape),
-        "tiles": len(tile_spans(image.shape[:2], size, shared)),
+        "tiles": len(spans),
         "chunk": segmenter.chunk,
         "chunk_overlap": segmenter.overlap,
         "seconds": {k: round(w, 3) for k, (w, _) in best.items()},

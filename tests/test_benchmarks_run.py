@@ -24,18 +24,24 @@ ISSUE_KEYS = (
 FIGURE_FIELDS = {"value", "unit", "target", "met", "status"}
 
 
-@pytest.fixture(scope="module")
-def harness():
-    """benchmarks/run.py as a module (it puts benchmarks/ on sys.path; restored after)."""
+def load_script(path: pathlib.Path, name: str):
+    """A benchmark script as module ``name`` (registered in ``sys.modules``, where dataclasses
+    look their module up); the ``sys.path`` entry the script adds is taken back."""
     saved = list(sys.path)
-    spec = importlib.util.spec_from_file_location("bench_run", RUN)
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_run"] = module  # dataclasses look their module up there
+    sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
     finally:
         sys.path[:] = saved
-    yield module
+    return module
+
+
+@pytest.fixture(scope="module")
+def harness():
+    """benchmarks/run.py as a module."""
+    yield load_script(RUN, "bench_run")
     sys.modules.pop("bench_run", None)
 
 
@@ -207,15 +213,8 @@ def test_bf16_twin_holds_the_same_weights_and_computes_in_bfloat16():
 
     from pancseg_tf.models import ContextualSegmenter
 
-    saved = list(sys.path)
-    spec = importlib.util.spec_from_file_location(
-        "bf16_inference", REPO / "benchmarks" / "bf16_inference.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path[:] = saved
+    module = load_script(REPO / "benchmarks" / "bf16_inference.py", "bench_bf16_inference")
+    sys.modules.pop("bench_bf16_inference", None)
     keras.utils.set_random_seed(0)
     model = ContextualSegmenter.from_preset("tiny")
     height, width = model.input_size

@@ -17,6 +17,18 @@ def test_tiles_cover_the_field_with_the_chunk_rule():
     assert tile_spans((128, 128), (128, 128), (32, 32)) == [((0, 128), (0, 128))]
 
 
+def test_the_tile_layout_shares_a_quarter_of_the_model_size():
+    """`tile_layout`: what `run_in_tiles` (and the benchmark's tile count) lays over a plane."""
+    from pancseg_tf.inference.chunks import tile_layout
+
+    assert tile_layout((258, 192), (128, 128)) == (
+        tile_spans((258, 192), (128, 128), (32, 32)),
+        (32, 32),
+    )
+    assert tile_layout((240, 191), (128, 128))[0] == tile_spans((240, 191), (128, 128), (32, 32))
+    assert len(tile_layout((240, 191), (128, 128))[0]) == 6
+
+
 def test_blending_tiles_cut_from_one_map_gives_that_map_back():
     rng = np.random.default_rng(0)
     full = rng.random((75, 50, 4), dtype=np.float32)

@@ -166,9 +166,17 @@ def blend_tiles(
     return total / norm[:, :, None]
 
 
+def tile_layout(extent: tuple[int, int], size: tuple[int, int]):
+    """The tiles `run_in_tiles` runs over a plane of ``extent``: ``(spans, overlap)``, tiles of
+    the model's ``size`` sharing a quarter of it (`tile_spans`)."""
+    size = tuple(int(v) for v in size)
+    overlap = tuple(int(v * DEFAULT_OVERLAP_FRACTION) for v in size)
+    return tile_spans(tuple(int(v) for v in extent), size, overlap), overlap
+
+
 def run_in_tiles(image: np.ndarray, size: tuple[int, int], run) -> np.ndarray:
     """``run`` on ``image`` ``(H', W', K)`` itself when it is the model's ``size``, else on
-    overlapping tiles of that size (a quarter of it shared), blended by `blend_tiles`.
+    overlapping tiles of that size (`tile_layout`), blended by `blend_tiles`.
 
     Shared by `Segmenter` and the serving client (`pancseg query`), so both tile alike.
     """
@@ -176,7 +184,6 @@ def run_in_tiles(image: np.ndarray, size: tuple[int, int], run) -> np.ndarray:
     extent = tuple(int(v) for v in image.shape[:2])
     if extent == size:
         return run(image)
-    overlap = tuple(int(v * DEFAULT_OVERLAP_FRACTION) for v in size)
-    spans = tile_spans(extent, size, overlap)
+    spans, overlap = tile_layout(extent, size)
     tiles = [run(image[r0:r1, c0:c1]) for (r0, r1), (c0, c1) in spans]
     return blend_tiles(tiles, spans, extent, overlap)

@@ -25,6 +25,7 @@ from pancseg_tf.models.blocks import (
     normalise_input_size,
     preset_kwargs,
 )
+from pancseg_tf.models.convlstm import FusedConvLSTM2D
 from pancseg_tf.models.slice_cnn import PROB, SliceCNN
 
 #: Named sizes, each on top of the `SliceCNN` preset of the same name. `ContextualSegmenter()`
@@ -84,7 +85,8 @@ class ContextualSegmenter(keras.Model):
        of a window as one batched call (`FoldTime` folds the slice axis into the batch, so batch
        normalisation sees every slice); its probability map, one channel, average-pooled by
        ``lstm_resolution`` when that is above 1, is the ``"context"``;
-    2. `sequence_context`: a ``keras.layers.Bidirectional(ConvLSTM2D)`` over the sequence of
+    2. `sequence_context`: a ``keras.layers.Bidirectional(ConvLSTM2D)`` (`FusedConvLSTM2D`:
+       Keras' layer with each step's convolutions fused) over the sequence of
        those maps, top-down and bottom-up, so each slice sees the predictions on all its
        neighbours;
     3. `slice_head`: the ConvLSTM's output (both directions), upsampled bilinearly when
@@ -214,7 +216,7 @@ class ContextualSegmenter(keras.Model):
         # float32 whatever the policy: at inference the cell state runs through hundreds of
         # slices, where bfloat16's 8-bit mantissa would drift.
         context_lstm = keras.layers.Bidirectional(
-            keras.layers.ConvLSTM2D(
+            FusedConvLSTM2D(
                 lstm_filters,
                 lstm_kernel_size,
                 padding="same",

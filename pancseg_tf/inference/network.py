@@ -24,7 +24,8 @@ class ChunkNetwork:
     ``pancseg predict --chunk N`` get the same bits. Per call it takes ``B`` independent chunks
     of raw intensities (``(B, chunk, H, W)``, int16 HU for CT, float32 for MRI with per-chunk
     percentiles ``(B, 2)``) and ``slice_count`` ``(B,)``, normalises them with the shared
-    intensity module and runs the model on each chunk on its own (``tf.map_fn`` over the
+    intensity module and runs the model's inference form (batch norms folded into their
+    convolutions, `pancseg_tf.models.folding`) on each chunk on its own (``tf.map_fn`` over the
     batch axis), so a chunk's result never depends on the other chunks of the batch: TF
     Serving's batching may join chunks of several requests (and pad with copies of the first
     row) without changing a bit, and never runs one ConvLSTM sequence across two volumes.
@@ -46,9 +47,13 @@ class ChunkNetwork:
             raise PancsegError(f"chunk must be an integer >= 1 slice, got {chunk!r}")
         if not 0.0 < threshold < 1.0:
             raise PancsegError(f"threshold must be in (0, 1), got {threshold}")
+        from pancseg_tf.models.folding import inference_graph
+
         height, width = (int(v) for v in preprocess.size)
         check_model_fits(model, preprocess)
-        self.model = model
+        #: The model's inference form (`pancseg_tf.models.folding.inference_graph`: batch
+        #: norms folded into their convolutions, over the model's own live variables).
+        self.model = inference_graph(model)
         self.preprocess = preprocess
         self.chunk = chunk
         self.threshold = float(threshold)
@@ -183,11 +188,15 @@ def compiled_call(model, part: str):
     """``model`` (``part="model"``) or one of its parts (``slice_encoder``,
     ``sequence_context``, ``slice_head``) as an inference call, compiled once per model.
 
+    The call runs the part's inference form (`pancseg_tf.models.folding.inference_graph`:
+    batch norms folded into their convolutions, computed from the live weights at each call),
+    as `ChunkNetwork` does.
+
     With the TensorFlow backend the call goes through a ``tf.function`` traced once for the
     model's input shapes with the batch and slice counts open: Keras models called eagerly run the
     bidirectional ConvLSTM's recurrence step by step in Python, which cost a third of the
     CPU time of a volume (`benchmarks/run.py`, roofline part). Other backends call the model
-    as it is. The output equals the eager call's.
+    as it is. The output equals the eager call's up to float rounding (the fold).
 
     A size-agnostic model (height and width ``None``: a CNN trained on ``data.crop_size``
     crops) is traced once per slice size, the height and width fixed from the input of the
@@ -198,15 +207,21 @@ def compiled_call(model, part: str):
     if part not in calls:
         import keras
 
-        # A weak reference: the cache must not keep a model (a fold's, an epoch's) alive.
-        ref = weakref.ref(model if part == "model" else getattr(model, part))
+        from pancseg_tf.models.folding import inference_graph
+
+        layer = model if part == "model" else getattr(model, part)
+        inputs = layer.inputs[0] if part == "model" else layer.input
+        graph = inference_graph(layer)
+        # Weak references: the cache (weak on the model) must not keep a model (a fold's, an
+        # epoch's) alive. The inference form shares the model's layers and variables but is
+        # another object, held by the call; a model without one is the model itself.
+        ref = weakref.ref(graph) if graph is layer else (lambda: graph)
+        del layer
 
         def call(x):
             return ref()(x, training=False)
 
         if keras.backend.backend() == "tensorflow":
-            layer = ref()
-            inputs = layer.inputs[0] if part == "model" else layer.input
             call = _traced_per_plane_size(call, inputs)
         calls[part] = call
     return calls[part]

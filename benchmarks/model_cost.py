@@ -16,8 +16,9 @@ forward passes (compiled, inference mode) of each part and a training step on on
 
 With ``--roofline`` it measures the machine's peak for this workload (a float32 3x3 convolution
 at the model's typical width, `conv_peak`) against the FLOP rate that whole-volume inference
-(`pancseg_tf.inference.Segmenter`, what ``pancseg predict`` runs) achieves on a
-``--slices``-slice volume, timed side by side (`roofline`); ``benchmarks/run.py`` part 1.
+of the quick recipe's model (`pancseg_tf.inference.Segmenter` in chunks of the recipe's
+window, what ``pancseg predict`` runs) achieves on a ``--slices``-slice volume, timed side by
+side (`roofline`); ``benchmarks/run.py`` part 1.
 
 Usage::
 
@@ -258,97 +259,118 @@ def roofline(
     slices: int = 200,
     repeats: int = 2,
     slice_batch: int = 16,
+    window: int | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Whole-volume inference's FLOP rate against the conv peak, timed side by side.
 
-    Inference is `Segmenter`'s one pass (what ``pancseg predict`` runs on the model grid: the
-    CNN on batches of ``slice_batch`` slices, the bidirectional ConvLSTM once over all slices,
-    the head per batch) on a random ``(H, W, slices)`` volume in [0, 1] (dense convolutions
-    take as long whatever the values). The same composition is also timed part by part. FLOPs
-    are the model's convolutions counted by `layer_costs` (batch norm, activations, pooling
-    and the LSTM gates' element-wise arithmetic are work the count leaves out). Rates are per
-    CPU second of this process (all threads), so that other jobs on a shared machine do not
-    change them; per wall-clock second beside them. The conv
-    peak (`conv_peak` at `typical_conv_width`, called as many times as make the inference's
-    FLOPs), the inference and its parts run in alternating rounds after a warm-up on a short
-    volume; the best round of each is kept.
+    Inference is `Segmenter`'s network step (what ``pancseg predict`` runs on the model grid)
+    on a random ``(H, W, slices)`` volume in [0, 1] (dense convolutions take as long whatever
+    the values), for the model as the recipe ships it: with ``window`` (the recipe's
+    ``data.window``, the model's ``context_window``) in overlapping chunks of that many slices
+    through `ChunkNetwork`, the served computation; without, in one pass (the CNN on batches of
+    ``slice_batch`` slices, the ConvLSTM once over all slices). The same composition is also
+    timed part by part (CNN, ConvLSTM, head, each compiled as `Segmenter` runs it). FLOPs are
+    the model's convolutions counted by `layer_costs` (batch norm, activations, pooling and the
+    LSTM gates' element-wise arithmetic are work the count leaves out) for every slice the
+    network runs: a slice shared by two chunks counts twice (``useful_flop_fraction`` says
+    how much of it is the volume's own). Rates are per CPU second of this process (all
+    threads), so that other jobs on a shared machine do not change them; per wall-clock second
+    beside them. The conv peak (`conv_peak` at `typical_conv_width`, called as many times as
+    make the inference's FLOPs), the inference and its parts run in alternating rounds after a
+    warm-up; the best round of each is kept.
 
     Returns:
         A dict with ``roofline_fraction`` (achieved FLOPs per CPU second of this process over
-        the peak's, all threads: what other jobs on a shared machine do not change),
-        ``roofline_fraction_wall`` (the same per wall-clock second), the peak, the
-        inference and, under ``parts``, the CNN (``slice_encoder``), the ConvLSTM
-        (``sequence_context``) and the head (``slice_head``), each with its share of time and
-        FLOPs, called
-        eagerly; under ``compiled`` the same parts as `Segmenter` calls them (each through a
-        ``tf.function``), timed in the same rounds.
+        the peak's, all threads), ``roofline_fraction_wall`` (the same per wall-clock second),
+        the peak, the inference (``chunk``, ``chunks``, ``network_slices``,
+        ``useful_flop_fraction``) and, under ``parts``, the CNN (``slice_encoder``), the
+        ConvLSTM (``sequence_context``) and the head (``slice_head``), each with its share of
+        time and FLOPs and its fraction of the peak.
     """
     from pancseg_tf.config import PreprocessConfig
-    from pancseg_tf.inference import Segmenter
+    from pancseg_tf.inference import Segmenter, chunk_spans, compiled_call
 
-    model = build_preset(preset, input_size)
+    model = build_preset(preset, input_size, context_window=window)
     height, width = model.input_size
     conv_width = typical_conv_width(model.slice_cnn)
     peak_call, peak_flops = conv_peak(conv_width, (height, width), seed=seed)
-    flops = {part: layer_costs(getattr(model, name))[0] * slices for part, name in PARTS.items()}
+    image = np.random.default_rng(seed).random((height, width, slices), dtype=np.float32)
+    segmenter = Segmenter(model, PreprocessConfig(size=(height, width)), slice_batch=slice_batch)
+    chunk, overlap = segmenter.chunk, segmenter.overlap
+    spans = chunk_spans(slices, chunk, overlap) if chunk else [(0, slices)]
+    network_slices = sum(stop - start for start, stop in spans)
+    per_slice = {part: layer_costs(getattr(model, name))[0] for part, name in PARTS.items()}
+    flops = {part: cost * network_slices for part, cost in per_slice.items()}
     total_flops = sum(flops.values())
     # The reference runs as many FLOPs as the inference, so both see a shared machine's load
     # for as long (a short reference would catch a quiet moment a long inference cannot).
     conv_calls = max(1, round(total_flops / peak_flops))
-    image = np.random.default_rng(seed).random((height, width, slices), dtype=np.float32)
-    segmenter = Segmenter(model, PreprocessConfig(size=(height, width)), slice_batch=slice_batch)
-    ways = {"eager": eager_parts(model), "compiled": compiled_parts(model)}
-    part_times: dict[str, dict[str, list[tuple[float, float]]]] = {
-        way: {part: [] for part in PARTS} for way in ways
-    }
+    encode = compiled_call(model, "slice_encoder")
+    sequence_context = compiled_call(model, "sequence_context")
+    head = compiled_call(model, "slice_head")
+    part_times: dict[str, list[tuple[float, float]]] = {part: [] for part in PARTS}
 
-    def by_parts(volume: np.ndarray, way: str) -> None:
-        # Segmenter._run_contextual's composition, with a clock around each part.
-        encode, sequence_context, head = ways[way]
-        times = part_times[way]
+    def by_parts(volume: np.ndarray, record: bool = True) -> np.ndarray:
+        # Segmenter's composition (per chunk, or whole), with a clock around each part.
         stack = np.ascontiguousarray(np.moveaxis(volume, 2, 0)[..., None])
-        batches = range(0, stack.shape[0], slice_batch)
-        contexts = []
-        wall, cpu, _ = timed(
-            lambda: contexts.extend(encode(stack[i : i + slice_batch]) for i in batches)
-        )
-        times["cnn"].append((wall, cpu))
-        context_sequence = np.concatenate(contexts, axis=0)[None]
-        wall, cpu, sequence = timed(lambda: sequence_context(context_sequence)[0])
-        times["convlstm"].append((wall, cpu))
-        wall, cpu, _ = timed(lambda: [head(sequence[i : i + slice_batch]) for i in batches])
-        times["head"].append((wall, cpu))
+        count = stack.shape[0]
+        pieces = chunk_spans(count, chunk, overlap) if chunk else [(0, count)]
+        clocks = {part: [0.0, 0.0] for part in PARTS}
+        outs = []
+        for start, stop in pieces:
+            batches = range(start, stop, slice_batch)
+            wall, cpu, contexts = timed(
+                lambda b=batches, e=stop: [
+                    np.asarray(encode(stack[i : min(i + slice_batch, e)])[CONTEXT]) for i in b
+                ]
+            )
+            clocks["cnn"][0] += wall
+            clocks["cnn"][1] += cpu
+            wall, cpu, sequence = timed(
+                lambda c=contexts: np.asarray(sequence_context(np.concatenate(c)[None]))[0]
+            )
+            clocks["convlstm"][0] += wall
+            clocks["convlstm"][1] += cpu
+            wall, cpu, probs = timed(
+                lambda q=sequence: [
+                    np.asarray(head(q[i : i + slice_batch])) for i in range(0, len(q), slice_batch)
+                ]
+            )
+            clocks["head"][0] += wall
+            clocks["head"][1] += cpu
+            outs.append(np.concatenate(probs)[..., 0])
+        if record:
+            for part, (wall, cpu) in clocks.items():
+                part_times[part].append((wall, cpu))
+        return outs
 
     def peak_block() -> None:
         for _ in range(conv_calls):
             peak_call()
 
-    def compose(way: str, volume: np.ndarray) -> np.ndarray:
-        encode, sequence_context, head = ways[way]
-        stack = np.ascontiguousarray(np.moveaxis(volume, 2, 0)[..., None])
-        starts = range(0, stack.shape[0], slice_batch)
-        contexts = [encode(stack[i : i + slice_batch]) for i in starts]
-        sequence = sequence_context(np.concatenate(contexts, axis=0)[None])[0]
-        probs = [head(sequence[i : i + slice_batch]) for i in starts]
-        return np.concatenate(probs, axis=0)[..., 0]
-
-    # Warm up on a short volume with the full one's batch shapes (oneDNN sets up per shape),
-    # checking on the way that the compiled parts compute what Segmenter computes.
-    short = image[:, :, : slice_batch + (slices % slice_batch or slice_batch)]
+    # Warm up on a short volume with the full one's shapes (oneDNN sets up per shape),
+    # checking on the way that the parts compute what Segmenter computes.
+    short = image[:, :, : max(2 * (chunk or slice_batch), slice_batch + 1)]
     reference = np.moveaxis(segmenter._predict_once(short), 2, 0)
-    differences = {way: float(np.max(np.abs(compose(way, short) - reference))) for way in ways}
-    for way in ways:
-        by_parts(short, way)
-        for times in part_times[way].values():
-            times.clear()
+    short_spans = chunk_spans(short.shape[2], chunk, overlap) if chunk else None
+    parts_out = by_parts(short, record=False)
+    if chunk:
+        from pancseg_tf.inference.chunks import blend_chunks
+
+        composed = blend_chunks(
+            [np.moveaxis(p, 0, 2) for p in parts_out], short_spans, short.shape[2], overlap
+        )
+        composed = np.moveaxis(composed, 2, 0)
+    else:
+        composed = parts_out[0]
+    difference = float(np.max(np.abs(composed - reference)))
     peak_call()
     best = interleaved_best(
         {
             "conv_peak": peak_block,
             "inference": lambda: segmenter._predict_once(image),
-            "parts": lambda: by_parts(image, "eager"),
-            "compiled": lambda: by_parts(image, "compiled"),
+            "parts": lambda: by_parts(image),
         },
         repeats,
         warmup=0,
@@ -359,10 +381,7 @@ def roofline(
     inference = best["inference"]
     achieved = total_flops / inference["wall_s"] / 1e9
     achieved_cpu = total_flops / inference["cpu_s"] / 1e9
-    parts = _part_summary(part_times["eager"], flops, peak_cpu)
-    compiled = _part_summary(part_times["compiled"], flops, peak_cpu)
-    compiled_wall = sum(part["wall_s"] for part in compiled.values())
-    compiled_cpu = sum(part["cpu_s"] for part in compiled.values())
+    parts = _part_summary(part_times, flops, peak_cpu)
     return {
         "preset": preset,
         "input_size": [height, width],
@@ -381,7 +400,17 @@ def roofline(
         "peak_gflops_per_s": round(peak, 2),
         "peak_gflops_per_cpu_s": round(peak_cpu, 2),
         "inference": {
-            "path": "Segmenter one pass (pancseg predict's network step)",
+            "path": (
+                f"Segmenter in chunks of {chunk} slices ({overlap} shared), ChunkNetwork (the "
+                "served computation): pancseg predict's network step for the shipped model"
+                if chunk
+                else "Segmenter one pass (pancseg predict's network step)"
+            ),
+            "chunk": chunk,
+            "chunk_overlap": overlap if chunk else None,
+            "chunks": len(spans),
+            "network_slices": network_slices,
+            "useful_flop_fraction": round(slices / network_slices, 4),
             "gflops": round(total_flops / 1e9, 2),
             "wall_s": round(inference["wall_s"], 3),
             "cpu_s": round(inference["cpu_s"], 3),
@@ -392,19 +421,12 @@ def roofline(
         "roofline_fraction": round(achieved_cpu / peak_cpu, 4),
         "roofline_fraction_wall": round(achieved / peak, 4),
         "parts": parts,
-        "parts_wall_s": round(sum(part["wall_s"] for part in parts.values()), 3),
-        "parts_max_abs_difference_from_segmenter": differences["eager"],
-        "compiled": {
-            "path": "the same three parts, each called through a tf.function (graph mode)",
-            "wall_s": round(compiled_wall, 3),
-            "cpu_s": round(compiled_cpu, 3),
-            "roofline_fraction": round(total_flops / compiled_cpu / 1e9 / peak_cpu, 4),
-            "roofline_fraction_wall": round(total_flops / compiled_wall / 1e9 / peak, 4),
-            "speedup_over_eager": round(inference["wall_s"] / compiled_wall, 3),
-            "speedup_over_eager_cpu": round(inference["cpu_s"] / compiled_cpu, 3),
-            "max_abs_difference_from_segmenter": differences["compiled"],
-            "parts": compiled,
-        },
+        "parts_path": "the same composition, each part through its compiled call "
+        "(pancseg_tf.inference.compiled_call), one clock per part",
+        "parts_roofline_fraction": round(
+            total_flops / sum(part["cpu_s"] for part in parts.values()) / 1e9 / peak_cpu, 4
+        ),
+        "parts_max_abs_difference_from_segmenter": difference,
     }
 
 
@@ -429,38 +451,6 @@ def _part_summary(
             "fraction_of_peak": round(rate / peak_cpu, 4),
         }
     return summary
-
-
-def eager_parts(model: ContextualSegmenter):
-    """``(encode, sequence_context, head)`` as Keras models called eagerly (how `Segmenter`
-    called them before it compiled its parts: kept as the comparison). ``encode`` returns the
-    ``"context"`` that the ConvLSTM reads."""
-
-    def encode(x):
-        return np.asarray(model.slice_encoder(x, training=False)[CONTEXT])
-
-    def sequence_context(x):
-        return np.asarray(model.sequence_context(x, training=False))
-
-    def head(x):
-        return np.asarray(model.slice_head(x, training=False))
-
-    return encode, sequence_context, head
-
-
-def compiled_parts(model: ContextualSegmenter):
-    """The same three calls as `Segmenter` makes them: through
-    `pancseg_tf.inference.compiled_call` (a ``tf.function`` per part, shape-generic)."""
-    from pancseg_tf.inference import compiled_call
-
-    encoder = compiled_call(model, "slice_encoder")
-    sequence = compiled_call(model, "sequence_context")
-    head = compiled_call(model, "slice_head")
-    return (
-        lambda x: np.asarray(encoder(x)[CONTEXT]),
-        lambda x: np.asarray(sequence(x)),
-        lambda x: np.asarray(head(x)),
-    )
 
 
 def time_parts(model: ContextualSegmenter, window: int, repeats: int) -> dict[str, float]:
@@ -598,7 +588,17 @@ def main(argv: list[str] | None = None) -> int:
         results["timings"] = {"window": args.window, "rows": timings}
 
     if args.roofline:
-        result = roofline("quick", slices=args.slices, repeats=args.repeats)
+        from pancseg_tf.config import load_config
+
+        # The quick recipe's model: 128 x 128 (its config's grid), chunks of its 5-slice window.
+        quick = load_config("quick")
+        result = roofline(
+            "quick",
+            int(quick.preprocess.size[0]),
+            slices=args.slices,
+            repeats=args.repeats,
+            window=quick.data.window,
+        )
         results["roofline"] = result
         print(
             f"\nroofline: inference {result['inference']['gflops_per_cpu_s']:.1f} GFLOP per CPU "

@@ -146,10 +146,11 @@ def step_split(run: pathlib.Path, volume: pathlib.Path, out: pathlib.Path) -> di
     Returns:
         ``{"seconds": {step: wall s}, "cpu_seconds": {step: CPU s}, "total_seconds",
         "shares": {step: fraction of the total wall time}, "model_grid_shape", "tiles",
-        "chunk", "chunk_overlap"}`` (how many model-size tiles and chunks the network ran).
+        "chunk", "chunk_overlap", "network_slice_passes"}`` (how many model-size tiles and
+        chunks the network ran, and so how many model-size slices).
     """
     from pancseg_tf.inference import Segmenter, finish_segmentation, request_intensities
-    from pancseg_tf.inference.chunks import tile_layout
+    from pancseg_tf.inference.chunks import chunk_spans, tile_layout
     from pancseg_tf.predict_io import load_case_volume, write_case
 
     segmenter = Segmenter.from_path(run)
@@ -180,12 +181,20 @@ def step_split(run: pathlib.Path, volume: pathlib.Path, out: pathlib.Path) -> di
             if round_ > 0 and (name not in best or w1 - w0 < best[name][0]):
                 best[name] = (w1 - w0, c1 - c0)
     spans, _ = tile_layout(image.shape[:2], segmenter.preprocess.size)
+    slices = int(image.shape[2])
+    if segmenter.chunk:
+        chunks = chunk_spans(slices, segmenter.chunk, segmenter.overlap)
+        passes_per_tile = sum(stop - start for start, stop in chunks)
+    else:
+        passes_per_tile = slices
     total = sum(w for w, _ in best.values())
     return {
         "model_grid_shape": list(image.shape),
         "tiles": len(spans),
         "chunk": segmenter.chunk,
         "chunk_overlap": segmenter.overlap,
+        # Slices of the model's size the network ran: tiles x the slices of every chunk.
+        "network_slice_passes": len(spans) * passes_per_tile,
         "seconds": {k: round(w, 3) for k, (w, _) in best.items()},
         "cpu_seconds": {k: round(c, 3) for k, (_, c) in best.items()},
         "total_seconds": round(total, 3),

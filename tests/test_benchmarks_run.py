@@ -126,6 +126,12 @@ def test_tiny_run_of_two_parts_writes_the_report(tmp_path):
     assert 0.0 < roofline["value"] < 2.0 and isinstance(roofline["met"], bool)
     shares = [report[k]["value"] for k in ("cnn_flop_share", "convlstm_flop_share")]
     assert 0.5 < shares[0] < 1.0 and 0.0 < shares[1] < 0.5  # the CNN holds most FLOPs
+    # The roofline times the model as its recipe ships it: chunks of the training window,
+    # every slice the network runs counted (16 slices in chunks of 3: 6 chunks, 18 passes).
+    inference = report["parts"]["roofline"]["details"]["inference"]
+    assert (inference["chunk"], inference["chunks"], inference["network_slices"]) == (3, 6, 18)
+    assert report["roofline_useful_flop_fraction"]["value"] == round(16 / 18, 4)
+    assert report["parts"]["roofline"]["details"]["parts_max_abs_difference_from_segmenter"] < 1e-5
     # Parts that did not run keep their place, with no value.
     assert report["serving_time_ratio"] == {
         "value": None,

@@ -1,0 +1,165 @@
+"""Development check: does stage 2's frozen-CNN warm-up help, against the paper's end-to-end
+stage 2 from the first step? (`benchmarks/PROTOCOL.md`, amendment 2026-12-06 (c).)
+
+Per development cohort (synthetic CT seed 11, synthetic MRI seed 12, 16 cases each, the quick
+config, ``--seed 0``): stage 1 is trained once; two copies of that run folder then train stage 2,
+one as the recipe has it (``train.freeze_cnn_epochs`` of the config, the ``warmup`` arm) and one
+with ``train.freeze_cnn_epochs=0`` (``end_to_end``), same splits, seeds and stage-1 CNN. Each
+arm's ``stage2.keras`` (its best stage-2 epoch on validation, as the trainer keeps it) and the
+shared ``stage1.keras`` are scored on the run's validation cases the way the trainer scores
+validation (`WholeVolumeValidation`). Only validation cases are read: this decides a default,
+it reports no accuracy.
+
+Usage::
+
+    python benchmarks/warmup_choice.py --work /tmp/warmup --json /tmp/warmup/warmup_choice.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+import yaml
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run from anywhere
+from bench_common import provenance  # noqa: E402
+
+COHORTS = {"ct": {"seed": 11, "sets": []}, "mri": {"seed": 12, "sets": ["preprocess.modality=mri"]}}
+CASES = 16
+
+
+def pancseg(*args: str) -> None:
+    command = [sys.executable, "-m", "pancseg_tf.cli", *args]
+    print("$", " ".join(command[2:]), flush=True)
+    subprocess.run(command, check=True)
+
+
+def sets(values: list[str]) -> list[str]:
+    return [item for value in values for item in ("--set", value)]
+
+
+def score(model_path: pathlib.Path, data: pathlib.Path, cases: list[str]) -> dict[str, float]:
+    from pancseg_tf.config import load_config
+    from pancseg_tf.inference import load_model
+    from pancseg_tf.training.callbacks import WholeVolumeValidation
+
+    cfg = load_config(model_path.parent / "config.yaml")
+    validation = WholeVolumeValidation(
+        data,
+        cases,
+        threshold=cfg.postprocess.threshold,
+        largest_component=cfg.postprocess.largest_component,
+    )
+    return validation.scores(load_model(model_path))
+
+
+def run_cohort(work: pathlib.Path, modality: str) -> dict:
+    spec = COHORTS[modality]
+    cohort, data = work / f"{modality}_dev", work / f"{modality}_data"
+    base = work / f"{modality}_stage1"
+    extra = ["--modality", "mri"] if modality == "mri" else []
+    if not cohort.exists():
+        pancseg("synth", str(cohort), "--cases", str(CASES), "--seed", str(spec["seed"]), *extra)
+    if not (data / "index.json").exists():
+        pancseg(
+            "prepare",
+            str(cohort),
+            str(data),
+            "--config",
+            "quick",
+            *sets(spec["sets"]),
+            "--workers",
+            "1",
+        )
+    if not (base / "stage1.keras").exists():
+        pancseg(
+            "train",
+            str(data),
+            str(base),
+            "--config",
+            "quick",
+            "--stage",
+            "1",
+            "--seed",
+            "0",
+            *sets(spec["sets"]),
+        )
+    arms = {"warmup": [], "end_to_end": ["train.freeze_cnn_epochs=0"]}
+    seconds = {}
+    for arm, overrides in arms.items():
+        run = work / f"{modality}_{arm}"
+        if not (run / "stage2.keras").exists():
+            shutil.rmtree(run, ignore_errors=True)
+            shutil.copytree(base, run)
+            if overrides:
+                # The run folder holds its config: the arm's setting goes in it before stage 2.
+                config = yaml.safe_load((run / "config.yaml").read_text())
+                for item in overrides:
+                    key, value = item.split("=")
+                    section, name = key.split(".")
+                    config[section][name] = yaml.safe_load(value)
+                (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+            start = time.perf_counter()
+            pancseg(
+                "train",
+                str(data),
+                str(run),
+                "--config",
+                "quick",
+                "--stage",
+                "2",
+                "--seed",
+                "0",
+                *sets(spec["sets"] + overrides),
+            )
+            seconds[arm] = round(time.perf_counter() - start, 1)
+    splits = json.loads((base / "splits.json").read_text())
+    cases = list(splits["validation"])
+    scores = {"stage1": score(base / "stage1.keras", data, cases)}
+    for arm in arms:
+        scores[arm] = score(work / f"{modality}_{arm}" / "stage2.keras", data, cases)
+    means = {arm: sum(v.values()) / len(v) for arm, v in scores.items()}
+    return {
+        "cohort": f"pancseg synth --cases {CASES} --seed {spec['seed']}"
+        + (" --modality mri" if modality == "mri" else ""),
+        "validation_cases": cases,
+        "per_case_dsc": scores,
+        "mean_dsc": {arm: round(value, 4) for arm, value in means.items()},
+        "warmup_better": means["warmup"] > means["end_to_end"],
+        "stage2_seconds": seconds,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=pathlib.Path, required=True)
+    parser.add_argument("--json", type=pathlib.Path, required=True)
+    args = parser.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    results = {modality: run_cohort(args.work, modality) for modality in COHORTS}
+    keep = all(result["warmup_better"] for result in results.values())
+    report = {
+        "question": "stage 2's frozen-CNN warm-up (quick: freeze_cnn_epochs 3) against "
+        "end to end from the first step (freeze_cnn_epochs 0), on validation cases",
+        "rule": "the warm-up stays only if its mean validation DSC beats end to end on both "
+        "cohorts (PROTOCOL.md amendment 2026-12-06 (c))",
+        "cohorts": results,
+        "decision": "keep the warm-up" if keep else "end to end (freeze_cnn_epochs 0)",
+        "provenance": provenance(args.work / "ct_warmup" / "config.yaml"),
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({m: r["mean_dsc"] for m, r in results.items()}), report["decision"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -402,8 +402,10 @@ def part_roofline(ctx: Context) -> dict[str, Any]:
     from model_cost import roofline
 
     s = ctx.sizes
-    # One round under --quick: the three contenders take three inference passes each.
-    repeats = s.repeats if ctx.mode == "full" else 1
+    # The best of three rounds in every mode (each round: the three contenders, ~20 CPU s
+    # under --quick): in single rounds the conv reference alone moved from 98 to 81 GFLOP per
+    # CPU second between two runs on the same machine (roofline 0.73 and 0.84).
+    repeats = max(3, s.repeats)
     # The model as the quick recipe ships it: chunks of its training window (context_window).
     result = roofline(
         s.preset, s.preset_size, slices=s.volume_slices, repeats=repeats, window=s.window

@@ -79,18 +79,25 @@ def foldable_pairs(model) -> dict[int, Any]:
     for layer in _all_layers(model):
         if not isinstance(layer, keras.layers.BatchNormalization):
             continue
-        if len(layer._inbound_nodes) != 1 or layer.axis not in (-1, 3):
-            continue
-        parents = layer._inbound_nodes[0].parent_nodes
-        conv = parents[0].operation if len(parents) == 1 else None
+        try:
+            # The functional graph's links (Keras attributes, not public API): a Keras without
+            # them gets no fold, the model itself, never a wrong one.
+            if len(layer._inbound_nodes) != 1 or layer.axis not in (-1, 3):
+                continue
+            parents = layer._inbound_nodes[0].parent_nodes
+            conv = parents[0].operation if len(parents) == 1 else None
+            single = conv is not None and (
+                len(conv._inbound_nodes) == 1 and len(conv._outbound_nodes) == 1
+            )
+        except AttributeError:
+            return {}
         if (
             type(conv) is keras.layers.Conv2D
             and conv.data_format == "channels_last"
             and conv.compute_dtype == "float32"
             and conv.activation in (None, keras.activations.linear)
             and not getattr(conv, "lora_enabled", False)
-            and len(conv._inbound_nodes) == 1
-            and len(conv._outbound_nodes) == 1
+            and single
         ):
             pairs[id(conv)] = layer
     return pairs

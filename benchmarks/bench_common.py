@@ -26,9 +26,34 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 LIBRARIES = ("pancseg-tf", "tensorflow", "keras", "numpy", "scipy")
 
 
+#: What a results file states at its top level, from its ``provenance`` block (the protocol's
+#: rule (e); `with_provenance_summary`).
+PROVENANCE_SUMMARY = {
+    "commit": "git_commit",
+    "config_sha256": "config_sha256",
+    "command": "command",
+}
+
+
+def with_provenance_summary(result: Any) -> Any:
+    """``result`` with ``commit``, ``config_sha256`` and ``command`` first, copied from its
+    ``provenance`` block (`provenance`); a result without one, or already stating them, as it
+    is."""
+    if not isinstance(result, dict) or not isinstance(result.get("provenance"), dict):
+        return result
+    summary = {
+        key: result["provenance"].get(source)
+        for key, source in PROVENANCE_SUMMARY.items()
+        if key not in result
+    }
+    return {**summary, **result}
+
+
 def emit_json(result: Any, path: str | os.PathLike | None) -> None:
-    """Prints ``result`` as indented JSON; with a ``--json`` path, writes the same text there."""
-    text = json.dumps(result, indent=2)
+    """Prints ``result`` as indented JSON; with a ``--json`` path, writes the same text there.
+    A result with a ``provenance`` block states its commit, config hash and command at the top
+    (`with_provenance_summary`)."""
+    text = json.dumps(with_provenance_summary(result), indent=2)
     print(text)
     if path:
         with open(path, "w", encoding="utf-8") as handle:

@@ -54,7 +54,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from bench_common import file_sha256, provenance  # noqa: E402
+from bench_common import file_sha256, provenance, with_provenance_summary  # noqa: E402
 from paired_stats import paired_comparison  # noqa: E402
 
 ARMS = ("stage1", "stage2", "control", "shipped")
@@ -379,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
             )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     partial = args.json.with_name(args.json.name + ".partial")
-    partial.write_text(json.dumps(report, indent=2, default=float) + "\n", encoding="utf-8")
+    text = json.dumps(with_provenance_summary(report), indent=2, default=float)
+    partial.write_text(text + "\n", encoding="utf-8")
     partial.replace(args.json)
     print(f"written: {args.json}")
     return 0

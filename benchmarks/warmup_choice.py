@@ -30,7 +30,7 @@ import yaml
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run from anywhere
-from bench_common import provenance  # noqa: E402
+from bench_common import emit_json, provenance  # noqa: E402
 
 COHORTS = {"ct": {"seed": 11, "sets": []}, "mri": {"seed": 12, "sets": ["preprocess.modality=mri"]}}
 CASES = 16
@@ -156,8 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         "provenance": provenance(args.work / "ct_warmup" / "config.yaml"),
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({m: r["mean_dsc"] for m, r in results.items()}), report["decision"])
+    emit_json(report, args.json)
     return 0
 
 

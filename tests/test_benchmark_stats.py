@@ -223,3 +223,33 @@ def test_sha256_reads_in_blocks(common, tmp_path):
     data = bytes(range(256)) * 8193  # more than one 1 MiB block
     path.write_bytes(data)
     assert common.file_sha256(path) == hashlib.sha256(data).hexdigest()
+
+
+# === results files state what made them ===
+
+
+def test_results_state_their_commit_config_hash_and_command_at_the_top(common):
+    """Every results file under benchmarks/results/ (the archive aside) names its commit and
+    command at the top level; one with a provenance block copies them, and its config hash,
+    from that block (`with_provenance_summary`, which `emit_json` applies)."""
+    import re
+
+    files = sorted((BENCHMARKS / "results").glob("*.json"))
+    assert files
+    for path in files:
+        result = json.loads(path.read_text())
+        assert re.match(r"[0-9a-f]{40}", result.get("commit") or ""), path.name
+        assert result.get("command"), path.name
+        prov = result.get("provenance")
+        if prov:
+            assert result["commit"] == prov["git_commit"], path.name
+            assert result["config_sha256"] == prov["config_sha256"], path.name
+            # The harness's own line names the interpreter too ("python benchmarks/run.py ...").
+            assert result["command"].endswith(prov["command"]), path.name
+    stamped = common.with_provenance_summary(
+        {"x": 1, "provenance": {"git_commit": "c", "config_sha256": "h", "command": "cmd"}}
+    )
+    assert list(stamped)[:3] == ["commit", "config_sha256", "command"]
+    assert stamped["x"] == 1 and stamped["command"] == "cmd"
+    assert common.with_provenance_summary({"commit": "kept", "provenance": {}})["commit"] == "kept"
+    assert common.with_provenance_summary([1]) == [1]

@@ -24,16 +24,6 @@ CNN = {"base_filters": 4, "depth": 2, "input_size": 32}
 HEAD = {"lstm_filters": 4, "lstm_resolution": 2}
 
 
-@pytest.fixture
-def mixed_bfloat16():
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-
-
 def build(**kwargs) -> ContextualSegmenter:
     return ContextualSegmenter(**{"slice_cnn": dict(CNN), **HEAD, **kwargs})
 

@@ -4,7 +4,6 @@ only where folding is exact."""
 
 import keras
 import numpy as np
-import pytest
 
 from pancseg_tf.models import ContextualSegmenter, SliceCNN
 from pancseg_tf.models.folding import FoldedConvBatchNorm, foldable_pairs, inference_graph
@@ -95,16 +94,6 @@ def test_only_exact_folds():
     assert [norm.name for norm in pairs.values()] == ["bn_biased"]
     x = np.random.default_rng(5).random((2, 16, 16, 2), dtype=np.float32)
     assert_close(inference_graph(model)(x), model(x, training=False))
-
-
-@pytest.fixture
-def mixed_bfloat16():
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 def test_mixed_bfloat16_model_is_not_folded(mixed_bfloat16):

@@ -13,16 +13,6 @@ from pancseg_tf.models import SLICE_CNN_PRESETS, SliceCNN, downsample_mask
 TINY = {"base_filters": 4, "depth": 2, "input_size": 32}
 
 
-@pytest.fixture
-def mixed_bfloat16():
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-
-
 def disk_slices(count: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Noisy bright disks on a dark background and their masks, `(count, size, size, 1)`."""
     rng = np.random.default_rng(seed)

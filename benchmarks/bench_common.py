@@ -60,6 +60,17 @@ def emit_json(result: Any, path: str | os.PathLike | None) -> None:
             handle.write(text + "\n")
 
 
+def network_spans(num_slices: int, chunk: int | None, overlap: int) -> list[tuple[int, int]]:
+    """The slice spans `Segmenter`'s network runs over ``num_slices`` model-grid slices: its
+    chunks (`pancseg_tf.inference.chunk_spans`, a shared slice in each), or the whole volume as
+    one span where ``chunk`` is None."""
+    if not chunk:
+        return [(0, num_slices)]
+    from pancseg_tf.inference.chunks import chunk_spans
+
+    return chunk_spans(num_slices, chunk, overlap)
+
+
 def timed(function: Callable[[], Any]) -> tuple[float, float, Any]:
     """``(wall_s, cpu_s, result)`` of one call; CPU seconds are this process's, all threads."""
     wall, cpu = time.perf_counter(), time.process_time()

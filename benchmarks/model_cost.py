@@ -46,7 +46,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run from anywhere
-from bench_common import interleaved_best, timed  # noqa: E402
+from bench_common import interleaved_best, network_spans, timed  # noqa: E402
 
 from pancseg_tf.models import ContextualSegmenter, SliceCNN  # noqa: E402
 from pancseg_tf.models.blocks import FoldTime, UnfoldTime  # noqa: E402
@@ -289,7 +289,7 @@ def roofline(
         time and FLOPs and its fraction of the peak.
     """
     from pancseg_tf.config import PreprocessConfig
-    from pancseg_tf.inference import Segmenter, chunk_spans, compiled_call
+    from pancseg_tf.inference import Segmenter, compiled_call
 
     model = build_preset(preset, input_size, context_window=window)
     height, width = model.input_size
@@ -298,7 +298,7 @@ def roofline(
     image = np.random.default_rng(seed).random((height, width, slices), dtype=np.float32)
     segmenter = Segmenter(model, PreprocessConfig(size=(height, width)), slice_batch=slice_batch)
     chunk, overlap = segmenter.chunk, segmenter.overlap
-    spans = chunk_spans(slices, chunk, overlap) if chunk else [(0, slices)]
+    spans = network_spans(slices, chunk, overlap)
     network_slices = sum(stop - start for start, stop in spans)
     per_slice = {part: layer_costs(getattr(model, name))[0] for part, name in PARTS.items()}
     flops = {part: cost * network_slices for part, cost in per_slice.items()}
@@ -314,8 +314,7 @@ def roofline(
     def by_parts(volume: np.ndarray, record: bool = True) -> np.ndarray:
         # Segmenter's composition (per chunk, or whole), with a clock around each part.
         stack = np.ascontiguousarray(np.moveaxis(volume, 2, 0)[..., None])
-        count = stack.shape[0]
-        pieces = chunk_spans(count, chunk, overlap) if chunk else [(0, count)]
+        pieces = network_spans(stack.shape[0], chunk, overlap)
         clocks = {part: [0.0, 0.0] for part in PARTS}
         outs = []
         for start, stop in pieces:
@@ -353,11 +352,11 @@ def roofline(
     # checking on the way that the parts compute what Segmenter computes.
     short = image[:, :, : max(2 * (chunk or slice_batch), slice_batch + 1)]
     reference = np.moveaxis(segmenter._predict_once(short), 2, 0)
-    short_spans = chunk_spans(short.shape[2], chunk, overlap) if chunk else None
     parts_out = by_parts(short, record=False)
     if chunk:
         from pancseg_tf.inference.chunks import blend_chunks
 
+        short_spans = network_spans(short.shape[2], chunk, overlap)
         composed = blend_chunks(
             [np.moveaxis(p, 0, 2) for p in parts_out], short_spans, short.shape[2], overlap
         )

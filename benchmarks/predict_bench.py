@@ -150,7 +150,7 @@ def step_split(run: pathlib.Path, volume: pathlib.Path, out: pathlib.Path) -> di
         chunks the network ran, and so how many model-size slices).
     """
     from pancseg_tf.inference import Segmenter, finish_segmentation, request_intensities
-    from pancseg_tf.inference.chunks import chunk_spans, tile_layout
+    from pancseg_tf.inference.chunks import tile_layout
     from pancseg_tf.predict_io import load_case_volume, write_case
 
     segmenter = Segmenter.from_path(run)
@@ -180,13 +180,11 @@ def step_split(run: pathlib.Path, volume: pathlib.Path, out: pathlib.Path) -> di
         for name, (w0, c0), (w1, c1) in zip(names, marks[:-1], marks[1:], strict=True):
             if round_ > 0 and (name not in best or w1 - w0 < best[name][0]):
                 best[name] = (w1 - w0, c1 - c0)
+    from bench_common import network_spans
+
     spans, _ = tile_layout(image.shape[:2], segmenter.preprocess.size)
-    slices = int(image.shape[2])
-    if segmenter.chunk:
-        chunks = chunk_spans(slices, segmenter.chunk, segmenter.overlap)
-        passes_per_tile = sum(stop - start for start, stop in chunks)
-    else:
-        passes_per_tile = slices
+    chunks = network_spans(int(image.shape[2]), segmenter.chunk, segmenter.overlap)
+    passes_per_tile = sum(stop - start for start, stop in chunks)
     total = sum(w for w, _ in best.values())
     return {
         "model_grid_shape": list(image.shape),

@@ -1010,10 +1010,12 @@ def _cause(name: str, report: dict[str, Any]) -> str | None:
             per_slice = roofline["inference"]["gflops"] / roofline["inference"]["network_slices"]
             cores = report.get("machine", {}).get("cores") or 1
             floor = passes * per_slice / roofline["peak_gflops_per_cpu_s"] / cores
+            target = FIGURES[name][2].split()[-1]  # "<= 4" -> "4"
+            height, width = roofline["input_size"]
             text += (
                 f": {passes} model-size slice passes, {passes * per_slice:.0f} GFLOP, which "
                 f"take {floor:.1f} s at the conv peak on all {cores} cores before any other "
-                f"step (the 4 s target counted one 128 x 128 field, "
+                f"step (the {target} s target counted one {height} x {width} field, "
                 f"{steps['model_grid_shape'][2]} passes)"
             )
         return text

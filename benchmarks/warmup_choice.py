@@ -32,6 +32,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run from anywhere
 from bench_common import emit_json, provenance  # noqa: E402
 
+from pancseg_tf.config import apply_overrides, config_from_dict, save_config  # noqa: E402
+
 COHORTS = {"ct": {"seed": 11, "sets": []}, "mri": {"seed": 12, "sets": ["preprocess.modality=mri"]}}
 CASES = 16
 
@@ -100,13 +102,12 @@ def run_cohort(work: pathlib.Path, modality: str) -> dict:
             shutil.rmtree(run, ignore_errors=True)
             shutil.copytree(base, run)
             if overrides:
-                # The run folder holds its config: the arm's setting goes in it before stage 2.
-                config = yaml.safe_load((run / "config.yaml").read_text())
-                for item in overrides:
-                    key, value = item.split("=")
-                    section, name = key.split(".")
-                    config[section][name] = yaml.safe_load(value)
-                (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+                # The run folder holds its config: the arm's setting goes in it before stage 2,
+                # parsed and checked as `--set` parses it, the run's provenance kept.
+                path = run / "config.yaml"
+                saved = yaml.safe_load(path.read_text())
+                config = apply_overrides(config_from_dict(saved), overrides)
+                save_config(config, path, extra=saved.get("provenance"))
             start = time.perf_counter()
             pancseg(
                 "train",

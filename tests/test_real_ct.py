@@ -134,7 +134,7 @@ def scored_dsc(report: pathlib.Path) -> dict[str, float]:
 
 @pytest.mark.large
 def test_capacity_quick_config_fits_one_real_nih_scan(tmp_path, nih_root):
-    """The quick config trained on NIH Pancreas-CT 0002 alone segments that scan, DSC >= 0.80.
+    """The quick config trained on NIH Pancreas-CT 0002 alone segments that scan, DSC >= 0.70.
 
     Not accuracy (it is the training scan): capacity. It fails when the geometry, the HU
     window, the crops or the labels do not line up on a real scan, since the network then
@@ -144,17 +144,22 @@ def test_capacity_quick_config_fits_one_real_nih_scan(tmp_path, nih_root):
     quick grid's round trip alone caps this case at DSC 0.894. Scored on the scan's own grid
     (512 x 512 x 195) by `pancseg evaluate`, for stage 1 and for the model the run ships.
     One case means no held-out case: ``train.validation_fraction=0`` validates on it.
-    Measured with 144 stage-1 steps (seed 0, 9 min on the loaded 2-core machine): stage 1 0.830,
-    the shipped contextual model 0.850; in CI 0.834 once and 0.782 / 0.744 another time, hence
-    192 steps now.
+
+    The bound is what a gross fault cannot reach, not what a run usually scores: training on CPU
+    threads is not bit-reproducible. With 144 stage-1 steps runs scored stage 1 0.83 (shipped
+    0.85) here, 0.83 in one CI run and 0.78 (shipped 0.74) in another; with the 192 steps below,
+    0.78 (shipped 0.76) in the CI run that failed the former bound of 0.80. The label scored against
+    itself mirrored in y reads 0.00, in x 0.09, in z 0.15, shifted by 4 slices (4 mm) 0.68: a
+    perfect prediction made through such a fault stays below 0.70.
+    Millimetre geometry is held without training, by
+    tests/preprocessing/test_geometry.py::test_nih_case_keeps_its_pancreas_through_the_model_grid.
     """
     data, run = tmp_path / "prepared", tmp_path / "run"
     pancseg("prepare", str(nih_root), str(data), "--config", "quick")
     pancseg(
         "train", str(data), str(run), "--config", "quick", "--seed", "0",
         *("--set", "train.validation_fraction=0"),
-        # 192 stage-1 steps: 80 reached 0.65 on this scan, 120 with augmentation 0.82, 144
-        # 0.83 and 0.78 in two CI runs (training on CPU threads is not bit-reproducible).
+        # 192 stage-1 steps: 80 reached 0.65 on this scan, 120 with augmentation 0.82.
         *("--set", "train.stage1_epochs=8", "--set", "train.stage2_epochs=1"),
         *("--set", "train.steps_per_epoch=24", "--set", "data.augment=false"),
     )  # fmt: skip
@@ -167,8 +172,8 @@ def test_capacity_quick_config_fits_one_real_nih_scan(tmp_path, nih_root):
         pancseg("evaluate", str(tmp_path / f"pred_{name}"), str(nih_root), "-o", str(report),
                 "--gt-labels", "1")  # fmt: skip
         scores[name] = scored_dsc(report)["PANCREAS_0002"]
-    assert scores["stage1"] >= 0.80, scores
-    assert scores["shipped"] >= 0.80, scores
+    assert scores["stage1"] >= 0.70, scores
+    assert scores["shipped"] >= 0.70, scores
     # The run's own validation scored the same case on the same grid through the same code,
     # on the prepared central 205 mm field; NIH 0002's body is wider, so `pancseg predict`
     # covers it with in-plane tiles, shifted against the one field this model (no augmentation)

@@ -208,6 +208,27 @@ def _git(*args: str) -> str | None:
     return done.stdout.rstrip() if done.returncode == 0 else None
 
 
+def pancseg(*args: str, quiet: bool = False) -> str:
+    """Runs ``pancseg ARGS`` in a child process of this interpreter, so that the checkout a
+    benchmark runs from (through ``PYTHONPATH``) is the one that runs, and returns the command
+    as a user types it, for a results file's record.
+
+    By default it prints that line and lets the command's output through; a failure raises
+    ``subprocess.CalledProcessError``. ``quiet`` captures the output instead and raises
+    ``RuntimeError`` with the end of its stderr.
+    """
+    line = shlex.join(["pancseg", *args])
+    command = [sys.executable, "-m", "pancseg_tf.cli", *args]
+    if not quiet:
+        print("$ " + line, flush=True)
+        subprocess.run(command, check=True)
+        return line
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"pancseg {args[0]} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return line
+
+
 def library_versions(names: Sequence[str] = LIBRARIES) -> dict[str, str | None]:
     """Installed version of each distribution (None where it is not installed), read from the
     package metadata without importing it (no TensorFlow start-up)."""

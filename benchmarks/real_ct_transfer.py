@@ -42,14 +42,12 @@ import argparse
 import csv
 import json
 import pathlib
-import shlex
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from bench_common import emit_json, provenance  # noqa: E402
+from bench_common import emit_json, pancseg, provenance  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -78,12 +76,11 @@ def write_manifest(path: pathlib.Path, data: pathlib.Path) -> None:
         csv.writer(handle, lineterminator="\n").writerows(rows)
 
 
-def run(command: list[str], log: list[dict]) -> None:
-    """Runs one ``pancseg`` command (stops the benchmark if it fails), recording it."""
-    print("$ " + shlex.join(command), flush=True)
+def run(args: list[str], log: list[dict]) -> None:
+    """Runs ``pancseg ARGS`` (stops the benchmark if it fails), recording it and its time."""
     start = time.monotonic()
-    subprocess.run(command, check=True)
-    log.append({"command": shlex.join(command), "seconds": round(time.monotonic() - start, 1)})
+    line = pancseg(*args)
+    log.append({"command": line, "seconds": round(time.monotonic() - start, 1)})
 
 
 def case_rows(report: pathlib.Path) -> dict[str, dict]:
@@ -150,7 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     prepared, run_dir = work / "prepared", work / "run"
     run(
         [
-            "pancseg",
             "prepare",
             str(work / "manifest.csv"),
             str(prepared),
@@ -162,7 +158,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     run(
         [
-            "pancseg",
             "train",
             str(prepared),
             str(run_dir),
@@ -180,9 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for name, model in models.items():
         pred, report = work / f"pred_{name}", work / f"report_{name}"
-        run(["pancseg", "predict", str(model), test, "-o", str(pred)], commands)
+        run(["predict", str(model), test, "-o", str(pred)], commands)
         run(
-            ["pancseg", "evaluate", str(pred), test, "-o", str(report), "--gt-labels", TEST_LABELS],
+            ["evaluate", str(pred), test, "-o", str(report), "--gt-labels", TEST_LABELS],
             commands,
         )
         results[name] = case_rows(report)

@@ -105,7 +105,13 @@ os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_common import figure, load_average, machine_info, provenance  # noqa: E402
+from bench_common import (  # noqa: E402
+    figure,
+    load_average,
+    machine_info,
+    pancseg,
+    provenance,
+)
 
 #: The README's generated block: `write_readme_block` replaces what lies between these lines
 #: with `markdown` of a report, so no figure in it is copied by hand.
@@ -305,14 +311,6 @@ class TrainedModel:
     info: dict[str, Any]
 
 
-def _pancseg(*args: str) -> None:
-    """Runs a ``pancseg`` command in a child process; raises with its stderr if it fails."""
-    command = [sys.executable, "-m", "pancseg_tf.cli", *args]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"pancseg {args[0]} failed ({done.returncode}): {done.stderr[-2000:]}")
-
-
 class Context:
     """What the parts share: sizes, the work folder, the trained model, results so far."""
 
@@ -351,8 +349,10 @@ class Context:
             folder.mkdir(parents=True)
             log(f"training the quick model in {folder} (cached for later runs)")
             start = time.perf_counter()
-            _pancseg("synth", str(cohort), "--cases", str(s.train_cases), "--seed", "11")
-            _pancseg("synth", str(heldout), "--cases", str(s.heldout_cases), "--seed", "1011")
+            pancseg("synth", str(cohort), "--cases", str(s.train_cases), "--seed", "11", quiet=True)
+            pancseg(
+                "synth", str(heldout), "--cases", str(s.heldout_cases), "--seed", "1011", quiet=True
+            )
             sets = [item for o in s.train_overrides for item in ("--set", o)]
             # prepare takes the preprocessing; the rest of the config is training's.
             prepare_sets = [
@@ -361,7 +361,7 @@ class Context:
                 if o.startswith("preprocess.")
                 for item in ("--set", o)
             ]
-            _pancseg(
+            pancseg(
                 "prepare",
                 str(cohort),
                 str(prepared),
@@ -370,8 +370,9 @@ class Context:
                 "--workers",
                 "2",
                 *prepare_sets,
+                quiet=True,
             )
-            _pancseg("train", str(prepared), str(run), "--config", "quick", *sets)
+            pancseg("train", str(prepared), str(run), "--config", "quick", *sets, quiet=True)
             seconds = time.perf_counter() - start
             info = {"settings": settings, "seconds": round(seconds, 1)}
             log_csv = run / "log.csv"

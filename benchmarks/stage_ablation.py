@@ -45,7 +45,6 @@ import argparse
 import json
 import pathlib
 import shutil
-import subprocess
 import sys
 import time
 from typing import Any
@@ -54,7 +53,12 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from bench_common import file_sha256, provenance, with_provenance_summary  # noqa: E402
+from bench_common import (  # noqa: E402
+    file_sha256,
+    pancseg,
+    provenance,
+    with_provenance_summary,
+)
 from paired_stats import paired_comparison  # noqa: E402
 
 ARMS = ("stage1", "stage2", "control", "shipped")
@@ -86,13 +90,11 @@ def ambiguous_dice(pred: np.ndarray, gt: np.ndarray, slices: list[int]) -> float
 
 def train_run(data: pathlib.Path, run: pathlib.Path, config: str, sets: list[str], seed: int):
     """``pancseg train DATA RUN --config CONFIG [--set ...] --seed SEED``; returns its argv."""
-    argv = [sys.executable, "-m", "pancseg_tf.cli", "train", str(data), str(run)]
-    argv += ["--config", config, "--seed", str(seed)]
+    args = ["train", str(data), str(run), "--config", config, "--seed", str(seed)]
     for item in sets:
-        argv += ["--set", item]
-    print("training:", " ".join(argv[2:]), flush=True)
-    subprocess.run(argv, check=True)
-    return ["pancseg", *argv[3:]]
+        args += ["--set", item]
+    pancseg(*args)
+    return ["pancseg", *args]
 
 
 def train_control(

@@ -22,7 +22,6 @@ import json
 import os
 import pathlib
 import shutil
-import subprocess
 import sys
 import time
 
@@ -30,18 +29,12 @@ import yaml
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run from anywhere
-from bench_common import emit_json, provenance  # noqa: E402
+from bench_common import emit_json, pancseg, provenance  # noqa: E402
 
 from pancseg_tf.config import apply_overrides, config_from_dict, save_config  # noqa: E402
 
 COHORTS = {"ct": {"seed": 11, "sets": []}, "mri": {"seed": 12, "sets": ["preprocess.modality=mri"]}}
 CASES = 16
-
-
-def pancseg(*args: str) -> None:
-    command = [sys.executable, "-m", "pancseg_tf.cli", *args]
-    print("$", " ".join(command[2:]), flush=True)
-    subprocess.run(command, check=True)
 
 
 def sets(values: list[str]) -> list[str]:

@@ -253,3 +253,18 @@ def test_results_state_their_commit_config_hash_and_command_at_the_top(common):
     assert stamped["x"] == 1 and stamped["command"] == "cmd"
     assert common.with_provenance_summary({"commit": "kept", "provenance": {}})["commit"] == "kept"
     assert common.with_provenance_summary([1]) == [1]
+
+
+def test_benchmarks_run_pancseg_through_one_helper(common, tmp_path, capsys):
+    """`bench_common.pancseg` runs the command line in a child of this interpreter and returns
+    the command as typed, for a results file; quiet, a failure raises with the error line."""
+    assert common.pancseg("--version", quiet=True) == "pancseg --version"
+    assert capsys.readouterr().out == ""
+    missing = tmp_path / "no such scan.nii.gz"
+    with pytest.raises(RuntimeError, match="pancseg info failed \\(2\\).*no such file"):
+        common.pancseg("info", str(missing), quiet=True)
+    with pytest.raises(subprocess.CalledProcessError):
+        common.pancseg("info", str(missing))
+    assert capsys.readouterr().out == f"$ pancseg info '{missing}'\n"
+    for script in ("run.py", "warmup_choice.py", "real_ct_transfer.py", "stage_ablation.py"):
+        assert "pancseg_tf.cli" not in (BENCHMARKS / script).read_text(), script

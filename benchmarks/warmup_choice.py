@@ -56,7 +56,8 @@ def score(model_path: pathlib.Path, data: pathlib.Path, cases: list[str]) -> dic
     return validation.scores(load_model(model_path))
 
 
-def run_cohort(work: pathlib.Path, modality: str) -> dict:
+def stage1_run(work: pathlib.Path, modality: str) -> tuple[pathlib.Path, pathlib.Path]:
+    """The cohort's prepared data and its stage-1 run folder (made once, then reused)."""
     spec = COHORTS[modality]
     cohort, data = work / f"{modality}_dev", work / f"{modality}_data"
     base = work / f"{modality}_stage1"
@@ -87,34 +88,55 @@ def run_cohort(work: pathlib.Path, modality: str) -> dict:
             "0",
             *sets(spec["sets"]),
         )
+    return data, base
+
+
+def stage2_arm(
+    data: pathlib.Path, base: pathlib.Path, run: pathlib.Path, modality: str, overrides: list[str]
+) -> float | None:
+    """Trains stage 2 in ``run``, a copy of the stage-1 folder ``base`` with ``overrides`` in
+    its config; returns its seconds, None where ``run`` already holds its ``stage2.keras``."""
+    if (run / "stage2.keras").exists():
+        return None
+    shutil.rmtree(run, ignore_errors=True)
+    shutil.copytree(base, run)
+    if overrides:
+        # The run folder holds its config: the arm's setting goes in it before stage 2,
+        # parsed and checked as `--set` parses it, the run's provenance kept.
+        path = run / "config.yaml"
+        saved = yaml.safe_load(path.read_text())
+        config = apply_overrides(config_from_dict(saved), overrides)
+        save_config(config, path, extra=saved.get("provenance"))
+    start = time.perf_counter()
+    pancseg(
+        "train",
+        str(data),
+        str(run),
+        "--config",
+        "quick",
+        "--stage",
+        "2",
+        "--seed",
+        "0",
+        *sets(COHORTS[modality]["sets"] + overrides),
+    )
+    return round(time.perf_counter() - start, 1)
+
+
+def cohort_name(modality: str) -> str:
+    """The command that made the development cohort."""
+    suffix = " --modality mri" if modality == "mri" else ""
+    return f"pancseg synth --cases {CASES} --seed {COHORTS[modality]['seed']}{suffix}"
+
+
+def run_cohort(work: pathlib.Path, modality: str) -> dict:
+    data, base = stage1_run(work, modality)
     arms = {"warmup": [], "end_to_end": ["train.freeze_cnn_epochs=0"]}
     seconds = {}
     for arm, overrides in arms.items():
-        run = work / f"{modality}_{arm}"
-        if not (run / "stage2.keras").exists():
-            shutil.rmtree(run, ignore_errors=True)
-            shutil.copytree(base, run)
-            if overrides:
-                # The run folder holds its config: the arm's setting goes in it before stage 2,
-                # parsed and checked as `--set` parses it, the run's provenance kept.
-                path = run / "config.yaml"
-                saved = yaml.safe_load(path.read_text())
-                config = apply_overrides(config_from_dict(saved), overrides)
-                save_config(config, path, extra=saved.get("provenance"))
-            start = time.perf_counter()
-            pancseg(
-                "train",
-                str(data),
-                str(run),
-                "--config",
-                "quick",
-                "--stage",
-                "2",
-                "--seed",
-                "0",
-                *sets(spec["sets"] + overrides),
-            )
-            seconds[arm] = round(time.perf_counter() - start, 1)
+        spent = stage2_arm(data, base, work / f"{modality}_{arm}", modality, overrides)
+        if spent is not None:
+            seconds[arm] = spent
     splits = json.loads((base / "splits.json").read_text())
     cases = list(splits["validation"])
     scores = {"stage1": score(base / "stage1.keras", data, cases)}
@@ -122,8 +144,7 @@ def run_cohort(work: pathlib.Path, modality: str) -> dict:
         scores[arm] = score(work / f"{modality}_{arm}" / "stage2.keras", data, cases)
     means = {arm: sum(v.values()) / len(v) for arm, v in scores.items()}
     return {
-        "cohort": f"pancseg synth --cases {CASES} --seed {spec['seed']}"
-        + (" --modality mri" if modality == "mri" else ""),
+        "cohort": cohort_name(modality),
         "validation_cases": cases,
         "per_case_dsc": scores,
         "mean_dsc": {arm: round(value, 4) for arm, value in means.items()},

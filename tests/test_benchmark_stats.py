@@ -268,3 +268,35 @@ def test_benchmarks_run_pancseg_through_one_helper(common, tmp_path, capsys):
     assert capsys.readouterr().out == f"$ pancseg info '{missing}'\n"
     for script in ("run.py", "warmup_choice.py", "real_ct_transfer.py", "stage_ablation.py"):
         assert "pancseg_tf.cli" not in (BENCHMARKS / script).read_text(), script
+
+
+def test_stage2_lr_rule_changes_the_rate_only_on_a_clear_win_on_both_cohorts():
+    """Amendment (d)'s rule, on made-up per-case scores: a lead inside the paired interval, or
+    one cohort lost, keeps 0.0005; a clear win everywhere changes it."""
+    choice = load(BENCHMARKS / "stage2_lr_choice.py", "stage2_lr_choice")
+    cases = ["a", "b", "c"]
+
+    def results(half_lead: list[float], double_lead: list[float]) -> dict:
+        out = {}
+        for k, modality in enumerate(("ct", "mri")):
+            quick = [0.80, 0.85, 0.82]
+            leads = {"half": half_lead[3 * k : 3 * k + 3], "double": double_lead[3 * k : 3 * k + 3]}
+            per_case = {"quick": dict(zip(cases, quick))}
+            per_case.update(
+                {
+                    arm: {c: q + d for c, q, d in zip(cases, quick, lead)}
+                    for arm, lead in leads.items()
+                }
+            )
+            means = {arm: float(np.mean(list(v.values()))) for arm, v in per_case.items()}
+            out[modality] = {"validation_cases": cases, "per_case_dsc": per_case, "mean_dsc": means}
+        return out
+
+    noisy = [0.03, -0.02, 0.01, 0.02, -0.01, 0.0]
+    assert "0.0005 stays" in choice.decide(results(noisy, noisy))["decision"]
+    one_cohort = [0.02, 0.03, 0.02, -0.01, -0.02, -0.01]
+    assert "0.0005 stays" in choice.decide(results(one_cohort, noisy))["decision"]
+    clear = [0.02, 0.03, 0.025, 0.02, 0.03, 0.02]
+    decided = choice.decide(results(noisy, clear))
+    assert decided["decision"] == "train.stage2_learning_rate 0.001 (double): recipe v3"
+    assert decided["comparisons"]["double - quick"]["ci_low"] > 0

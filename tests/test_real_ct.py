@@ -182,3 +182,35 @@ def test_capacity_quick_config_fits_one_real_nih_scan(tmp_path, nih_root):
     state = json.loads((run / "state.json").read_text())
     validation = state["stage1_cases"]["PANCREAS_0002"]
     assert abs(scores["stage1"] - validation) <= 0.05, (state, scores)
+
+
+# === The demo model on a real chest (benchmarks/demo_real_ct.py) ===
+
+
+def test_demo_real_ct_measures_nih_0002s_chest(nih_series_dir, nih_label_path):
+    """The benchmark's chest is NIH 0002's slices 45 mm and more above its pancreas, 0-18 of 195
+    (the lower heart on the liver dome, the lung bases, the spine: looked at), and its measure
+    counts marks there: the label itself scores DSC 1 with none in the chest; a mark on a chest
+    slice is counted with its HU."""
+    import importlib.util
+
+    import nibabel as nib
+
+    from pancseg_tf.io import read_dicom_series
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "demo_real_ct.py"
+    spec = importlib.util.spec_from_file_location("demo_real_ct", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    volume = read_dicom_series(nih_series_dir)
+    label = np.asarray(nib.load(nih_label_path).dataobj) > 0
+    chest = bench.chest_slices(volume, label)
+    assert np.flatnonzero(chest).tolist() == list(range(19))
+    itself = bench.measure(label.astype(np.uint8), volume, label, chest)
+    assert itself["dsc"] == 1.0 and itself["chest_voxels"] == 0 and itself["slices"] == [63, 131]
+    marked = label.copy()
+    marked[250:260, 300:310, 5] = True  # 100 voxels on chest slice 5
+    row = bench.measure(marked, volume, label, chest)
+    assert row["chest_voxels"] == 100 and row["slices"] == [5, 131]
+    assert row["chest_share"] == round(100 / (label.sum() + 100), 4)
+    assert row["chest_median_hu"] == float(np.median(volume.array[250:260, 300:310, 5]))

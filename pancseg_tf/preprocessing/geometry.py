@@ -71,6 +71,11 @@ CT_PAD_VALUE = -1024.0
 _BODY_PIXEL_MM = 2.0
 _BODY_MAX_SLICES = 64
 
+#: The most one float32 copy of a volume on the model grid may take. Past it the slice spacing
+#: is typed wrong (0.001 for 1.0 makes a 64-slice volume 160,000 slices), and preparing or
+#: predicting would otherwise end in the system's out-of-memory kill, with no message.
+MAX_MODEL_GRID_BYTES = 4 << 30
+
 _RAS = nio.axcodes2ornt(("R", "A", "S"))
 
 
@@ -653,7 +658,8 @@ def plan_geometry(
         The `GeometryPlan`.
 
     Raises:
-        PancsegError: on a non-positive spacing, a size under 1, or a volume that is not 3D.
+        PancsegError: on a non-positive spacing, a size under 1, a volume that is not 3D, or a
+            model grid past `MAX_MODEL_GRID_BYTES`.
     """
     if not spacing_mm > 0:
         raise PancsegError(f"spacing_mm must be > 0, got {spacing_mm}")
@@ -676,6 +682,13 @@ def plan_geometry(
     )
     if slice_spacing_mm is None:
         resampled = (resampled[0], resampled[1], shape[2])
+    grid_bytes = 4 * size[0] * size[1] * resampled[2]
+    if grid_bytes > MAX_MODEL_GRID_BYTES:
+        raise PancsegError(
+            f"the model grid would hold {resampled[2]:,} slices of {size[0]} x {size[1]} "
+            f"({grid_bytes / 2**30:.0f} GiB as float32) for this volume's {shape[2]} slices of "
+            f"{native[2]:g} mm: check slice_spacing_mm ({slice_spacing_mm})"
+        )
     box = body_crop_box(canonical, threshold=body_threshold, margin_mm=body_margin_mm)
     start = [
         _centred_start(lo, hi, spacing_mm / native[axis], size[axis])

@@ -386,6 +386,19 @@ def test_plan_geometry_rejects_bad_settings(kwargs, message):
         plan_geometry(Volume(np.zeros((8, 8, 2)), np.eye(4)), **kwargs)
 
 
+def test_a_slice_spacing_typed_wrong_is_refused_before_the_grid_is_made():
+    # 0.001 for 1.0 mm: 20 slices of 2.5 mm become 50,000 model slices of 256 x 256 (12 GiB);
+    # 0.01 makes 5,000 (1.2 GiB), a plan like any other.
+    volume = Volume(np.zeros((8, 8, 20)), np.diag([1.0, 1.0, 2.5, 1.0]))
+    with pytest.raises(
+        PancsegError,
+        match=r"50,000 slices of 256 x 256 \(12 GiB.*20 slices of "
+        r"2.5 mm: check slice_spacing_mm \(0.001\)",
+    ):
+        plan_geometry(volume, slice_spacing_mm=0.001)
+    assert plan_geometry(volume, slice_spacing_mm=0.01).model_shape[2] == 5000
+
+
 def test_forward_and_inverse_reject_wrong_input():
     plan = plan_geometry(Volume(np.zeros((8, 8, 2)), np.eye(4)), size=(16, 16))
     with pytest.raises(PancsegError, match="expected \\(8, 8, 2\\)"):

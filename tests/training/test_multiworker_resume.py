@@ -83,6 +83,8 @@ COUNTS = (
     "train.stage2_epochs=2",
     "train.freeze_cnn_epochs=1",
     "train.steps_per_epoch=2",
+    # Not applied on the multi-worker path (every epoch runs); the chief says so.
+    "train.early_stopping_patience=1",
 )
 # The one-process test's settings (dropout on, --deterministic) with fewer epochs and steps.
 REPLACED = {item.split("=")[0] for item in COUNTS}
@@ -199,3 +201,6 @@ def test_killed_and_resumed_cluster_ends_with_the_uninterrupted_weights(tiny_dat
     assert state_b == state_a
     leftovers = [p for p in run_b.rglob("*") if ".worker-" in p.name or "tmp-" in p.name]
     assert leftovers == []
+    said = "train.early_stopping_patience 1 is not applied"
+    assert said in (tmp_path / "logs-a" / "worker-0.err").read_text()
+    assert said not in (tmp_path / "logs-a" / "worker-1.err").read_text()

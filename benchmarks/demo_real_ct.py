@@ -8,8 +8,8 @@ demo as ``pancseg demo --seed S`` does (one held-out phantom instead of four: th
 are scored, never trained on), then the model segments the scan twice: with its post-processing
 (threshold, largest connected component: what ``pancseg predict`` writes) and without it (every
 voxel the network marks). Recorded per seed: voxels marked in all and in the chest, the chest's
-share, the median HU of the chest's marked voxels, the slices the kept component spans, the
-scan's DSC, and what the run shipped.
+share, the median HU of the chest's marked voxels, the first and last slice marked, the scan's
+DSC, and what the run shipped.
 
 A demo folder that exists is resumed, not retrained (as ``pancseg demo`` resumes). Synthetic
 training is no evidence on patients: this measures how often the chest (the heart above all, as
@@ -85,10 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     started_at = provenance()  # the commit the code was loaded from
     series = next((NIH / "Pancreas-CT" / "PANCREAS_0002").glob("*/*"))
     volume = read_dicom_series(series)
-    label = (
-        np.asarray(nib.load(NIH / "TCIA_pancreas_labels-02-05-2017" / "label0002.nii.gz").dataobj)
-        > 0
-    )
+    label_path = NIH / "TCIA_pancreas_labels-02-05-2017" / "label0002.nii.gz"
+    label = np.asarray(nib.load(label_path).dataobj) > 0
     if label.shape != volume.array.shape:
         raise SystemExit(f"label {label.shape} and scan {volume.array.shape} differ")
     chest = chest_slices(volume, label)

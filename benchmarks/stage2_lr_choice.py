@@ -16,7 +16,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import sys
@@ -25,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run from anywhere
 from bench_common import emit_json, provenance  # noqa: E402
 from paired_stats import paired_comparison  # noqa: E402
-from warmup_choice import COHORTS, cohort_name, score, stage1_run, stage2_arm  # noqa: E402
+from warmup_choice import COHORTS, score_arms, train_arms  # noqa: E402
 
 from pancseg_tf.config import load_config  # noqa: E402
 
@@ -38,29 +37,20 @@ ARMS = {
 
 
 def run_cohort(work: pathlib.Path, modality: str) -> dict:
-    data, base = stage1_run(work, modality)
-    seconds = {}
-    for arm, (folder, rate) in ARMS.items():
-        overrides = [] if arm == "quick" else [f"train.stage2_learning_rate={rate}"]
-        spent = stage2_arm(data, base, work / f"{modality}_{folder}", modality, overrides)
-        if spent is not None:
-            seconds[arm] = spent
-    cases = list(json.loads((base / "splits.json").read_text())["validation"])
-    scores = {}
+    arms = {
+        arm: (folder, [] if arm == "quick" else [f"train.stage2_learning_rate={rate}"])
+        for arm, (folder, rate) in ARMS.items()
+    }
+    data, base, seconds = train_arms(work, modality, arms)
+    models = {}
     for arm, (folder, rate) in ARMS.items():
         run = work / f"{modality}_{folder}"
         trained = load_config(run / "config.yaml").train.stage2_learning_rate
         if trained != rate:  # a stale or foreign run folder would answer another question
             raise SystemExit(f"{run} trained stage 2 at {trained}, arm {arm} is {rate}")
-        scores[arm] = score(run / "stage2.keras", data, cases)
-    means = {arm: sum(v.values()) / len(v) for arm, v in scores.items()}
-    return {
-        "cohort": cohort_name(modality),
-        "validation_cases": cases,
-        "per_case_dsc": scores,
-        "mean_dsc": {arm: round(value, 4) for arm, value in means.items()},
-        "stage2_seconds": seconds,
-    }
+        models[arm] = run / "stage2.keras"
+    result, _ = score_arms(data, base, modality, models)
+    return {**result, "stage2_seconds": seconds}
 
 
 def decide(results: dict[str, dict]) -> dict:

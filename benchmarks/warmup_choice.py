@@ -129,25 +129,48 @@ def cohort_name(modality: str) -> str:
     return f"pancseg synth --cases {CASES} --seed {COHORTS[modality]['seed']}{suffix}"
 
 
-def run_cohort(work: pathlib.Path, modality: str) -> dict:
+def train_arms(
+    work: pathlib.Path, modality: str, arms: dict[str, tuple[str, list[str]]]
+) -> tuple[pathlib.Path, pathlib.Path, dict[str, float]]:
+    """Stage 1 once (`stage1_run`), then each arm's stage 2 (`stage2_arm`) in
+    ``WORK/<modality>_<folder>`` with its overrides; ``arms`` maps arm -> (folder, overrides).
+    Returns the prepared data, the stage-1 folder and the seconds of the arms trained now."""
     data, base = stage1_run(work, modality)
-    arms = {"warmup": [], "end_to_end": ["train.freeze_cnn_epochs=0"]}
     seconds = {}
-    for arm, overrides in arms.items():
-        spent = stage2_arm(data, base, work / f"{modality}_{arm}", modality, overrides)
+    for arm, (folder, overrides) in arms.items():
+        spent = stage2_arm(data, base, work / f"{modality}_{folder}", modality, overrides)
         if spent is not None:
             seconds[arm] = spent
-    splits = json.loads((base / "splits.json").read_text())
-    cases = list(splits["validation"])
-    scores = {"stage1": score(base / "stage1.keras", data, cases)}
-    for arm in arms:
-        scores[arm] = score(work / f"{modality}_{arm}" / "stage2.keras", data, cases)
+    return data, base, seconds
+
+
+def score_arms(
+    data: pathlib.Path, base: pathlib.Path, modality: str, models: dict[str, pathlib.Path]
+) -> tuple[dict, dict[str, float]]:
+    """Each model scored on the stage-1 run's validation cases: the cohort's result (its
+    command, the cases, per-case and rounded mean DSC) and the unrounded means."""
+    cases = list(json.loads((base / "splits.json").read_text())["validation"])
+    scores = {arm: score(path, data, cases) for arm, path in models.items()}
     means = {arm: sum(v.values()) / len(v) for arm, v in scores.items()}
-    return {
+    result = {
         "cohort": cohort_name(modality),
         "validation_cases": cases,
         "per_case_dsc": scores,
         "mean_dsc": {arm: round(value, 4) for arm, value in means.items()},
+    }
+    return result, means
+
+
+def run_cohort(work: pathlib.Path, modality: str) -> dict:
+    arms = {"warmup": [], "end_to_end": ["train.freeze_cnn_epochs=0"]}
+    data, base, seconds = train_arms(
+        work, modality, {arm: (arm, overrides) for arm, overrides in arms.items()}
+    )
+    models = {"stage1": base / "stage1.keras"}
+    models.update({arm: work / f"{modality}_{arm}" / "stage2.keras" for arm in arms})
+    result, means = score_arms(data, base, modality, models)
+    return {
+        **result,
         "warmup_better": means["warmup"] > means["end_to_end"],
         "stage2_seconds": seconds,
     }

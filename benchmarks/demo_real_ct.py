@@ -57,11 +57,11 @@ def measure(mask, volume, label, chest) -> dict:
     in_chest = marked[:, :, chest]
     hu = volume.array[:, :, chest][in_chest]
     slices = np.flatnonzero(marked.any(axis=(0, 1)))
-    total = int(marked.sum())
+    total, there = int(marked.sum()), int(in_chest.sum())
     return {
         "marked_voxels": total,
-        "chest_voxels": int(in_chest.sum()),
-        "chest_share": round(int(in_chest.sum()) / total, 4) if total else 0.0,
+        "chest_voxels": there,
+        "chest_share": round(there / total, 4) if total else 0.0,
         "chest_median_hu": float(np.median(hu)) if hu.size else None,
         "slices": [int(slices.min()), int(slices.max())] if slices.size else None,
         "dsc": round(float(2 * (marked & label).sum() / (total + label.sum())), 4),

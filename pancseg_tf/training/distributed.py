@@ -66,14 +66,14 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
     if trainer.deterministic:
         tf.config.experimental.enable_op_determinism()
     state_path = run / "state.json"
-    if chief and cfg.train.early_stopping_patience > 0:
-        log.warning(
-            "multi-worker training runs every epoch: train.early_stopping_patience %d is not "
-            "applied here (the best epoch on validation is still the one kept)",
-            cfg.train.early_stopping_patience,
-        )
     validation = None
     if chief:
+        if cfg.train.early_stopping_patience > 0:
+            log.warning(
+                "multi-worker training runs every epoch: train.early_stopping_patience %d is "
+                "not applied here (the best epoch on validation is still the one kept)",
+                cfg.train.early_stopping_patience,
+            )
         validation = WholeVolumeValidation(
             trainer.data_dir,
             splits["validation"][: cfg.train.validation_cases],

@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from pancseg_tf.atomic import write_bytes
 from pancseg_tf.config import Config
 from pancseg_tf.data.tfrecord import encode_case, write_tfrecord_atomic
 from pancseg_tf.errors import PancsegError
@@ -226,12 +227,6 @@ def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()
 
 
-def _write_atomic(path: pathlib.Path, data: bytes) -> None:
-    from pancseg_tf.atomic import write_bytes
-
-    write_bytes(path, data)
-
-
 def _remove_temporaries(out: pathlib.Path, case_id: str) -> None:
     """Removes what a killed run left of one case (temporary files under hidden names)."""
     for folder, name in (
@@ -280,7 +275,7 @@ def _run_task(task: _Task) -> dict[str, Any]:
     entry["shard_bytes"] = (out / shard).stat().st_size
     entry["preprocess_hash"] = task.preprocess_hash
     # The entry only after its shard: an entry on disk always means a complete shard.
-    _write_atomic(out / CASES_DIR / f"{case_id}.json", _json_bytes(entry))
+    write_bytes(out / CASES_DIR / f"{case_id}.json", _json_bytes(entry))
     (out / SKIPPED_DIR / f"{case_id}.json").unlink(missing_ok=True)
     return {
         "case_id": case_id,
@@ -454,7 +449,7 @@ def prepare_cohort(
                 log.warning("skipping %s", message)
                 # The index gets the message without file paths: it may be shared.
                 skipped = {"case_id": case_id, "error": result["public_error"]}
-                _write_atomic(out / SKIPPED_DIR / f"{case_id}.json", _json_bytes(skipped))
+                write_bytes(out / SKIPPED_DIR / f"{case_id}.json", _json_bytes(skipped))
                 continue
             entry = result["entry"]
             log.log(
@@ -598,7 +593,7 @@ def merge_indexes(
         "num_slices": sum(e["num_slices"] for e in entries),
         "num_positive_slices": sum(len(e["positive_slices"]) for e in entries),
     }
-    _write_atomic(out / INDEX_FILE, _json_bytes(index))
+    write_bytes(out / INDEX_FILE, _json_bytes(index))
     return index
 
 

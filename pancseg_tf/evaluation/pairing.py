@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from pancseg_tf.errors import PancsegError
-from pancseg_tf.io.cohorts import check_case_id
+from pancseg_tf.io.cohorts import check_case_id, nifti_stem
 from pancseg_tf.io.volume import Volume
 
 log = logging.getLogger("pancseg_tf.evaluation")
@@ -41,7 +41,6 @@ __all__ = [
 # Two grids are the same when every corner voxel of the volume lands within this many mm.
 GRID_TOLERANCE_MM = 1e-4
 
-_NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _PROBABILITY_SUFFIX = "_prob"  # pancseg predict --probabilities writes <case>_prob.nii.gz
 
 
@@ -57,14 +56,6 @@ class Truth:
     modality: str | None = None  # None: guessed from the intensities for display
 
 
-def _nifti_stem(path: pathlib.Path) -> str | None:
-    name = path.name
-    for suffix in _NIFTI_SUFFIXES:
-        if name.lower().endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return None
-
-
 def _nifti_files(folder: pathlib.Path, what: str) -> dict[str, pathlib.Path]:
     """Case id -> file for the visible ``<case>.nii.gz`` / ``<case>.nii`` files of a folder."""
     files: dict[str, pathlib.Path] = {}
@@ -72,7 +63,7 @@ def _nifti_files(folder: pathlib.Path, what: str) -> dict[str, pathlib.Path]:
         # Hidden files (macOS ._ files, temporary files of a running writer) are not cases.
         if path.name.startswith(".") or not path.is_file():
             continue
-        stem = _nifti_stem(path)
+        stem = nifti_stem(path)
         if stem is None:
             continue
         # The id names report files (cases/<id>.png) and table rows: the rule of every command.

@@ -45,7 +45,7 @@ SPLITS = ("train", "test", "all")
 MANIFEST_COLUMNS = ("case_id", "image", "label", "modality", "label_values")
 AMBIGUOUS_SLICES_FILE = "ambiguous_slices.json"
 
-_NIFTI_SUFFIXES = (".nii.gz", ".nii")
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 _NIH_CASE = re.compile(r"^PANCREAS_(\d{4})$", re.IGNORECASE)
@@ -225,10 +225,12 @@ def _visible(path: pathlib.Path) -> bool:
     return not path.name.startswith(".")
 
 
-def _nifti_stem(path: pathlib.Path) -> str | None:
+def nifti_stem(path: pathlib.Path) -> str | None:
+    """The case id of a ``<case>.nii.gz`` / ``<case>.nii`` file (any case of the suffix), or
+    None for another file."""
     name = path.name
-    for suffix in _NIFTI_SUFFIXES:
-        if name.lower().endswith(suffix):
+    for suffix in NIFTI_SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
     return None
 
@@ -326,7 +328,7 @@ def _nifti_files(folder: pathlib.Path) -> list[pathlib.Path]:
     if not folder.is_dir():
         return []
     return sorted(
-        p for p in folder.iterdir() if _visible(p) and p.is_file() and _nifti_stem(p) is not None
+        p for p in folder.iterdir() if _visible(p) and p.is_file() and nifti_stem(p) is not None
     )
 
 
@@ -348,7 +350,7 @@ def _image_cases(
 ) -> list[tuple[str, pathlib.Path]]:  # (case id, image)
     cases = []
     for file in _nifti_files(folder):
-        stem = _nifti_stem(file)
+        stem = nifti_stem(file)
         if suffixed:
             match = _CHANNEL.match(stem)
             if match is None:
@@ -367,7 +369,7 @@ def _image_cases(
 
 
 def _find_label(folder: pathlib.Path, case_id: str) -> pathlib.Path:
-    for suffix in _NIFTI_SUFFIXES:
+    for suffix in NIFTI_SUFFIXES:
         candidate = folder / f"{case_id}{suffix}"
         if candidate.is_file():
             return candidate
@@ -385,9 +387,9 @@ def _resolve_listed_image(path: pathlib.Path) -> pathlib.Path:
     # copy of Task07): accept the suffixed file.
     if path.is_file():
         return path
-    stem = _nifti_stem(path)
+    stem = nifti_stem(path)
     if stem is not None:
-        for suffix in _NIFTI_SUFFIXES:
+        for suffix in NIFTI_SUFFIXES:
             candidate = path.with_name(f"{stem}_0000{suffix}")
             if candidate.is_file():
                 return candidate
@@ -404,9 +406,9 @@ def _discover_msd(root: pathlib.Path, split: str) -> list[Case]:
     modality = _msd_modality(root, dataset)
     where = str(root / "dataset.json")
     labels_folder = root / "labelsTr"
-    label_stems = {_nifti_stem(p) for p in _nifti_files(labels_folder)}
+    label_stems = {nifti_stem(p) for p in _nifti_files(labels_folder)}
     train_suffixed = _uses_channel_suffix(
-        [_nifti_stem(p) for p in _nifti_files(root / "imagesTr")], label_stems
+        [nifti_stem(p) for p in _nifti_files(root / "imagesTr")], label_stems
     )
     cases: list[Case] = []
 
@@ -418,7 +420,7 @@ def _discover_msd(root: pathlib.Path, split: str) -> list[Case]:
                     raise PancsegError(f"{where}: training[{n}] must be an object")
                 image = _listed_file(root, entry.get("image"), f"{where} training[{n}].image")
                 label = _listed_file(root, entry.get("label"), f"{where} training[{n}].label")
-                case_id = check_case_id(_nifti_stem(image) or image.name, where)
+                case_id = check_case_id(nifti_stem(image) or image.name, where)
                 image = _resolve_listed_image(image)
                 if not image.is_file():
                     raise PancsegError(f"case {case_id}: image file not found: {image}")
@@ -435,7 +437,7 @@ def _discover_msd(root: pathlib.Path, split: str) -> list[Case]:
             )
 
     if split in ("test", "all"):
-        test_stems = [_nifti_stem(p) for p in _nifti_files(root / "imagesTs")]
+        test_stems = [nifti_stem(p) for p in _nifti_files(root / "imagesTs")]
         has_train_images = bool(_nifti_files(root / "imagesTr"))
         suffixed = train_suffixed if has_train_images else _uses_channel_suffix(test_stems, set())
         listed = dataset.get("test")
@@ -444,7 +446,7 @@ def _discover_msd(root: pathlib.Path, split: str) -> list[Case]:
                 if isinstance(entry, dict):  # some converters write {"image": ...}
                     entry = entry.get("image")
                 image = _listed_file(root, entry, f"{where} test[{n}]")
-                case_id = check_case_id(_nifti_stem(image) or image.name, where)
+                case_id = check_case_id(nifti_stem(image) or image.name, where)
                 image = _resolve_listed_image(image)
                 if not image.is_file():
                     raise PancsegError(f"case {case_id}: image file not found: {image}")

@@ -15,7 +15,7 @@ import re
 
 import numpy as np
 
-from pancseg_tf.atomic import replacing
+from pancseg_tf.atomic import write_bytes
 from pancseg_tf.errors import PancsegError
 from pancseg_tf.io.cohorts import AMBIGUOUS_SLICES_FILE
 from pancseg_tf.synthetic.phantom import (
@@ -107,8 +107,8 @@ def make_cohort(
             rng, modality=modality, shape=shape, spacing=case_spacing
         )
         case_id = f"synth_{n:03d}"
-        _write_atomic(images / f"{case_id}.nii.gz", _nifti_gz_bytes(image, affine))
-        _write_atomic(labels / f"{case_id}.nii.gz", _nifti_gz_bytes(label, affine))
+        write_bytes(images / f"{case_id}.nii.gz", _nifti_gz_bytes(image, affine))
+        write_bytes(labels / f"{case_id}.nii.gz", _nifti_gz_bytes(label, affine))
         ambiguous[case_id] = slices
         training.append(
             {"image": f"./imagesTr/{case_id}.nii.gz", "label": f"./labelsTr/{case_id}.nii.gz"}
@@ -116,7 +116,7 @@ def make_cohort(
     _remove_stale_cases(out, set(ambiguous))
 
     name = "CT" if modality == "ct" else "MRI"
-    _write_atomic(out / AMBIGUOUS_SLICES_FILE, _ambiguous_json_bytes(ambiguous))
+    write_bytes(out / AMBIGUOUS_SLICES_FILE, _ambiguous_json_bytes(ambiguous))
     dataset = {
         "name": f"pancseg_tf synthetic {name}",
         "description": (
@@ -140,7 +140,7 @@ def make_cohort(
             "spacing": list(spacing),
         },
     }
-    _write_atomic(out / "dataset.json", _json_bytes(dataset))
+    write_bytes(out / "dataset.json", _json_bytes(dataset))
     return out
 
 
@@ -205,9 +205,3 @@ def _ambiguous_json_bytes(ambiguous: dict[str, list[int]]) -> bytes:
     """One line per case: ``"synth_000": [21, 26]``."""
     lines = [f"  {json.dumps(case)}: {json.dumps(slices)}" for case, slices in ambiguous.items()]
     return ("{\n" + ",\n".join(lines) + "\n}\n").encode("utf-8")
-
-
-def _write_atomic(path: pathlib.Path, data: bytes) -> None:
-    """Writes under a hidden temporary name in the same folder, then renames over ``path``."""
-    with replacing(path) as tmp:
-        tmp.write_bytes(data)

@@ -15,18 +15,13 @@ from typing import Any
 import keras
 import numpy as np
 
+from pancseg_tf.atomic import write_text
+
 log = logging.getLogger("pancseg_tf.training")
 
 #: ``dsc`` / ``ji``: streaming scores over the epoch's training batches (augmented windows);
 #: ``val_dsc``: whole validation volumes on their own grids, as ``pancseg evaluate`` scores.
 LOG_COLUMNS = ("stage", "epoch", "loss", "dsc", "ji", "val_dsc", "learning_rate", "seconds")
-
-
-def write_atomic(path: pathlib.Path, text: str) -> None:
-    """Writes a small text file under a temporary name, then renames it into place."""
-    from pancseg_tf.atomic import write_text
-
-    write_text(path, text)
 
 
 def read_json(path: pathlib.Path, default: Any) -> Any:
@@ -157,7 +152,7 @@ class RunLog(keras.callbacks.Callback):
         writer = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-        write_atomic(self.path, buf.getvalue())
+        write_text(self.path, buf.getvalue())
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         if not self.enabled:
@@ -251,7 +246,7 @@ class BestModel(keras.callbacks.Callback):
             state[f"{self.key}_epoch"] = int(epoch)
             if cases:
                 state[f"{self.key}_cases"] = {k: float(v) for k, v in sorted(cases.items())}
-            write_atomic(self.state_path, json.dumps(state, indent=2))
+            write_text(self.state_path, json.dumps(state, indent=2))
 
 
 def save_model_atomic(model: keras.Model, path: pathlib.Path) -> None:
@@ -323,7 +318,7 @@ def ship_best_model(run_dir: pathlib.Path) -> str:
         shutil.copyfile(source, tmp)
     state = read_json(state_path, {})
     state["shipped"] = shipped
-    write_atomic(state_path, json.dumps(state, indent=2))
+    write_text(state_path, json.dumps(state, indent=2))
     return shipped
 
 
@@ -331,7 +326,7 @@ def mark_state(state_path: pathlib.Path, key: str) -> None:
     """Sets ``key`` to true in the run's ``state.json`` (e.g. ``stage1_done``)."""
     state = read_json(state_path, {})
     state[key] = True
-    write_atomic(state_path, json.dumps(state, indent=2))
+    write_text(state_path, json.dumps(state, indent=2))
 
 
 def _fmt(value: Any) -> str:

@@ -45,6 +45,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pancseg_tf._version import __version__
+from pancseg_tf.atomic import replacing, write_text
 from pancseg_tf.config import Config, config_from_dict, save_config
 from pancseg_tf.errors import PancsegError
 from pancseg_tf.training.callbacks import (
@@ -55,7 +56,6 @@ from pancseg_tf.training.callbacks import (
     mark_state,
     read_json,
     ship_best_model,
-    write_atomic,
 )
 from pancseg_tf.training.recipe import (
     TrainResult,
@@ -262,7 +262,7 @@ class Trainer:
                     "seed": self.seed,
                 },
             )
-            write_atomic(splits_path, json.dumps(splits, indent=2))
+            write_text(splits_path, json.dumps(splits, indent=2))
         return splits
 
     # --- one stage ---
@@ -625,7 +625,7 @@ def resumable_early_stopping(patience: int, path: pathlib.Path, initial_epoch: i
             if self.model.stop_training and self.stopped_epoch == epoch:
                 record["stopped_epoch"] = epoch
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, json.dumps(record, indent=2))
+            write_text(path, json.dumps(record, indent=2))
 
     return ResumableEarlyStopping(monitor="val_dsc", mode="max", patience=patience)
 
@@ -656,11 +656,11 @@ def atomic_backup_and_restore(backup_dir: pathlib.Path):
     class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         def on_epoch_end(self, epoch, logs=None):
             backup_dir.mkdir(parents=True, exist_ok=True)
-            tmp = backup_dir / f".tmp-{os.getpid()}.weights.h5"
-            self.model.save_weights(str(tmp), overwrite=True)
-            os.replace(tmp, backup_dir / "latest.weights.h5")
+            weights = backup_dir / "latest.weights.h5"
+            with replacing(weights, keep_suffix=".weights.h5") as tmp:
+                self.model.save_weights(str(tmp), overwrite=True)
             meta = {"epoch": epoch + 1, "batch": 0}
-            write_atomic(backup_dir / "training_metadata.json", json.dumps(meta))
+            write_text(backup_dir / "training_metadata.json", json.dumps(meta))
 
     return AtomicBackupAndRestore(str(backup_dir), delete_checkpoint=False)
 

@@ -25,21 +25,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from bench_common import emit_json, load_average, machine_info  # noqa: E402
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def git_commit() -> str:
-    """HEAD's commit, with ``+dirty`` when the working tree differs from it."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=REPO, capture_output=True, text=True, check=False
-        ).stdout.strip()
-
-    commit = git("rev-parse", "HEAD") or "unknown"
-    return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+from bench_common import emit_json, load_average, provenance  # noqa: E402
 
 
 def timed_predict(run: str, inputs: list[str], out: pathlib.Path, extra: list[str]) -> float:
@@ -51,6 +37,13 @@ def timed_predict(run: str, inputs: list[str], out: pathlib.Path, extra: list[st
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(command + extra)} exited {proc.returncode}: {proc.stderr}")
     return seconds
+
+
+def run_config(run: str) -> pathlib.Path | None:
+    """The config file whose hash the result records: a run folder's ``config.yaml`` (None for
+    a bare ``.keras``, whose config is its model card)."""
+    config = pathlib.Path(run) / "config.yaml"
+    return config if config.is_file() else None
 
 
 def main(argv: list[str]) -> None:
@@ -99,9 +92,8 @@ def main(argv: list[str]) -> None:
     beam_rate = cases / beam_s
     result = {
         "benchmark": "beam_throughput",
-        "command": "python benchmarks/beam_throughput.py " + " ".join(argv),
-        "commit": git_commit(),
-        "machine": {**machine_info(), "load_average_start": load_start},
+        "provenance": provenance(run_config(args.run), ["benchmarks/beam_throughput.py", *argv]),
+        "load_average_start": load_start,
         "cases": cases,
         "runner": {"name": "DirectRunner", "workers": args.workers, "mode": args.mode},
         "in_process": {"wall_s": round(in_process_s, 2), "cases_per_s": cases / in_process_s},

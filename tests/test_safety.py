@@ -196,6 +196,25 @@ def test_a_class_whose_module_is_missing_is_one_line_even_when_unsafe(runs, tmp_
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("what", ["text", "truncated"])
+@pytest.mark.parametrize("command", ["predict", "export"])
+def test_a_keras_file_that_is_no_archive_is_one_line_naming_it(runs, ct, tmp_path, what, command):
+    """Keras' own text for such a file says "File not found" of a file that is there."""
+    source = (runs["safe"] / "model.keras").read_bytes()
+    model = tmp_path / "run" / "model.keras"
+    model.parent.mkdir()
+    model.write_bytes(b"not a model\n" if what == "text" else source[: len(source) // 2])
+    out = tmp_path / "out"
+    for given in (model, model.parent):  # the file, and the run folder holding it
+        if command == "predict":
+            status, stderr = pancseg("predict", given, ct[0], "-o", out)
+        else:
+            status, stderr = pancseg("export", given, out)
+        assert_one_line_error(status, stderr, "model.keras is not a .keras model", "zip archive")
+        assert "not found" not in stderr
+        assert not out.exists() or not any(out.rglob("*.*"))
+
+
 def test_registered_models_load_without_unsafe(runs):
     assert type(load_model(runs["safe"])).__name__ == "SliceCNN"
 

@@ -14,17 +14,29 @@ from pancseg_tf.errors import PancsegError
 
 
 def resolve_model_path(path: str | pathlib.Path) -> pathlib.Path:
-    """A run folder (its ``model.keras``, else ``stage1.keras``) or a ``.keras`` file."""
+    """A run folder (its ``model.keras``, else ``stage1.keras``) or a ``.keras`` file.
+
+    Raises:
+        PancsegError: nothing of the kind is there, or the ``.keras`` file is no zip archive
+            (truncated, or another format under that name).
+    """
+    import zipfile
+
     path = pathlib.Path(path)
     if path.is_dir():
-        for name in ("model.keras", "stage1.keras"):
-            if (path / name).is_file():
-                return path / name
-        raise PancsegError(f"no model.keras or stage1.keras in the run folder {path}")
-    if not path.exists():
+        found = [path / n for n in ("model.keras", "stage1.keras") if (path / n).is_file()]
+        if not found:
+            raise PancsegError(f"no model.keras or stage1.keras in the run folder {path}")
+        path = found[0]
+    elif not path.exists():
         raise PancsegError(f"model not found: {path}")
-    if path.suffix != ".keras":
+    elif path.suffix != ".keras":
         raise PancsegError(f"expected a run folder or a .keras model file, got {path}")
+    if not zipfile.is_zipfile(path):
+        raise PancsegError(
+            f"{path.name} is not a .keras model: a .keras file is a zip archive and this one is "
+            "not (truncated, or another format under that name)"
+        )
     return path
 
 

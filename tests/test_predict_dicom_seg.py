@@ -1,8 +1,9 @@
 """`pancseg predict --output-format dicom-seg`: the SEG holds exactly the voxels of the NIfTI mask.
 
 A tiny untrained run segments the JPEG 2000 TotalSegmentator series (a copy given the study and
-series UIDs its anonymisation removed); the same run writes NIfTI, and the SEG's frames, placed
-by their own geometry, must equal that mask voxel for voxel.
+series UIDs its anonymisation removed) and the NIH Pancreas-CT 0002 series (read in place: its
+column direction is -y, which trips naive readers); the same run writes NIfTI, and the SEG's
+frames, placed by their own geometry, must equal that mask voxel for voxel.
 """
 
 import subprocess
@@ -68,31 +69,34 @@ def _threshold_between(probabilities: np.ndarray) -> float:
 
 
 @pytest.mark.large
-def test_seg_holds_exactly_the_nifti_mask(run, ts_series, tmp_path):
+@pytest.mark.parametrize("which", ["totalsegmentator_jpeg2000", "nih_0002"])
+def test_seg_holds_exactly_the_nifti_mask(run, which, request, tmp_path):
     from pancseg_tf.io import read_volume
 
-    volume = read_volume(ts_series)
+    series = request.getfixturevalue("ts_series" if which.startswith("total") else "nih_series_dir")
+    case = series.name
+    volume = read_volume(series)
     flags: list = []
-    proc = pancseg("predict", run, ts_series, "-o", tmp_path / "nifti", "--probabilities")
+    proc = pancseg("predict", run, series, "-o", tmp_path / "nifti", "--probabilities")
     assert proc.returncode == 0, proc.stderr
-    mask = np.asarray(nib.load(str(tmp_path / "nifti" / "ct_dicom.nii.gz")).dataobj)
+    mask = np.asarray(nib.load(str(tmp_path / "nifti" / f"{case}.nii.gz")).dataobj)
     if not 0 < mask.sum() < mask.size:
         # An untrained model may mark nothing or everything at the run's threshold: pick one
         # inside its range of probabilities so that the comparison below means something.
         probabilities = np.asarray(
-            nib.load(str(tmp_path / "nifti" / "ct_dicom_prob.nii.gz")).dataobj
+            nib.load(str(tmp_path / "nifti" / f"{case}_prob.nii.gz")).dataobj
         )
         flags = ["--threshold", _threshold_between(probabilities), "--no-postprocess"]
-        proc = pancseg("predict", run, ts_series, "-o", tmp_path / "nifti", *flags)
+        proc = pancseg("predict", run, series, "-o", tmp_path / "nifti", *flags)
         assert proc.returncode == 0, proc.stderr
-        mask = np.asarray(nib.load(str(tmp_path / "nifti" / "ct_dicom.nii.gz")).dataobj)
+        mask = np.asarray(nib.load(str(tmp_path / "nifti" / f"{case}.nii.gz")).dataobj)
     assert 0 < mask.sum() < mask.size, "a mask neither empty nor full"
 
     out = tmp_path / "seg"
-    proc = pancseg("predict", run, ts_series, "-o", out, "--output-format", "dicom-seg", *flags)
+    proc = pancseg("predict", run, series, "-o", out, "--output-format", "dicom-seg", *flags)
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["ct_dicom.dcm"]
-    seg = hd.seg.segread(out / "ct_dicom.dcm")
+    assert sorted(p.name for p in out.iterdir()) == [f"{case}.dcm"]
+    seg = hd.seg.segread(out / f"{case}.dcm")
     assert seg.SegmentSequence[0].SegmentLabel == "Pancreas"
     np.testing.assert_array_equal(seg_voxels(seg, volume.affine, volume.shape), mask)
 

@@ -248,3 +248,22 @@ def test_a_bare_model_exports_like_its_run(trained_run, tmp_path):
     for key in ("client_config", "run_config", "training_provenance"):
         assert metadata[0][key] == metadata[1][key], key
     assert metadata[1]["training_provenance"]["package_version"]
+    assert metadata[0]["source_model"]["sha256"] == metadata[1]["source_model"]["sha256"]
+    # And the two SavedModels compute the same: one chunk of CT intensities through each.
+    import tensorflow as tf
+
+    results = []
+    for base in (tmp_path / "a", tmp_path / "b"):
+        served = tf.saved_model.load(str(next(base.glob("pancseg/[0-9]*"))))
+        signature = served.signatures["serving_default"]
+        spec = signature.structured_input_signature[1]["slices"]
+        chunk = np.random.default_rng(0).integers(-200, 300, size=(1, *spec.shape[1:]))
+        results.append(
+            signature(
+                slices=tf.constant(chunk.astype(spec.dtype.as_numpy_dtype)),
+                slice_count=tf.constant([spec.shape[1]], tf.int32),
+            )
+        )
+    for key in ("probabilities", "mask"):
+        np.testing.assert_array_equal(results[0][key].numpy(), results[1][key].numpy())
+    assert 0.0 < float(results[0]["probabilities"].numpy().std())

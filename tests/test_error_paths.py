@@ -289,4 +289,4 @@ def test_predict_names_each_bad_input_not_its_folder(patient, tiny_run, tmp_path
     shutil.copyfile(tiny_run / "config.yaml", run / "config.yaml")
     (run / "model.keras").write_bytes((tiny_run / "model.keras").read_bytes()[:3000])
     proc = pancseg("predict", run, patient["good"], "-o", out)
-    assert_names_no_folder(proc, 2, "cannot load a model from model.keras")
+    assert_names_no_folder(proc, 2, "model.keras is not a .keras model")

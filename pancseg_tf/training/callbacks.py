@@ -342,3 +342,50 @@ def _learning_rate(model: keras.Model) -> float | None:
         return float(keras.ops.convert_to_numpy(lr))
     except (TypeError, ValueError):
         return None
+
+
+def resumable_early_stopping(patience: int, path: pathlib.Path, initial_epoch: int):
+    """``keras.callbacks.EarlyStopping`` on ``val_dsc`` (max) that keeps its state over a resume.
+
+    Keras' callback starts again from nothing after a kill, so a resumed phase would stop later
+    than an uninterrupted one. This one records each epoch's ``val_dsc`` (and the epoch it
+    stopped at) in ``path``, beside the phase's backup, and when the phase resumes at
+    ``initial_epoch`` it replays the epochs before it. Records at or after ``initial_epoch``
+    (written, then killed before the epoch's backup) are dropped: those epochs run again.
+
+    Args:
+        patience: epochs without a better ``val_dsc`` before the phase stops.
+        path: the phase's JSON record, ``RUN/backup/<phase>/early_stopping.json``.
+        initial_epoch: the epoch the phase (re)starts at.
+
+    Returns:
+        The callback.
+    """
+    saved = read_json(path, {}).get("val_dsc", {})
+    history = {int(e): float(v) for e, v in saved.items() if int(e) < initial_epoch}
+
+    class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+        def on_train_begin(self, logs=None):
+            super().on_train_begin(logs)
+            for epoch in sorted(history):
+                super().on_epoch_end(epoch, {"val_dsc": history[epoch]})
+
+        def on_epoch_end(self, epoch, logs=None):
+            super().on_epoch_end(epoch, logs)
+            value = (logs or {}).get("val_dsc")
+            if value is None:
+                return
+            history[epoch] = float(value)
+            record: dict[str, Any] = {"val_dsc": {str(e): history[e] for e in sorted(history)}}
+            if self.model.stop_training and self.stopped_epoch == epoch:
+                record["stopped_epoch"] = epoch
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text(path, json.dumps(record, indent=2))
+
+    return ResumableEarlyStopping(monitor="val_dsc", mode="max", patience=patience)
+
+
+def early_stopped(path: pathlib.Path, initial_epoch: int) -> bool:
+    """Whether early stopping ended the phase at an epoch before ``initial_epoch`` (backed up)."""
+    stopped = read_json(path, {}).get("stopped_epoch")
+    return stopped is not None and int(stopped) < initial_epoch

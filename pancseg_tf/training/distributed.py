@@ -5,6 +5,8 @@ single-machine `Trainer`, with `pancseg_tf.training.multiworker.fit_distributed`
 ``model.fit`` (which fails under ``MultiWorkerMirroredStrategy`` with Keras 3). Every worker runs
 every step and saves the resume checkpoint (collectively: non-chief workers to temporary
 folders); only the chief writes the run folder's files (config, splits, log, best models).
+Early stopping (``train.early_stopping_patience``) is the chief's decision on its validation,
+shared with the other workers by `fit_distributed`, and resumable as in one process.
 
 Test-only: with ``PANCSEG_TEST_KILL_AFTER_EPOCHS=N`` in the environment every worker sends
 itself SIGKILL when it is about to start its ``N + 1``-th epoch (counted over all stages and
@@ -28,8 +30,10 @@ from pancseg_tf.training.callbacks import (
     BestModel,
     RunLog,
     WholeVolumeValidation,
+    early_stopped,
     mark_state,
     read_json,
+    resumable_early_stopping,
     save_model_atomic,
     ship_best_model,
 )
@@ -67,13 +71,8 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
         tf.config.experimental.enable_op_determinism()
     state_path = run / "state.json"
     validation = None
+    patience = cfg.train.early_stopping_patience
     if chief:
-        if cfg.train.early_stopping_patience > 0:
-            log.warning(
-                "multi-worker training runs every epoch: train.early_stopping_patience %d is "
-                "not applied here (the best epoch on validation is still the one kept)",
-                cfg.train.early_stopping_patience,
-            )
         validation = WholeVolumeValidation(
             trainer.data_dir,
             splits["validation"][: cfg.train.validation_cases],
@@ -100,6 +99,16 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
         runlog = RunLog(run / "log.csv", stage_no, first, enabled=chief)
         backup = run / "backup" / f"multiworker_{phase}"
         meta_epoch = _backup_epoch(backup)
+        # Early stopping as in one process (`resumable_early_stopping`): the chief decides on
+        # its validation and keeps the record beside the phase's backup; every worker reads
+        # the record to see that a phase already stopped (the backup is at its last epoch).
+        stopping_path = backup / "early_stopping.json"
+        end = meta_epoch if patience > 0 and early_stopped(stopping_path, meta_epoch) else last
+        stopper = (
+            resumable_early_stopping(patience, stopping_path, meta_epoch)
+            if chief and patience > 0
+            else None
+        )
         runlog.initial_epoch = max(first, meta_epoch)
         runlog.on_train_begin()
         runlog.on_epoch_begin(runlog.initial_epoch)
@@ -131,6 +140,13 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
                 runlog.on_epoch_end(epoch, logs)
                 runlog.on_epoch_begin(epoch + 1)  # the next epoch's clock
                 best.update(model, epoch, logs.get("val_dsc"), scores)
+                if stopper is not None:
+                    if stopper.model is not model:
+                        stopper.set_model(model)
+                        stopper.on_train_begin()  # replays the epochs before a resume
+                    model.stop_training = False
+                    stopper.on_epoch_end(epoch, logs)
+                    return bool(model.stop_training)
             else:
                 # Saving is collective in spirit: every worker saves, non-chief copies are dropped.
                 tmp = tempfile.mkdtemp(prefix="pancseg-worker-")
@@ -148,7 +164,7 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
             lambda: stage_losses(cfg, loss_keys, stage_no),
             lambda: make_optimizer(lr, cfg, last - first, cfg.train.warmup_epochs),
             dataset_fn,
-            epochs=last,
+            epochs=end,
             steps_per_epoch=steps,
             work_dir=str(backup),
             initial_epoch=first,

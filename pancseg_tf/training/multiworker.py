@@ -277,7 +277,9 @@ def fit_distributed(
             only. A kill after it and before the backup runs the epoch again, so it must
             accept an epoch a second time (as `RunLog` and `BestModel` do). ``logs`` holds
             ``"loss"`` (the mean global-batch loss of the epoch, including regularisation)
-            and, with a dict of losses, ``"<key>_loss"`` (unweighted).
+            and, with a dict of losses, ``"<key>_loss"`` (unweighted). Returning True on any
+            worker (early stopping, decided on the chief) ends training after this epoch's
+            backup on every worker: the workers agree through one all-reduce per epoch.
         init_weights: Weights to load into the new model (``model.get_weights()`` order),
             e.g. those of an earlier training stage; the same on every worker.
 
@@ -448,11 +450,26 @@ def fit_distributed(
         if statistics and num_replicas > 1:
             average_statistics()
         history.append({"epoch": epoch, **logs})
+        stop = False
         if on_epoch_end is not None:
-            on_epoch_end(epoch, logs, model)
+            stop = bool(on_epoch_end(epoch, logs, model))
+        stop = _any_worker(strategy, stop)
         epoch_counter.assign(epoch + 1)
         _save_backup(checkpoint, backup_dir, chief, name)
+        if stop:
+            break
     return model, history
+
+
+def _any_worker(strategy: tf.distribute.Strategy, flag: bool) -> bool:
+    """Whether ``flag`` is True on any worker (every worker must call it: one all-reduce)."""
+
+    def total():
+        value = tf.constant(1.0 if flag else 0.0)
+        return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+    result = tf.function(lambda: strategy.run(total))()
+    return bool(strategy.experimental_local_results(result)[0].numpy() > 0)
 
 
 def wait_for_workers(strategy: tf.distribute.Strategy) -> None:

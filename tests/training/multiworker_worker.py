@@ -11,7 +11,9 @@ Every worker runs the same command. It trains two tiny models with `fit_distribu
   class-balanced cross-entropy (both sum over the global batch, across the workers), first for
   ``EPOCHS - 1`` epochs and then, in a second call on the same run folder, resumed from the
   backup for the last one. The test trains the same model in its own process on the global
-  batch (`reference_fit`) and expects the same weights.
+  batch (`reference_fit`) and expects the same weights;
+- ``stopped``: ``plain`` again, whose ``on_epoch_end`` asks to stop after epoch 0 on the chief
+  alone (as early stopping decides on the chief's validation): every worker must stop there.
 
 Each writes ``OUT_DIR/<model>/<worker id>.npz`` (final weights, epoch losses, the epochs of the
 resumed call, whether it is the chief). Then it tries plain `model.fit` under the same strategy
@@ -105,7 +107,7 @@ def train_slice_cnn(strategy, work_dir: Path, epochs: int, global_batch: int):
     )
 
 
-def train_plain(strategy, work_dir: Path, epochs: int, global_batch: int):
+def train_plain(strategy, work_dir: Path, epochs: int, global_batch: int, on_epoch_end=None):
     return fit_distributed(
         strategy,
         build_plain,
@@ -115,6 +117,7 @@ def train_plain(strategy, work_dir: Path, epochs: int, global_batch: int):
         epochs=epochs,
         steps_per_epoch=STEPS_PER_EPOCH,
         work_dir=work_dir,
+        on_epoch_end=on_epoch_end,
     )
 
 
@@ -169,6 +172,16 @@ def main(argv: list[str]) -> int:
     _, first = train_plain(strategy, out_dir / "plain", EPOCHS - 1, global_batch)
     model, resumed = train_plain(strategy, out_dir / "plain", EPOCHS, global_batch)
     save_result(out_dir / "plain" / f"{name}.npz", strategy, model, first + resumed, resumed)
+
+    chief = is_chief(strategy)
+    model, history = train_plain(
+        strategy,
+        out_dir / "stopped",
+        EPOCHS,
+        global_batch,
+        on_epoch_end=lambda epoch, logs, model: chief and epoch == 0,
+    )
+    save_result(out_dir / "stopped" / f"{name}.npz", strategy, model, history, [])
 
     print(KERAS_FIT_MARKER, try_keras_fit(strategy), flush=True)
     return 0

@@ -119,6 +119,19 @@ def test_backup_holds_the_last_epoch_only(three_epochs):
     assert tf.train.load_variable(latest, "epoch/.ATTRIBUTES/VARIABLE_VALUE") == 3
 
 
+def test_on_epoch_end_returning_true_stops_after_that_epochs_backup(three_epochs, tmp_path):
+    uninterrupted, _, _, _ = three_epochs
+    _, stopped = _fit_tiny(tmp_path, 3, on_epoch_end=lambda epoch, logs, m: epoch == 1)
+    assert [h["epoch"] for h in stopped] == [0, 1]
+    latest = tf.train.latest_checkpoint(str(tmp_path / BACKUP_DIR))
+    assert tf.train.load_variable(latest, "epoch/.ATTRIBUTES/VARIABLE_VALUE") == 2
+    # Stopping is the caller's to remember (early stopping keeps its own record): the same
+    # call again goes on from that backup to the uninterrupted weights.
+    model, resumed = _fit_tiny(tmp_path, 3)
+    assert [h["epoch"] for h in resumed] == [2]
+    _assert_same_weights(model.get_weights(), uninterrupted.get_weights())
+
+
 def test_rerun_after_a_stop_resumes_at_the_saved_epoch(three_epochs, tmp_path):
     uninterrupted, _, _, _ = three_epochs
     _, first = _fit_tiny(tmp_path, 2)
@@ -423,6 +436,19 @@ def test_two_workers_train_like_one_process_on_the_global_batch(cluster, tmp_pat
     _assert_same_weights(
         [result[f"w{i}"] for i in range(int(result["num_weights"]))], reference, atol=1e-5
     )
+
+
+def test_the_chiefs_stop_stops_every_worker(cluster):
+    """Early stopping decides on the chief; the other worker stops after the same epoch (one
+    all-reduce per epoch), else its next collective would wait for a chief that has left."""
+    assert cluster.returncodes == [0] * NUM_WORKERS, cluster.report()
+    runs = [cluster.result("stopped", i) for i in range(NUM_WORKERS)]
+    assert [bool(r["is_chief"]) for r in runs] == [True, False]
+    assert [len(r["losses"]) for r in runs] == [1, 1]  # epoch 0 of EPOCHS = 3
+    for i in range(int(runs[0]["num_weights"])):
+        np.testing.assert_array_equal(runs[0][f"w{i}"], runs[1][f"w{i}"])
+    latest = tf.train.latest_checkpoint(str(cluster.out_dir / "stopped" / BACKUP_DIR))
+    assert latest is not None and latest.endswith("-1"), latest
 
 
 def test_only_the_chief_keeps_a_backup(cluster):

@@ -13,10 +13,16 @@ and between the frozen-CNN and end-to-end phases of stage 2.
 Cost: the 3-case cohort of test_resume_determinism.py, 2 steps per epoch, 2 stage-1 epochs and
 2 stage-2 epochs (1 with the CNN frozen); 4 clusters of 2 ``pancseg train`` processes, A beside
 B's chain.
+
+Early stopping on two workers: a run whose frozen stage-2 phase stops early (its validation
+DSC repeats: patience 1) is killed as its end-to-end phase starts; rerun, it must not train
+the stopped phase on, and it ends as the uninterrupted run does. 3 more clusters, one after
+the other.
 """
 
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import time
@@ -83,13 +89,25 @@ COUNTS = (
     "train.stage2_epochs=2",
     "train.freeze_cnn_epochs=1",
     "train.steps_per_epoch=2",
-    # Not applied on the multi-worker path (every epoch runs); the chief says so.
+    # Too few epochs per phase to stop before the last: its record must resume exactly.
     "train.early_stopping_patience=1",
 )
 # The one-process test's settings (dropout on, --deterministic) with fewer epochs and steps.
-REPLACED = {item.split("=")[0] for item in COUNTS}
-TRAIN = [*(item for item in single.TRAIN if item.split("=")[0] not in REPLACED), *COUNTS]
-ARGS = [*(a for item in TRAIN for a in ("--set", item)), "--deterministic", "--seed", single.SEED]
+
+
+def train_args(counts) -> list[str]:
+    """``pancseg train``'s options: the one-process test's settings with ``counts`` replaced."""
+    replaced = {item.split("=")[0] for item in counts}
+    train = [*(item for item in single.TRAIN if item.split("=")[0] not in replaced), *counts]
+    return [
+        *(a for item in train for a in ("--set", item)),
+        "--deterministic",
+        "--seed",
+        single.SEED,
+    ]
+
+
+ARGS = train_args(COUNTS)
 
 # (epochs each cluster of run B starts before it kills itself, the log's epochs after the kill)
 KILLS = [
@@ -101,7 +119,7 @@ KILLS = [
 ALL_EPOCHS = [(1, 0), (1, 1), (2, 0), (2, 1)]
 
 
-def start_cluster(data, run, out_dir, kill_after=None):
+def start_cluster(data, run, out_dir, kill_after=None, args=ARGS):
     """Starts ``pancseg train --strategy multiworker`` as two workers on localhost.
 
     Returns:
@@ -119,7 +137,7 @@ def start_cluster(data, run, out_dir, kill_after=None):
         errs.append(open(out_dir / f"worker-{index}.err", "w+"))
         processes.append(
             subprocess.Popen(
-                single.pancseg_args("train", data, run, *ARGS, "--strategy", "multiworker"),
+                single.pancseg_args("train", data, run, *args, "--strategy", "multiworker"),
                 env={
                     **env,
                     "TF_CONFIG": json.dumps(task),
@@ -201,6 +219,55 @@ def test_killed_and_resumed_cluster_ends_with_the_uninterrupted_weights(tiny_dat
     assert state_b == state_a
     leftovers = [p for p in run_b.rglob("*") if ".worker-" in p.name or "tmp-" in p.name]
     assert leftovers == []
-    said = "train.early_stopping_patience 1 is not applied"
-    assert said in (tmp_path / "logs-a" / "worker-0.err").read_text()
-    assert said not in (tmp_path / "logs-a" / "worker-1.err").read_text()
+    for phase in ("stage1", "stage2_frozen", "stage2"):
+        record = pathlib.Path("backup", f"multiworker_{phase}", "early_stopping.json")
+        assert json.loads((run_b / record).read_text()) == json.loads((run_a / record).read_text())
+
+
+STOP_COUNTS = (
+    "train.stage1_epochs=2",
+    "train.stage2_epochs=5",
+    "train.freeze_cnn_epochs=4",
+    "train.steps_per_epoch=2",
+    "train.early_stopping_patience=1",
+    # The frozen phase at a learning rate that leaves its weights as they are (it trains no
+    # batch norm): its validation DSC repeats, which is no improvement, so patience 1 stops it
+    # after its second epoch, whatever the CPU.
+    "train.context_learning_rate=1e-12",
+)
+
+
+@pytest.mark.large
+def test_early_stopping_on_two_workers_resumes_past_a_stopped_phase(tiny_data, tmp_path):
+    args = train_args(STOP_COUNTS)
+    run_a, run_b = tmp_path / "a", tmp_path / "b"
+    codes, report = wait_cluster(*start_cluster(tiny_data, run_a, tmp_path / "logs-a", args=args))
+    assert codes == [0] * NUM_WORKERS, report
+    epochs_a = single.epochs_of(single.read_log(run_a))
+    stage1 = [e for s, e in epochs_a if s == 1]
+    frozen = [e for s, e in epochs_a if s == 2 and e < 4]
+    assert stage1 == list(range(len(stage1))), epochs_a
+    assert frozen == [0, 1], epochs_a
+    assert [e for s, e in epochs_a if s == 2 and e >= 4] == [4], epochs_a
+    record = json.loads(
+        (run_a / "backup" / "multiworker_stage2_frozen" / "early_stopping.json").read_text()
+    )
+    assert record["stopped_epoch"] == 1, record
+
+    # B: killed as the end-to-end phase is about to start (the frozen phase stopped and backed
+    # up), then rerun.
+    kill_after = len(stage1) + len(frozen)
+    codes, report = wait_cluster(
+        *start_cluster(tiny_data, run_b, tmp_path / "logs-b0", kill_after, args=args)
+    )
+    assert codes == [-signal.SIGKILL] * NUM_WORKERS, report
+    assert single.epochs_of(single.read_log(run_b)) == epochs_a[:kill_after]
+    codes, report = wait_cluster(*start_cluster(tiny_data, run_b, tmp_path / "logs-b1", args=args))
+    assert codes == [0] * NUM_WORKERS, report
+
+    assert single.epochs_of(single.read_log(run_b)) == epochs_a
+    for name in ("stage1.keras", "stage2.keras", "model.keras"):
+        wa, wb = single.weights_of(run_a / name), single.weights_of(run_b / name)
+        assert all(np.array_equal(a, b) for a, b in zip(wa, wb, strict=True)), name
+    state_a = json.loads((run_a / "state.json").read_text())
+    assert json.loads((run_b / "state.json").read_text()) == state_a

@@ -195,7 +195,7 @@ def fit_with_early_stopping(path, initial_epoch, epochs):
     """Epochs a tiny model runs with `resumable_early_stopping` fed ``VAL_DSC``."""
     import keras
 
-    from pancseg_tf.training.trainer import resumable_early_stopping
+    from pancseg_tf.training.callbacks import resumable_early_stopping
 
     ran = []
 
@@ -230,7 +230,7 @@ def fit_with_early_stopping(path, initial_epoch, epochs):
     ],
 )
 def test_early_stopping_resumes_where_it_was(tmp_path, first_epochs, resume_at, expected_run):
-    from pancseg_tf.training.trainer import early_stopped
+    from pancseg_tf.training.callbacks import early_stopped
 
     path = tmp_path / "backup" / "stage1" / "early_stopping.json"
     if first_epochs:

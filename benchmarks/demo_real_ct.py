@@ -53,6 +53,8 @@ def chest_slices(volume, label):
 def measure(mask, volume, label, chest) -> dict:
     import numpy as np
 
+    from pancseg_tf.evaluation.metrics import dice
+
     marked = mask > 0
     in_chest = marked[:, :, chest]
     hu = volume.array[:, :, chest][in_chest]
@@ -64,7 +66,7 @@ def measure(mask, volume, label, chest) -> dict:
         "chest_share": round(there / total, 4) if total else 0.0,
         "chest_median_hu": float(np.median(hu)) if hu.size else None,
         "slices": [int(slices.min()), int(slices.max())] if slices.size else None,
-        "dsc": round(float(2 * (marked & label).sum() / (total + label.sum())), 4),
+        "dsc": round(dice(marked, label), 4),
     }
 
 

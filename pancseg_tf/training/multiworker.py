@@ -452,8 +452,9 @@ def fit_distributed(
         history.append({"epoch": epoch, **logs})
         stop = False
         if on_epoch_end is not None:
-            stop = bool(on_epoch_end(epoch, logs, model))
-        stop = _any_worker(strategy, stop)
+            # Whether any worker asks to stop (every worker makes the same call: one all-reduce).
+            asked = bool(on_epoch_end(epoch, logs, model))
+            stop = _all_reduce(strategy, tf.distribute.ReduceOp.SUM, [float(asked)])[0] > 0
         epoch_counter.assign(epoch + 1)
         _save_backup(checkpoint, backup_dir, chief, name)
         if stop:
@@ -461,15 +462,15 @@ def fit_distributed(
     return model, history
 
 
-def _any_worker(strategy: tf.distribute.Strategy, flag: bool) -> bool:
-    """Whether ``flag`` is True on any worker (every worker must call it: one all-reduce)."""
+def _all_reduce(strategy: tf.distribute.Strategy, op, values: list[float]) -> np.ndarray:
+    """``values`` reduced by ``op`` over every replica of every worker (each must call it)."""
 
-    def total():
-        value = tf.constant(1.0 if flag else 0.0)
-        return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, value)
+    def reduce():
+        value = tf.constant(values, tf.float32)
+        return tf.distribute.get_replica_context().all_reduce(op, value)
 
-    result = tf.function(lambda: strategy.run(total))()
-    return bool(strategy.experimental_local_results(result)[0].numpy() > 0)
+    result = tf.function(lambda: strategy.run(reduce))()
+    return strategy.experimental_local_results(result)[0].numpy()
 
 
 def wait_for_workers(strategy: tf.distribute.Strategy) -> None:
@@ -481,14 +482,7 @@ def wait_for_workers(strategy: tf.distribute.Strategy) -> None:
         strategy: The strategy the workers train under (any strategy: one process returns at
             once).
     """
-
-    def one():
-        return tf.distribute.get_replica_context().all_reduce(
-            tf.distribute.ReduceOp.SUM, tf.constant(1.0)
-        )
-
-    result = tf.function(lambda: strategy.run(one))()
-    strategy.experimental_local_results(result)[0].numpy()
+    _all_reduce(strategy, tf.distribute.ReduceOp.SUM, [1.0])
 
 
 def _check_same_start(strategy: tf.distribute.Strategy, start: int) -> None:
@@ -499,14 +493,9 @@ def _check_same_start(strategy: tf.distribute.Strategy, start: int) -> None:
     all-reduces ``(start, start**2)``: their means equal ``(s, s**2)`` only when every value
     is ``s`` (zero variance). `ReduceOp` has no MIN or MAX.
     """
-
-    def moments():
-        value = tf.constant([start, start * start], tf.float32)
-        return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN, value)
-
-    mean, mean_square = strategy.experimental_local_results(
-        tf.function(lambda: strategy.run(moments))()
-    )[0].numpy()
+    mean, mean_square = _all_reduce(
+        strategy, tf.distribute.ReduceOp.MEAN, [float(start), float(start * start)]
+    )
     if mean != start or mean_square != start * start:
         raise PancsegError(
             f"the workers would start at different epochs (this one at {start}, the mean is "

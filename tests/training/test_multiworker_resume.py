@@ -177,6 +177,19 @@ def wait_cluster(processes, errs):
     return [p.returncode for p in processes], "\n".join(report)
 
 
+def assert_same_models(run_a, run_b):
+    """Both runs' models are bit-identical: they replay the same float32 operations in the same
+    order on the same cluster shape (the ring all-reduce sums in a fixed order)."""
+    for name in ("stage1.keras", "stage2.keras", "model.keras"):
+        wa, wb = single.weights_of(run_a / name), single.weights_of(run_b / name)
+        assert [w.shape for w in wa] == [w.shape for w in wb], name
+        differ = [i for i, (a, b) in enumerate(zip(wa, wb)) if not np.array_equal(a, b)]
+        assert not differ, (
+            f"{name}: weights {differ} differ, by up to "
+            f"{max(float(np.max(np.abs(wa[i] - wb[i]))) for i in differ):.3g}"
+        )
+
+
 @pytest.mark.large
 def test_killed_and_resumed_cluster_ends_with_the_uninterrupted_weights(tiny_data, tmp_path):
     run_a, run_b = tmp_path / "a", tmp_path / "b"
@@ -195,16 +208,7 @@ def test_killed_and_resumed_cluster_ends_with_the_uninterrupted_weights(tiny_dat
         codes, report = wait_cluster(*cluster_a)
     assert codes == [0] * NUM_WORKERS, report
 
-    # Both runs replay the same float32 operations in the same order on the same cluster shape
-    # (the ring all-reduce sums in a fixed order), so they are expected to be bit-identical.
-    for name in ("stage1.keras", "stage2.keras", "model.keras"):
-        wa, wb = single.weights_of(run_a / name), single.weights_of(run_b / name)
-        assert [w.shape for w in wa] == [w.shape for w in wb], name
-        differ = [i for i, (a, b) in enumerate(zip(wa, wb)) if not np.array_equal(a, b)]
-        assert not differ, (
-            f"{name}: weights {differ} differ, by up to "
-            f"{max(float(np.max(np.abs(wa[i] - wb[i]))) for i in differ):.3g}"
-        )
+    assert_same_models(run_a, run_b)
 
     log_a, log_b = single.read_log(run_a), single.read_log(run_b)
     assert single.epochs_of(log_a) == ALL_EPOCHS
@@ -266,8 +270,6 @@ def test_early_stopping_on_two_workers_resumes_past_a_stopped_phase(tiny_data, t
     assert codes == [0] * NUM_WORKERS, report
 
     assert single.epochs_of(single.read_log(run_b)) == epochs_a
-    for name in ("stage1.keras", "stage2.keras", "model.keras"):
-        wa, wb = single.weights_of(run_a / name), single.weights_of(run_b / name)
-        assert all(np.array_equal(a, b) for a, b in zip(wa, wb, strict=True)), name
+    assert_same_models(run_a, run_b)
     state_a = json.loads((run_a / "state.json").read_text())
     assert json.loads((run_b / "state.json").read_text()) == state_a

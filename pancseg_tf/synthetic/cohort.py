@@ -49,7 +49,7 @@ def make_cohort(
     ``OUT/labelsTr/synth_000.nii.gz`` ... (uint8, 1 = pancreas) and ``OUT/ambiguous_slices.json``
     (case id -> indices k of the slices whose pancreas is ambiguous on its own). Cases vary in
     body size, organ and pancreas position, size and curvature, in-plane spacing (``spacing``
-    scaled by 0.875-1.125, so 0.7-0.9 mm at the default) and the affine's origin; the affine is
+    scaled by 0.875-1.125, so 1.66-2.14 mm at the default) and the affine's origin; the affine is
     RAS (diagonal) and the slice spacing is ``spacing[2]``.
 
     The same arguments give byte-identical files (gzip without a timestamp) with the same NumPy and

@@ -25,7 +25,9 @@ __all__ = [
 ]
 
 DEFAULT_SHAPE = (192, 192, 64)
-DEFAULT_SPACING = (0.8, 0.8, 2.5)
+# 1.9 mm in-plane: the body's mean half-width is then the drawing's adult reference, 150 mm
+# (synthetic.anatomy; PROTOCOL.md amendment 2026-12-06 (e)).
+DEFAULT_SPACING = (1.9, 1.9, 2.5)
 
 
 def make_phantom(
@@ -39,9 +41,11 @@ def make_phantom(
     """One synthetic abdominal CT- or MRI-like volume with its pancreas label.
 
     Storage order is RAS: i runs to the subject's right, j anterior, k superior (slice index).
-    The body fills the field of view (about 130 x 100 mm at the default size, a compact abdomen)
-    and the pancreas is drawn relatively larger than in an adult, so that a demo learns it at low
-    resolution: it spans about a third of the slices and 0.4-1 % of the voxels. A few slices
+    The body fills the field of view (its size follows the field: about 300 x 230 mm at the
+    default size and spacing, an adult abdomen) and the pancreas is drawn thicker than in an
+    adult, so that a demo learns it at low resolution: it spans about a third of the slices and
+    0.4-1 % of the voxels. Only the slices' z extent is compressed: 160 mm hold a chest, the
+    abdomen and a pelvis. A few slices
     inside its range (2-4 at the default size, single or in pairs, never at its ends) are
     ambiguous on their own: a look-alike with the pancreas' intensity fills the fat around it
     there, while the slices above and below stay clear.

@@ -24,8 +24,11 @@ _INTENSITIES: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
     "subcutaneous_fat": ((-105.0, 8.0), (850.0, 30.0)),
     "muscle": ((50.0, 8.0), (300.0, 15.0)),
     "visceral_fat": ((-90.0, 10.0), (800.0, 35.0)),
+    # CT: per case (65-130 HU: from a late-arterial liver, darker than the pancreas, to a
+    # portal-venous one as bright as it or brighter; a fixed 65 HU taught that anything as bright
+    # as the pancreas in the liver's place is pancreas)
     "liver": ((65.0, 6.0), (480.0, 15.0)),
-    "spleen": ((95.0, 6.0), (330.0, 12.0)),
+    "spleen": ((95.0, 6.0), (330.0, 12.0)),  # CT: per case (95-130 HU)
     "kidney_cortex": ((150.0, 10.0), (420.0, 15.0)),
     "kidney_medulla": ((105.0, 8.0), (300.0, 12.0)),
     "renal_sinus_fat": ((-80.0, 10.0), (780.0, 30.0)),
@@ -109,6 +112,8 @@ def render_intensities(
         table["contrast_bowel"] = (u(180.0, 320.0), table["contrast_bowel"][1])
         table["cancellous_bone"] = (u(180.0, 280.0), table["cancellous_bone"][1])
         table["myocardium"] = (u(50.0, 115.0), table["myocardium"][1])
+        table["liver"] = (u(65.0, 130.0), table["liver"][1])
+        table["spleen"] = (u(95.0, 130.0), table["spleen"][1])
     else:
         table["blood_pool"] = (table["blood_pool"][0] * u(0.9, 1.1), table["blood_pool"][1])
         table["contrast_bowel"] = (table["contrast_bowel"][0] * u(0.9, 1.1), 30.0)

@@ -2,14 +2,16 @@
 of a real CT, per training seed.
 
 The scan is NIH Pancreas-CT 0002 from ``../shared/data`` (read in place). Its chest here is the
-slices 45 mm and more above the pancreas of its manual label (slices 0-18 of 195: the lower heart
-on the liver dome, the lung bases and the spine). Per seed, `pancseg_tf.demo.run_demo` trains the
-demo as ``pancseg demo --seed S`` does (one held-out phantom instead of four: the held-out cases
-are scored, never trained on), then the model segments the scan twice: with its post-processing
-(threshold, largest connected component: what ``pancseg predict`` writes) and without it (every
-voxel the network marks). Recorded per seed: voxels marked in all and in the chest, the chest's
-share, the median HU of the chest's marked voxels, the first and last slice marked, the scan's
-DSC, and what the run shipped.
+slices 45 mm and more above the pancreas of its manual label (slices 0-18 of 195, looked at: the
+heart, alone above the liver on 0-2 and beside the liver's dome down to about slice 13; the
+liver dome from slice 3; the lung bases, the spine and the chest wall). A mark there is not the
+heart by itself: where it lies is looked at (the README says what was seen). Per seed,
+`pancseg_tf.demo.run_demo` trains the demo as ``pancseg demo --seed S`` does (one held-out
+phantom instead of four: the held-out cases are scored, never trained on), then the model
+segments the scan twice: with its post-processing (threshold, largest connected component: what
+``pancseg predict`` writes) and without it (every voxel the network marks). Recorded per seed:
+voxels marked in all and in the chest, the chest's share, the median HU of the chest's marked
+voxels, the first and last slice marked, the scan's DSC, and what the run shipped.
 
 A demo folder that exists is resumed, not retrained (as ``pancseg demo`` resumes). Synthetic
 training is no evidence on patients: this measures how often the chest (the heart above all, as

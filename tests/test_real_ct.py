@@ -216,7 +216,7 @@ def test_capacity_quick_config_fits_one_real_nih_scan(tmp_path, nih_root):
 
 def test_demo_real_ct_measures_nih_0002s_chest(nih_series_dir, nih_label_path):
     """The benchmark's chest is NIH 0002's slices 45 mm and more above its pancreas, 0-18 of 195
-    (the lower heart on the liver dome, the lung bases, the spine: looked at), and its measure
+    (looked at: the heart, the liver dome from slice 3, the lung bases, the spine), and its measure
     counts marks there: the label itself scores DSC 1 with none in the chest; a mark on a chest
     slice is counted with its HU."""
     import importlib.util

@@ -45,10 +45,9 @@ def make_phantom(
     default size and spacing, an adult abdomen) and the pancreas is drawn thicker than in an
     adult, so that a demo learns it at low resolution: it spans about a third of the slices and
     0.4-1 % of the voxels. Only the slices' z extent is compressed: 160 mm hold a chest, the
-    abdomen and a pelvis. A few slices
-    inside its range (2-4 at the default size, single or in pairs, never at its ends) are
-    ambiguous on their own: a look-alike with the pancreas' intensity fills the fat around it
-    there, while the slices above and below stay clear.
+    abdomen and a pelvis. A few slices inside its range (2-4 at the default size, single or in
+    pairs, never at its ends) are ambiguous on their own: a look-alike with the pancreas'
+    intensity fills the fat around it there, while the slices above and below stay clear.
 
     Args:
         rng: the random generator; the same generator state gives the same phantom.

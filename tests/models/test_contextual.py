@@ -156,6 +156,9 @@ def test_nothing_goes_around_the_recurrent_layers():
     """The paper's design: the output is the ConvLSTM's (through the head). With the
     ConvLSTM's weights zeroed the output no longer depends on the image."""
     for kwargs in ({}, {"lstm_resolution": 1}):
+        # seeded: with some initial CNNs the two windows' outputs differ by less than 1e-3
+        # before the zeroing (a CI run read 0.00045), which would make the check meaningless
+        keras.utils.set_random_seed(3)
         model = build(**kwargs)
         activate_context(model)
         lstm = model.sequence_context.get_layer("context_lstm")

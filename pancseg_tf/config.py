@@ -35,7 +35,8 @@ class PreprocessConfig:
         slice_spacing_mm: spacing along z the volume is resampled to; ``None`` keeps the native
             slice spacing. The ConvLSTM learns context between neighbouring slices: at one fixed
             spacing that context means the same thing on every scanner.
-        size: in-plane size ``(H, W)`` of the model's input after crop or pad around the body.
+        size: in-plane size ``(H, W)`` of the model's input, centred on the body; a body wider
+            than that is prepared whole and predicted in overlapping tiles of this size.
         hu_window: CT window in HU, scaled to [0, 1] (the NIH Pancreas-CT literature's default).
         mri_percentiles: percentiles of the MRI robust normalisation, computed once per volume.
         label_values: label values that mean pancreas (MSD Task07: 1 and 2; TotalSegmentator: 7).
@@ -90,8 +91,9 @@ class DataConfig:
         noise_std: standard deviation of Gaussian noise added to normalised intensities; 0: off.
         flip_left_right: off by default: anatomy is not left-right symmetric.
         crop_size: in-plane size ``(H, W)`` of training windows, cut at a random offset within
-            the body's box of the prepared plane (a translation augmentation that also makes
-            steps cheaper); ``None`` trains on the whole prepared plane (``preprocess.size``).
+            the body's box of the prepared plane (which holds the whole body); ``None``: the
+            model's size, ``preprocess.size``. Smaller crops make steps cheaper (the model is
+            validated and saved at ``preprocess.size``).
     """
 
     window: int = 5

@@ -155,47 +155,6 @@ def test_summary_holds_the_papers_table_per_fold_and_overall(tmp_path):
     json.loads((tmp_path / "cv_summary.json").read_text(), parse_constant=pytest.fail)
     png = (tmp_path / "threshold_curves.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 5000
-    # Folds recorded before the field was checked: the summary states nothing about it.
-    assert summary["outside_field"] is None and "field" not in text
-
-
-@pytest.mark.large
-def test_summary_lists_held_out_cases_outside_the_field(nih_root, tmp_path):
-    """NIH 0002 prepared at 128 x 128 pixels of 1.6 mm, held out in fold 1: cv's summary lists
-    it with the 1.30 % of its pancreas that lies outside the model's field."""
-    from pancseg_tf.config import Config, apply_overrides
-    from pancseg_tf.data import prepare_cohort
-    from pancseg_tf.training.cv import held_out_outside_field
-
-    config = apply_overrides(
-        Config(),
-        ["preprocess.label_values=[1]", "preprocess.spacing_mm=1.6", "preprocess.size=[128,128]"],
-    )
-    index = prepare_cohort(nih_root, tmp_path / "data", config=config, progress=False)
-    fraction = round(1443 / 110797, 6)
-    record = held_out_outside_field(index, ["PANCREAS_0002", "PANCREAS_0099"])
-    assert record == {
-        "field": {"size": [128, 128], "spacing_mm": 1.6},
-        "cases": {"PANCREAS_0002": fraction},
-        "unknown": ["PANCREAS_0099"],
-    }
-    out = tmp_path / "cv"
-    (out / "folds.json").parent.mkdir()
-    (out / "folds.json").write_text(json.dumps({"scheme": "seeded", "folds": [[], []]}))
-    _fold(out, "jaccard", 1, {"stage1": [_row("PANCREAS_0002", 0.7)]})
-    done = out / "jaccard" / "fold_1" / "fold.json"
-    done.write_text(json.dumps({**json.loads(done.read_text()), "outside_field": record}))
-    summary = write_summary(out)
-    assert summary["outside_field"]["cases"] == [
-        {"case": "PANCREAS_0002", "fold": 1, "fraction": fraction}
-    ]
-    text = (out / "cv_summary.md").read_text()
-    assert (
-        "1 held-out case has pancreas outside the model's 128 x 128 field of 1.6 mm pixels "
-        "(204.8 x 204.8 mm), which training never sees: PANCREAS_0002 (1.30 %). Unknown for "
-        "1 case(s)"
-    ) in text
-    assert "| PANCREAS_0002 | 1 | 1.30 |" in text
 
 
 # --- whole runs ---
@@ -311,13 +270,6 @@ def test_cv_loss_ablation_on_stage_1(tiny_cohort, tmp_path):
     text = (out / "cv_summary.md").read_text()
     assert "| Dice | stage 1 (CNN) |" in text and "| class-weighted cross-entropy |" in text
     assert (out / "threshold_curves.png").read_bytes().startswith(b"\x89PNG")
-    # Each fold records prepare's field check of its held-out cases: the synthetic ones fit.
-    assert summary["outside_field"] == {
-        "field": {"size": [48, 48], "spacing_mm": 3.2},
-        "cases": [],
-        "unknown": [],
-    }
-    assert "No held-out case has pancreas outside the model's 48 x 48 field" in proc.stdout
 
 
 def test_cv_errors_are_one_line(tiny_cohort, tmp_path):

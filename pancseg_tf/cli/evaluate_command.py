@@ -8,7 +8,7 @@ import argparse
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Writes the report; returns 1 when a case failed, else 0."""
-    from pancseg_tf.evaluation.report import evaluate_predictions, outside_field_note
+    from pancseg_tf.evaluation.report import evaluate_predictions
     from pancseg_tf.io.label_values import parse_label_values
 
     labels = parse_label_values(args.gt_labels) if args.gt_labels else None
@@ -18,7 +18,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.output,
         gt_labels=labels,
         images=args.images,
-        prepared=args.prepared,
     )
     dsc = summary["metrics"]["dsc"]
     counts = summary["num_cases"]
@@ -33,7 +32,4 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     if problems:
         print(f"{problems} case(s) unpaired or failed: see {args.output}/summary.md")
-    field_note = outside_field_note(summary)
-    if field_note is not None:
-        print(field_note)
     return 1 if counts.get("failed", 0) else 0

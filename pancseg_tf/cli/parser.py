@@ -291,13 +291,6 @@ def _add_evaluate(sub) -> None:
         "preset (msd, nih, totalsegmentator); default every non-zero value",
     )
     p.add_argument("--images", help="folder of images for the montages (paired by file name)")
-    p.add_argument(
-        "--prepared",
-        metavar="DATA",
-        help="a prepared folder (pancseg prepare, the model's preprocessing) holding these "
-        "cases: lists those whose pancreas lies partly outside the model's in-plane field, "
-        "with the fraction lost (default: not stated)",
-    )
     p.set_defaults(func=cmd_evaluate)
 
 

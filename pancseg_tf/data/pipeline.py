@@ -11,9 +11,11 @@ Per epoch, for each training case (its shard is read once, interleaved with othe
    is oversampled), else one without, uniformly among the case's windows of that kind (a case
    with only one kind gives that kind). An epoch is ``N = sum(n)`` windows, ``N // batch``
    batches (`steps_per_epoch`); the last partial batch is dropped.
-2. **Crop** to ``data.crop_size`` (default: the whole prepared plane, ``preprocess.size``) at a
-   random offset within the body's box (from the image at ``prepare``; never the label's box):
-   the crop lies inside the box when the box is larger, and contains it when it is smaller.
+2. **Crop** to ``data.crop_size`` (default: the model's size, ``preprocess.size``) at a random
+   offset within the body's box (from the image at ``prepare``; never the label's box): the
+   crop lies inside the box when the box is larger, and contains it when it is smaller. The
+   prepared plane holds the whole body (at least ``preprocess.size``; wider for a body that
+   exceeds it), so every part of the body, the whole pancreas included, is trained on.
 3. **Shuffle** (``data.shuffle_buffer`` windows, stored compactly as int16 / float16 + uint8).
 4. **Intensity** normalisation to [0, 1] with `pancseg_tf.preprocessing.intensity` (CT: the HU
    window; MRI: the case's stored percentiles), the code prediction and the exported graph use.
@@ -356,7 +358,7 @@ def make_training_dataset(
 
     Returns:
         A dataset of ``(image, mask)``, both float32: stage 2 ``(B, T, H, W, 1)``, stage 1
-        ``(B, H, W, 1)`` with ``(H, W)`` = ``data.crop_size`` or the prepared ``size``; image
+        ``(B, H, W, 1)`` with ``(H, W)`` = ``data.crop_size`` or ``preprocess.size``; image
         in [0, 1], mask in {0, 1}.
 
     Raises:
@@ -373,13 +375,14 @@ def make_training_dataset(
         )
     window, stride, batch = _window_geometry(config, stage)
     selected = _select_cases(index, cases)
-    sizes = {tuple(e["size"]) for e in selected}
-    if len(sizes) != 1:
-        raise PancsegError(f"prepared cases have different plane sizes {sorted(sizes)}")
-    size = sizes.pop()
-    crop = tuple(config.data.crop_size) if config.data.crop_size is not None else size
-    if crop[0] > size[0] or crop[1] > size[1]:
-        raise PancsegError(f"data.crop_size {list(crop)} is larger than the prepared {list(size)}")
+    # Each case's plane holds its whole body (at least ``preprocess.size``); windows are cut
+    # at the model's size (or ``data.crop_size``) from it.
+    crop = tuple(config.data.crop_size or config.preprocess.size)
+    smallest = min((tuple(e["size"]) for e in selected), key=lambda s: s[0] * s[1])
+    if any(crop[axis] > e["size"][axis] for e in selected for axis in (0, 1)):
+        raise PancsegError(
+            f"data.crop_size {list(crop)} is larger than the prepared plane {list(smallest)}"
+        )
     usable = [e for e in selected if e["num_slices"] >= window]
     if len(usable) < len(selected):
         log.warning(

@@ -1,11 +1,13 @@
 """``pancseg prepare``: a cohort -> one TFRecord shard per case + ``index.json``.
 
 Every case goes through the host geometry (`pancseg_tf.preprocessing.geometry`: canonical RAS,
-``spacing_mm`` in-plane, the slice-spacing policy, the crop or pad to ``size`` around the body)
-and is stored compactly: CT as int16 Hounsfield units, MRI as float16 with the volume's
-normalisation percentiles, the label as uint8 {0, 1} (`pancseg_tf.data.tfrecord` describes the
-record). Intensities are NOT normalised here: the tf.data pipeline, prediction and the exported
-graph all normalise with the same `pancseg_tf.preprocessing.intensity` code.
+``spacing_mm`` in-plane, the slice-spacing policy, the crop or pad to ``size`` around the
+body, widened to hold the whole body where it is wider: `GeometryPlan.covering_body`, the
+field ``pancseg predict`` covers in tiles) and is stored compactly: CT as int16 Hounsfield
+units, MRI as float16 with the volume's normalisation percentiles, the label as uint8 {0, 1}
+(`pancseg_tf.data.tfrecord` describes the record). Intensities are NOT normalised here: the
+tf.data pipeline, prediction and the exported graph all normalise with the same
+`pancseg_tf.preprocessing.intensity` code.
 
 Output folder::
 
@@ -54,7 +56,13 @@ from pancseg_tf.messages import error_summary, exception_text, file_names_only
 log = logging.getLogger("pancseg_tf.data")
 
 INDEX_FORMAT = "pancseg_tf.prepared"
-INDEX_VERSION = 1
+#: 2: each case's plane holds its whole body (`GeometryPlan.covering_body`); 1 held the central
+#: ``preprocess.size`` field only, and is refused (prepare again).
+INDEX_VERSION = 2
+_OLD_VERSION = (
+    "{} was prepared by an earlier pancseg that kept only each case's central field; prepare "
+    "the cohort again into a new folder (training now sees each case's whole body)"
+)
 INDEX_FILE = "index.json"
 SHARDS_DIR = "shards"
 CASES_DIR = "cases"
@@ -145,7 +153,7 @@ def prepare_case(case: Any, config: Config) -> tuple[bytes, dict[str, Any]]:
     del label_volume
     plan = plan_geometry(
         image, spacing_mm=p.spacing_mm, slice_spacing_mm=p.slice_spacing_mm, size=tuple(p.size)
-    )
+    ).covering_body()
     case_values = getattr(case, "label_values", None)
     label_values = p.label_values if case_values is None else case_values
     original_label = map_labels(label, label_values, require_present=True)
@@ -200,7 +208,7 @@ def prepare_case(case: Any, config: Config) -> tuple[bytes, dict[str, Any]]:
         },
         "positive_slices": [int(k) for k in np.flatnonzero(voxels)],
         "pancreas_voxels": int(voxels.sum()),
-        # Label voxels (on the scan's own grid) that the model's in-plane field leaves out.
+        # Label voxels (on the scan's own grid) outside the prepared plane (the body's box).
         "label_outside_field_voxels": outside,
         "label_outside_field_fraction": round(outside / total, 6) if total else 0.0,
     }
@@ -274,6 +282,7 @@ def _run_task(task: _Task) -> dict[str, Any]:
     entry["shard"] = shard.as_posix()
     entry["shard_bytes"] = (out / shard).stat().st_size
     entry["preprocess_hash"] = task.preprocess_hash
+    entry["version"] = INDEX_VERSION
     # The entry only after its shard: an entry on disk always means a complete shard.
     write_bytes(out / CASES_DIR / f"{case_id}.json", _json_bytes(entry))
     (out / SKIPPED_DIR / f"{case_id}.json").unlink(missing_ok=True)
@@ -352,6 +361,8 @@ def _is_done(out: pathlib.Path, case_id: str, preprocess_hash: str) -> bool:
             f"{entry.get('preprocess_hash')}, this run's is {preprocess_hash}); prepare into a "
             "new folder"
         )
+    if entry.get("version", 1) != INDEX_VERSION:
+        raise PancsegError(_OLD_VERSION.format(out))
     shard = out / entry.get("shard", "")
     return shard.is_file() and shard.stat().st_size == entry.get("shard_bytes")
 
@@ -463,10 +474,12 @@ def prepare_cohort(
                 result["seconds"],
             )
             if entry["label_outside_field_voxels"]:
+                # The plane holds the body's box: a label outside it lies outside the body
+                # found in the image (a label on the wrong scan, or a body found too small).
                 log.warning(
-                    "case %s: %.2f %% of its pancreas (%d voxels) lies outside the model's "
-                    "%d x %d field of %s mm pixels; training never sees it (prediction tiles "
-                    "the body)",
+                    "case %s: %.2f %% of its pancreas (%d voxels) lies outside the body found "
+                    "in the image (the prepared %d x %d plane of %s mm pixels); training never "
+                    "sees it",
                     case_id,
                     100.0 * entry["label_outside_field_fraction"],
                     entry["label_outside_field_voxels"],
@@ -498,6 +511,8 @@ def _run_tasks(tasks: Sequence[_Task], workers: int) -> Generator[dict[str, Any]
 def _check_existing_config(out: pathlib.Path, preprocess_hash: str) -> None:
     index = out / INDEX_FILE
     if index.is_file():
+        if _read_json(index).get("version") != INDEX_VERSION:
+            raise PancsegError(_OLD_VERSION.format(out))
         old = _read_json(index).get("preprocess_hash")
         if old is not None and old != preprocess_hash:
             raise PancsegError(
@@ -507,17 +522,6 @@ def _check_existing_config(out: pathlib.Path, preprocess_hash: str) -> None:
 
 
 # === The index ===
-
-
-def cases_outside_field(index: dict[str, Any]) -> list[tuple[str, float]]:
-    """``(case_id, fraction)`` of the prepared cases whose pancreas reaches outside the model's
-    in-plane field (``label_outside_field_fraction`` > 0), sorted by case id; an index prepared
-    before the fraction was recorded lists none."""
-    return [
-        (entry["case_id"], float(entry["label_outside_field_fraction"]))
-        for entry in sorted(index.get("cases", []), key=lambda e: e["case_id"])
-        if entry.get("label_outside_field_fraction", 0.0) > 0.0
-    ]
 
 
 def merge_indexes(
@@ -610,6 +614,8 @@ def load_index(data_dir: str | os.PathLike) -> dict[str, Any]:
             f"{data_dir} is not a prepared folder: no {INDEX_FILE} (run pancseg prepare first)"
         )
     index = _read_json(path)
+    if index.get("format") == INDEX_FORMAT and index.get("version") == 1:
+        raise PancsegError(_OLD_VERSION.format(data_dir))
     if index.get("format") != INDEX_FORMAT or index.get("version") != INDEX_VERSION:
         raise PancsegError(
             f"{path} is not a {INDEX_FORMAT} index of version {INDEX_VERSION} (format "

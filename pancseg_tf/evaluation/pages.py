@@ -17,12 +17,9 @@ from collections.abc import Mapping, Sequence
 from pancseg_tf.evaluation.figures import ORIENTATION_NOTE, Montage
 from pancseg_tf.evaluation.tables import (
     DISPLAY,
-    OUTSIDE_FIELD_KEY,
     REPORT_KEYS,
     case_values,
     counts_line,
-    outside_field_note,
-    statistic,
     table_rows,
     undefined_notes,
 )
@@ -179,10 +176,6 @@ def index_html(
     parts.append("</table>")
     for note in undefined_notes(summary["metrics"]):
         parts.append(f"<p>{e(note)}</p>")
-    field_line = outside_field_note(summary)
-    if field_line is not None:
-        parts.append("<h2>Pancreas outside the model's field</h2>")
-        parts.append(f'<p id="outside-field">{e(field_line)}</p>')
     if boxplot is not None:
         parts += [
             "<h2>DSC per case</h2>",
@@ -210,7 +203,6 @@ def index_html(
             "<table>",
             "<tr><th>case</th><th>axial slices</th>"
             + "".join(f"<th>{e(DISPLAY[key][0])}</th>" for key in REPORT_KEYS)
-            + ("<th>pancreas outside the field (%)</th>" if field_line is not None else "")
             + "</tr>",
         ]
         for case, row in rows:
@@ -224,9 +216,6 @@ def index_html(
             )
             cells = [f"<td>{link(page, case) if href else e(case)}</td>", f"<td>{image}</td>"]
             cells += [f"<td>{e(value)}</td>" for value in case_values(row)]
-            if field_line is not None:
-                fraction = row.get(OUTSIDE_FIELD_KEY)
-                cells.append(f"<td>{statistic(fraction, 100.0, 2)}</td>")
             parts.append("<tr>" + "".join(cells) + "</tr>")
         parts.append("</table>")
         parts.append("<h2>Montages</h2>")

@@ -7,13 +7,10 @@ nnU-Net folder, NIH Pancreas-CT download, CSV manifest; see `pancseg_tf.io.disco
 paired by case id. The report folder gets:
 
 ==============================  ===============================================================
-``metrics.csv``                 one row per evaluated case: ``case``, then `CASE_KEYS` (and
-                                `OUTSIDE_FIELD_KEY` with ``prepared``)
+``metrics.csv``                 one row per evaluated case: ``case``, then `CASE_KEYS`
 ``summary.json``                per metric mean / std / min / max / n, the evaluated, unpaired
                                 and failed cases (the value this function returns)
-``summary.md``                  the paper's table (metric | mean ± std | min | max | n), lists;
-                                with ``prepared``, the cases whose pancreas lies partly outside
-                                the model's in-plane field (`pancseg_tf.evaluation.field`)
+``summary.md``                  the paper's table (metric | mean ± std | min | max | n), lists
 ``dsc_boxplot.png``             per-case DSC as a box plot (when a case was evaluated)
 ``cases/<case>.png``            axial montage, 1218 px wide: ground truth (green) and
                                 prediction (red) outlines, yellow where they coincide, over the
@@ -55,7 +52,6 @@ import numpy as np
 
 from pancseg_tf.atomic import replacing
 from pancseg_tf.errors import PancsegError
-from pancseg_tf.evaluation.field import field_of_index, outside_fractions
 from pancseg_tf.evaluation.figures import (
     CaseVolumes,
     boxplot_png,
@@ -80,10 +76,8 @@ from pancseg_tf.evaluation.pairing import (
     read_case,
 )
 from pancseg_tf.evaluation.tables import (
-    OUTSIDE_FIELD_KEY,
     REPORT_KEYS,
     metrics_csv,
-    outside_field_note,
     summary_json,
     summary_md,
     summary_of,
@@ -93,15 +87,9 @@ log = logging.getLogger("pancseg_tf.evaluation")
 
 PathLike = str | os.PathLike
 
-# GRID_TOLERANCE_MM, OUTSIDE_FIELD_KEY, REPORT_KEYS and outside_field_note live in `pairing` and
-# `tables`; they stay importable from here, where the command and the tests take them.
-__all__ = [
-    "GRID_TOLERANCE_MM",
-    "OUTSIDE_FIELD_KEY",
-    "REPORT_KEYS",
-    "evaluate_predictions",
-    "outside_field_note",
-]
+# GRID_TOLERANCE_MM and REPORT_KEYS live in `pairing` and `tables`; they stay importable from
+# here, where the command and the tests take them.
+__all__ = ["GRID_TOLERANCE_MM", "REPORT_KEYS", "evaluate_predictions"]
 
 
 def _write(path: pathlib.Path, data: bytes) -> None:
@@ -191,7 +179,6 @@ def evaluate_predictions(
     *,
     gt_labels: tuple[int, ...] | None = None,
     images: PathLike | None = None,
-    prepared: PathLike | None = None,
     progress: bool = True,
 ) -> dict:
     """Evaluates a folder of predicted masks against the ground truth and writes a report folder.
@@ -214,11 +201,6 @@ def evaluate_predictions(
         images: folder of images ``<case>.nii.gz`` or ``<case>_0000.nii.gz`` for the montages;
             it takes precedence over a cohort's images. Without images the montages show the
             masks alone. Images never change a metric.
-        prepared: a prepared data folder (``pancseg prepare``'s, with the preprocessing of
-            the model that predicted) whose ``index.json`` records, per case, the fraction of
-            the pancreas outside the model's in-plane field: the report lists the evaluated
-            cases with such a fraction (summary.md, index.html, a metrics.csv column
-            `OUTSIDE_FIELD_KEY`). None: not stated (evaluate cannot know the model's field).
         progress: log one line per case (logger ``pancseg_tf.evaluation``, level INFO; case ids
             only).
 
@@ -231,10 +213,7 @@ def evaluate_predictions(
         ``failed`` (``[{"case", "reason"}]``), ``gt_labels`` (list or None),
         ``ground_truth`` (``"folder"`` or ``"cohort"``) and ``cases_without_image`` (evaluated
         cases whose montage shows the masks alone: no image given or found, unreadable, or on
-        another grid), ``outside_field`` (None without ``prepared``; else ``field``: ``{"size":
-        [H, W], "spacing_mm"}``, ``cases``: ``[{"case", "fraction"}]`` of the evaluated cases
-        with pancreas outside the field, ``unknown``: evaluated cases the index does not
-        state).
+        another grid).
 
     Raises:
         PancsegError: ``pred`` is not a folder of masks; ``gt`` is neither a label folder nor a
@@ -255,12 +234,6 @@ def evaluate_predictions(
     predictions = find_predictions(pred_folder)
     truths, source = find_ground_truth(gt_path)
     image_files = find_images(pathlib.Path(images)) if images is not None else {}
-    field, fractions = None, {}
-    if prepared is not None:
-        from pancseg_tf.data.prepare import load_index
-
-        index = load_index(prepared)
-        field, fractions = field_of_index(index), outside_fractions(index)
 
     paired, prediction_only, ground_truth_only = pair_cases(predictions, truths)
 
@@ -283,8 +256,6 @@ def evaluate_predictions(
             failed.append({"case": case, "reason": str(error)})
             log.warning("[%d/%d] case %s failed: %s", number, len(paired), case, error)
             continue
-        if field is not None:
-            row[OUTSIDE_FIELD_KEY] = fractions.get(case)
         # Outside the try: a report that cannot be written is not one case's failure.
         _write_case_figures(cases_folder, case, row, volume, window)
         rows.append((case, row))
@@ -310,10 +281,9 @@ def evaluate_predictions(
         gt_labels=gt_labels,
         ground_truth=source,
         cases_without_image=without_image,
-        field=field,
     )
 
-    _write(out / "metrics.csv", metrics_csv(rows, field is not None))
+    _write(out / "metrics.csv", metrics_csv(rows))
     _write(out / "summary.json", summary_json(summary))
     _write(out / "summary.md", summary_md(summary))
     boxplot = None

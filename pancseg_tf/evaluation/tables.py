@@ -15,18 +15,15 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from pancseg_tf.evaluation.field import outside_field_line
 from pancseg_tf.evaluation.metrics import CASE_KEYS, SUMMARY_KEYS, summarize
 
 __all__ = [
     "DISPLAY",
-    "OUTSIDE_FIELD_KEY",
     "REPORT_KEYS",
     "case_values",
     "counts_line",
     "json_safe",
     "metrics_csv",
-    "outside_field_note",
     "statistic",
     "summary_json",
     "summary_md",
@@ -55,11 +52,6 @@ DISPLAY: dict[str, tuple[str, float, int]] = {
 }
 
 
-# metrics.csv's column (with ``prepared``): the fraction of the case's pancreas outside the
-# model's in-plane field, as prepare recorded it; empty where unknown.
-OUTSIDE_FIELD_KEY = "label_outside_field_fraction"
-
-
 def summary_of(
     rows: Sequence[tuple[str, Mapping[str, object]]],
     *,
@@ -69,22 +61,18 @@ def summary_of(
     gt_labels: tuple[int, ...] | None,
     ground_truth: str,
     cases_without_image: Sequence[str],
-    field: Mapping[str, object] | None,
 ) -> dict:
     """``summary.json``'s content (see `pancseg_tf.evaluation.report.evaluate_predictions`),
     strict JSON (`json_safe`).
 
     Args:
-        rows: ``(case, metrics row)`` of the evaluated cases (`evaluate_case`'s keys, and
-            `OUTSIDE_FIELD_KEY` when ``field`` is given).
+        rows: ``(case, metrics row)`` of the evaluated cases (`evaluate_case`'s keys).
         failed: ``{"case", "reason"}`` of the cases that could not be scored.
         prediction_only: cases with a prediction and no ground truth.
         ground_truth_only: cases with a ground truth and no prediction.
         gt_labels: the label values read as pancreas (None: every non-zero value).
         ground_truth: ``"folder"`` or ``"cohort"``.
         cases_without_image: evaluated cases whose montage shows the masks alone.
-        field: the model's in-plane field (`pancseg_tf.evaluation.field.field_of_index`), or
-            None when not stated.
     """
     if rows:
         metrics = summarize([row for _, row in rows], REPORT_KEYS)
@@ -120,25 +108,8 @@ def summary_of(
             "gt_labels": None if gt_labels is None else list(gt_labels),
             "ground_truth": ground_truth,
             "cases_without_image": list(cases_without_image),
-            "outside_field": None if field is None else _outside_field(rows, field),
         }
     )
-
-
-def _outside_field(
-    rows: Sequence[tuple[str, Mapping[str, object]]], field: Mapping[str, object]
-) -> dict[str, object]:
-    """summary.json's ``outside_field``: the evaluated cases with pancreas outside the field
-    and those whose fraction the prepared index does not state."""
-    return {
-        "field": dict(field),
-        "cases": [
-            {"case": case, "fraction": row[OUTSIDE_FIELD_KEY]}
-            for case, row in rows
-            if row[OUTSIDE_FIELD_KEY] is not None and row[OUTSIDE_FIELD_KEY] > 0
-        ],
-        "unknown": [case for case, row in rows if row[OUTSIDE_FIELD_KEY] is None],
-    }
 
 
 def json_safe(value: object) -> object:
@@ -167,15 +138,14 @@ def _csv_value(value: object) -> object:
     return value
 
 
-def metrics_csv(rows: Sequence[tuple[str, Mapping[str, object]]], field: bool = False) -> bytes:
-    """``metrics.csv``'s bytes: ``case``, then `CASE_KEYS` (and `OUTSIDE_FIELD_KEY` with
-    ``field``), one row per evaluated case; floats in full (``repr``), NaN as ``nan``."""
-    keys = (*CASE_KEYS, OUTSIDE_FIELD_KEY) if field else CASE_KEYS
+def metrics_csv(rows: Sequence[tuple[str, Mapping[str, object]]]) -> bytes:
+    """``metrics.csv``'s bytes: ``case``, then `CASE_KEYS`, one row per evaluated case; floats
+    in full (``repr``), NaN as ``nan``."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["case", *keys])
+    writer.writerow(["case", *CASE_KEYS])
     for case, row in rows:
-        writer.writerow([case, *("" if row[k] is None else _csv_value(row[k]) for k in keys)])
+        writer.writerow([case, *(_csv_value(row[key]) for key in CASE_KEYS)])
     return buffer.getvalue().encode("utf-8")
 
 
@@ -241,33 +211,15 @@ def undefined_notes(metrics: Mapping[str, Mapping[str, object]]) -> list[str]:
     return notes
 
 
-def outside_field_note(summary: Mapping[str, object]) -> str | None:
-    """The sentence naming the evaluated cases whose pancreas lies partly outside the model's
-    field, from a summary `evaluate_predictions` returned; None when it was not given
-    ``prepared``."""
-    outside = summary.get("outside_field")
-    if outside is None:
-        return None
-    cases = [(entry["case"], entry["fraction"]) for entry in outside["cases"]]
-    return outside_field_line(cases, outside["field"], unknown=len(outside["unknown"]))
-
-
 def summary_md(summary: Mapping[str, object]) -> bytes:
     """``summary.md``'s bytes: the counts, the paper's table (metric | mean ± std | min | max |
-    n), the notes, and the cases outside the field, unpaired or failed."""
+    n), the notes, and the unpaired or failed cases."""
     lines = ["# Pancreas segmentation: evaluation", "", counts_line(summary), ""]
     lines += ["| metric | mean ± std | min | max | n |", "| --- | --- | --- | --- | --- |"]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(summary["metrics"])]
     notes = undefined_notes(summary["metrics"])
     if notes:
         lines += ["", *notes]
-    field_line = outside_field_note(summary)
-    if field_line is not None:
-        lines += ["", "## Pancreas outside the model's field", "", field_line]
-        if summary["outside_field"]["cases"]:
-            lines += ["", "| case | pancreas outside the field (%) |", "| --- | --- |"]
-            for entry in summary["outside_field"]["cases"]:
-                lines.append(f"| {entry['case']} | {100.0 * entry['fraction']:.2f} |")
     unpaired = summary["unpaired"]
     if unpaired["prediction_only"] or unpaired["ground_truth_only"]:
         lines += ["", "## Unpaired cases (not evaluated)", ""]

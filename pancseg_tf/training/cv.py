@@ -21,9 +21,7 @@ Pancreas-CT) on any cohort:
 4. ``OUT/cv_summary.json`` / ``.md`` and ``OUT/threshold_curves.png``: the paper's table (DSC
    and JI, mean ± std, min, max, per fold and over all held-out cases, stage 1 beside stage 2)
    and the ablation table (loss x stage: DSC, JI, DSC on ambiguous slices, slice consistency,
-   the DSC's spread over thresholds), rebuilt from whatever folds exist; and the held-out
-   cases whose pancreas lies partly outside the model's in-plane field, with the fraction lost
-   (prepare's record, `held_out_outside_field`).
+   the DSC's spread over thresholds), rebuilt from whatever folds exist.
 
 Folds are numbered from 0. ``fold`` runs one fold (a cluster job array, one Colab session at a
 time): run ``pancseg cv COHORT OUT --prepare-only`` first so that parallel jobs do not race
@@ -292,7 +290,6 @@ class CrossValidation:
         cases: list[Any],
     ) -> dict[str, Any]:
         """Trains, chooses post-processing, segments and scores one fold; skips a done fold."""
-        from pancseg_tf.data.prepare import load_index
         from pancseg_tf.training.callbacks import STAGE1_FILE, STAGE2_FILE, read_json
         from pancseg_tf.training.trainer import Trainer
 
@@ -358,7 +355,6 @@ class CrossValidation:
             "validation": splits["validation"],
             "postprocessing": choice,
             "stages": results,
-            "outside_field": held_out_outside_field(load_index(self.data_dir), held_out),
             "seconds": round(time.monotonic() - start, 1),
         }
         _write_json(done, record)
@@ -444,20 +440,6 @@ def record_postprocessing(run_dir: pathlib.Path, choice: dict[str, dict], stage:
         if model_file.name.startswith("."):  # a killed writer's temporary file
             continue
         write_card(model_file, card_from_run_config(data))
-
-
-def held_out_outside_field(index: dict[str, Any], held_out: Sequence[str]) -> dict[str, Any]:
-    """fold.json's ``outside_field``: the model's in-plane field (``{"size", "spacing_mm"}``),
-    ``cases`` (held-out case -> fraction of its pancreas outside the field, those above 0) and
-    ``unknown`` (held-out cases the prepared index does not state), from prepare's record."""
-    from pancseg_tf.evaluation.field import field_of_index, outside_fractions
-
-    fractions = outside_fractions(index)
-    return {
-        "field": field_of_index(index),
-        "cases": {c: fractions[c] for c in sorted(held_out) if (fractions.get(c) or 0.0) > 0.0},
-        "unknown": sorted(c for c in held_out if fractions.get(c) is None),
-    }
 
 
 def _ambiguous(cohort: pathlib.Path) -> dict[str, list[int]]:
@@ -568,7 +550,6 @@ def write_summary(out: pathlib.Path) -> dict[str, Any]:
         "folds": total,
         "scheme": folds_info.get("scheme"),
         "experiments": experiments,
-        "outside_field": _outside_field(records),
     }
     _write_json(out / "cv_summary.json", summary)
     text = summary_markdown(summary)
@@ -576,25 +557,6 @@ def write_summary(out: pathlib.Path) -> dict[str, Any]:
     if experiments:
         plot_threshold_curves(summary, out / "threshold_curves.png")
     return summary
-
-
-def _outside_field(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """The held-out cases of every fold with pancreas outside the model's field (each case
-    once, whatever the losses); None when no fold.json records it (folds run before it was)."""
-    recorded = [r for r in records if r.get("outside_field")]
-    if not recorded:
-        return None
-    cases, unknown = {}, set()
-    for record in recorded:
-        info = record["outside_field"]
-        for case, fraction in info["cases"].items():
-            cases[case] = {"case": case, "fold": record["fold"], "fraction": fraction}
-        unknown.update(info["unknown"])
-    return {
-        "field": recorded[0]["outside_field"]["field"],
-        "cases": [cases[c] for c in sorted(cases)],
-        "unknown": sorted(unknown),
-    }
 
 
 def _pct(stats: dict[str, Any] | None) -> str:
@@ -618,20 +580,6 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     )
     lines.append(f"{total} folds ({scheme}). DSC and JI in %, over held-out cases.")
     lines.append("")
-    outside = summary.get("outside_field")
-    if outside is not None:
-        from pancseg_tf.evaluation.field import outside_field_line
-
-        listed = [(entry["case"], entry["fraction"]) for entry in outside["cases"]]
-        unknown = len(outside["unknown"])
-        lines += [outside_field_line(listed, outside["field"], unknown=unknown, what="held-out")]
-        if listed:
-            lines += ["", "| case | fold | pancreas outside the field (%) |", "| --- | --- | --- |"]
-            for entry in outside["cases"]:
-                lines.append(
-                    f"| {entry['case']} | {entry['fold']} | {100.0 * entry['fraction']:.2f} |"
-                )
-        lines.append("")
     for loss, exp in summary["experiments"].items():
         done = exp["folds_done"]
         lines.append(

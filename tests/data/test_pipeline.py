@@ -337,12 +337,14 @@ def test_validation_volumes_are_whole_prepared_cases(prepared):
     for volume in volumes:
         entry = next(e for e in index["cases"] if e["case_id"] == volume.case_id)
         case = decode_case(next(read_tfrecord(prepared / entry["shard"])))
-        assert volume.image.shape == volume.label.shape == (48, 48, 20)  # (H, W, K)
+        # (H, W, K): the case's whole-body plane, at least the model's 48 x 48.
+        assert volume.image.shape == volume.label.shape == (*entry["size"], 20)
+        assert min(entry["size"]) >= 48
         np.testing.assert_array_equal(volume.label, np.moveaxis(case["label"], 0, 2))
         np.testing.assert_array_equal(volume.image, np.moveaxis(case["image"], 0, 2))
         expected = np.clip((volume.image + 100.0) / 340.0, 0.0, 1.0)
         np.testing.assert_allclose(volume.normalized_image(), expected, atol=1e-6)
-        assert volume.plan.model_shape == (48, 48, 20)
+        assert volume.plan.model_shape == (*entry["size"], 20)
         assert volume.percentiles is None and volume.modality == "ct"
         assert volume.entry["positive_slices"]
 
@@ -358,10 +360,12 @@ def test_training_slices_equal_the_validation_normalisation(tmp_path, modality):
     )
     prepare_cohort(cohort, tmp_path / "out", config=config, progress=False)
     (volume,) = load_validation_volumes(tmp_path / "out")
-    reference = np.moveaxis(volume.normalized_image(), 2, 0)  # (K, H, W)
+    reference = np.moveaxis(volume.normalized_image(), 2, 0)  # (K, H, W), the whole body
+    # Every 48 x 48 crop of every slice: a training slice is one of them.
+    crops = np.lib.stride_tricks.sliding_window_view(reference, (48, 48), axis=(1, 2))
     images = batches(make_training_dataset(tmp_path / "out", config, stage=1, epoch=0))
     for image in np.concatenate([x for x, _ in images])[..., 0]:
-        assert np.abs(reference - image).reshape(len(reference), -1).max(axis=1).min() < 1e-6
+        assert np.abs(crops - image).max(axis=(-2, -1)).min() < 1e-6
 
 
 def test_a_case_gives_the_same_windows_whatever_cases_it_is_selected_with(prepared):

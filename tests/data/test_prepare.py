@@ -139,7 +139,7 @@ def test_corrupt_shard_is_reported(tmp_path):
 def test_prepare_writes_shards_and_index(prepared, cohort):
     out, index = prepared
     config = small_config()
-    assert index["format"] == "pancseg_tf.prepared" and index["version"] == 1
+    assert index["format"] == "pancseg_tf.prepared" and index["version"] == 2
     assert index["preprocess_hash"] == config.hash("preprocess")
     assert index["preprocess"] == config.to_dict()["preprocess"]
     assert [c["case_id"] for c in index["cases"]] == ["synth_000", "synth_001", "synth_002"]
@@ -151,7 +151,10 @@ def test_prepare_writes_shards_and_index(prepared, cohort):
         case = decode_case(record)
         k = entry["num_slices"]
         assert k == 20  # 20 slices of 2.5 mm kept at 2.5 mm
-        assert case["image"].shape == case["label"].shape == (k, 48, 48)
+        # The plane holds the whole body: at least the model's 48 x 48, wider where it is.
+        height, width = entry["size"]
+        assert height >= 48 and width >= 48
+        assert case["image"].shape == case["label"].shape == (k, height, width)
         assert case["image"].dtype == np.int16 and case["label"].dtype == np.uint8
         assert set(np.unique(case["label"])) == {0, 1}
         assert -1024 <= case["image"].min() and case["image"].max() < 3000
@@ -160,9 +163,9 @@ def test_prepare_writes_shards_and_index(prepared, cohort):
         assert entry["pancreas_voxels"] == int(case["label"].sum())
         assert entry["original"]["shape"] == [64, 64, 20]
         assert entry["spacing_mm"] == pytest.approx([2.0, 2.0, 2.5])
-        assert entry["geometry"]["size"] == [48, 48]
+        assert entry["geometry"]["size"] == [height, width]
         h0, h1, w0, w1 = entry["body_box"]
-        assert 0 <= h0 < h1 <= 48 and 0 <= w0 < w1 <= 48
+        assert 0 <= h0 < h1 <= height and 0 <= w0 < w1 <= width
     # Nothing outside OUT is named: not the cohort's path.
     assert str(cohort) not in (out / "index.json").read_text()
 
@@ -237,6 +240,29 @@ def test_other_config_in_the_same_folder_is_refused(prepared, cohort, tmp_path):
     with pytest.raises(PancsegError, match="another preprocessing config"):
         prepare_cohort(cohort, copy, config=other, progress=False)
 
+
+
+def test_a_folder_prepared_by_the_central_field_version_is_refused(prepared, cohort, tmp_path):
+    """Version 1 kept each case's central field only: training, validation and a resumed
+    prepare refuse it with one line naming the fix, rather than mixing its planes in."""
+    from pancseg_tf.data import load_index
+
+    out, _ = prepared
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    index = json.loads((old / "index.json").read_text())
+    (old / "index.json").write_text(json.dumps({**index, "version": 1}))
+    with pytest.raises(PancsegError, match="earlier pancseg.*prepare the cohort again"):
+        load_index(old)
+    with pytest.raises(PancsegError, match="earlier pancseg.*prepare the cohort again"):
+        prepare_cohort(cohort, old, config=small_config(), progress=False)
+    # Killed before its first index: the case entries alone say which version wrote them.
+    (old / "index.json").unlink()
+    entry = json.loads((old / "cases" / "synth_000.json").read_text())
+    del entry["version"]
+    (old / "cases" / "synth_000.json").write_text(json.dumps(entry))
+    with pytest.raises(PancsegError, match="earlier pancseg.*prepare the cohort again"):
+        prepare_cohort(cohort, old, config=small_config(), progress=False)
 
 @pytest.fixture()
 def broken_cohort(cohort, tmp_path) -> pathlib.Path:

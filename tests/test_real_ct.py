@@ -172,9 +172,9 @@ def test_capacity_quick_config_fits_one_real_nih_scan(tmp_path, nih_root):
     195) by `pancseg evaluate`, for stage 1 and for the model the run ships. One case means no
     held-out case: ``train.validation_fraction=0`` validates on it.
 
-    Measured with the whole-body planes (three runs here, CPU training is not bit-reproducible):
-    stage 1 0.836, 0.829, 0.825; shipped 0.841, 0.834, 0.832, validation equal to predict's
-    score in each. (With the central field only, runs had read 0.74 to 0.85, validation and
+    Measured with the whole-body planes (four runs here, CPU training is not bit-reproducible):
+    stage 1 0.836, 0.829, 0.827, 0.825; shipped 0.841, 0.834, 0.836, 0.832, validation equal to
+    predict's score in each. (With the central field only, runs had read 0.74 to 0.85, validation and
     predict up to 0.10 apart.) The bound is also out of reach of a geometry fault: the label
     scored against itself mirrored in any axis or 2 slices (2 mm) off stays below 0.80 (the
     test above). Millimetre geometry is held without training, by

@@ -400,13 +400,15 @@ def test_rerun_after_sigkill_matches_an_uninterrupted_run(tmp_path):
 
 @pytest.mark.large
 def test_nih_case_prepared_label_lies_on_the_pancreas(nih_root, tmp_path):
-    # 512 x 512 x 195 DICOM at 0.898 x 0.898 x 1 mm -> 256 x 256 x 78 at 0.8 x 0.8 x 2.5 mm.
+    # 512 x 512 x 195 DICOM at 0.898 x 0.898 x 1 mm -> 78 slices at 0.8 x 0.8 x 2.5 mm; the
+    # default 256 x 256 field (205 mm) widened to the 412 x 306 mm body's box: 516 x 383.
     config = apply_overrides(Config(), ["preprocess.label_values=[1]"])
     index = prepare_cohort(nih_root, tmp_path / "nih", config=config, progress=False)
     (entry,) = index["cases"]
     assert entry["case_id"] == "PANCREAS_0002"
     assert entry["original"]["shape"] == [512, 512, 195]
-    assert entry["num_slices"] == 78 and entry["size"] == [256, 256]
+    assert entry["num_slices"] == 78 and entry["size"] == [516, 383]
+    assert entry["label_outside_field_voxels"] == 0
     case = decode_case(next(read_tfrecord(tmp_path / "nih" / entry["shard"])))
     label = case["label"] > 0
     # Pancreas on slices 63 to 131 of 195 at 1 mm: about 25-53 of 78 at 2.5 mm.

@@ -378,10 +378,11 @@ def make_training_dataset(
     # Each case's plane holds its whole body (at least ``preprocess.size``); windows are cut
     # at the model's size (or ``data.crop_size``) from it.
     crop = tuple(config.data.crop_size or config.preprocess.size)
-    smallest = min((tuple(e["size"]) for e in selected), key=lambda s: s[0] * s[1])
-    if any(crop[axis] > e["size"][axis] for e in selected for axis in (0, 1)):
+    narrow = [e for e in selected if crop[0] > e["size"][0] or crop[1] > e["size"][1]]
+    if narrow:
         raise PancsegError(
-            f"data.crop_size {list(crop)} is larger than the prepared plane {list(smallest)}"
+            f"data.crop_size {list(crop)} is larger than the prepared plane {narrow[0]['size']} "
+            f"of case {narrow[0]['case_id']}"
         )
     usable = [e for e in selected if e["num_slices"] >= window]
     if len(usable) < len(selected):

@@ -511,9 +511,10 @@ def _run_tasks(tasks: Sequence[_Task], workers: int) -> Generator[dict[str, Any]
 def _check_existing_config(out: pathlib.Path, preprocess_hash: str) -> None:
     index = out / INDEX_FILE
     if index.is_file():
-        if _read_json(index).get("version") != INDEX_VERSION:
+        existing = _read_json(index)
+        if existing.get("version") != INDEX_VERSION:
             raise PancsegError(_OLD_VERSION.format(out))
-        old = _read_json(index).get("preprocess_hash")
+        old = existing.get("preprocess_hash")
         if old is not None and old != preprocess_hash:
             raise PancsegError(
                 f"{out} was prepared with another preprocessing config (hash {old}, this run's "

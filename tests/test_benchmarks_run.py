@@ -1,12 +1,13 @@
 """`benchmarks/run.py`: the report's shape, its targets, and a tiny run of two cheap parts."""
 
-import importlib.util
 import json
 import pathlib
 import subprocess
 import sys
 
 import pytest
+
+from tests.benchmark_scripts import load_script
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RUN = REPO / "benchmarks" / "run.py"
@@ -22,20 +23,6 @@ ISSUE_KEYS = (
     "ct_512x512x200_seconds",
 )
 FIGURE_FIELDS = {"value", "unit", "target", "met", "status"}
-
-
-def load_script(path: pathlib.Path, name: str):
-    """A benchmark script as module ``name`` (registered in ``sys.modules``, where dataclasses
-    look their module up); the ``sys.path`` entry the script adds is taken back."""
-    saved = list(sys.path)
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path[:] = saved
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,7 @@ label, pancreas = 1), TotalSegmentator's s0009 (NIfTI, pancreas mask = 1) and it
 (a multi-organ map: pancreas = 7, other organs other values).
 """
 
-import csv
-import json
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,6 +15,7 @@ from pancseg_tf.data import prepare_cohort
 from pancseg_tf.errors import PancsegError
 from pancseg_tf.io.cohorts import discover_cohort
 from pancseg_tf.preprocessing.geometry import GeometryPlan
+from tests.benchmark_scripts import BENCHMARKS, load_script
 
 # The quick config's grid (training/configs/quick.yaml), without its model section.
 QUICK_GRID = [
@@ -142,21 +139,6 @@ def test_capacity_bound_is_out_of_reach_of_a_gross_geometry_fault(nih_label_path
     assert dice(label, label) == 1.0
 
 
-def pancseg(*args: str) -> None:
-    """Runs the installed command line as a user does; fails the test with its output."""
-    result = subprocess.run(
-        [sys.executable, "-m", "pancseg_tf.cli", *args], capture_output=True, text=True
-    )
-    assert result.returncode == 0, f"pancseg {args[0]} failed:\n{result.stderr[-3000:]}"
-
-
-def scored_dsc(report: pathlib.Path) -> dict[str, float]:
-    summary = json.loads((report / "summary.json").read_text())
-    assert summary["num_cases"]["evaluated"] == 1 and not summary["failed"]
-    with open(report / "metrics.csv", newline="") as handle:
-        return {row["case"]: float(row["dsc"]) for row in csv.DictReader(handle)}
-
-
 @pytest.mark.large
 def test_capacity_quick_config_fits_one_real_nih_scan(tmp_path, nih_root):
     """The quick config trained on NIH Pancreas-CT 0002 alone segments that scan, DSC >= 0.80.
@@ -169,47 +151,31 @@ def test_capacity_quick_config_fits_one_real_nih_scan(tmp_path, nih_root):
     prepare keeps the whole body (a 258 x 192 plane), training cuts the model's 128 x 128 from
     it at random offsets, and validation and `pancseg predict` both tile it. The quick grid's
     round trip alone caps this case at DSC 0.894. Scored on the scan's own grid (512 x 512 x
-    195) by `pancseg evaluate`, for stage 1 and for the model the run ships. One case means no
-    held-out case: ``train.validation_fraction=0`` validates on it.
+    195) by `pancseg evaluate`, for stage 1 and for the model the run ships; the commands and
+    the recipe are `benchmarks/real_ct_capacity.py`'s, whose recorded runs are
+    `benchmarks/results/real_ct_capacity.json`. One case means no held-out case:
+    ``train.validation_fraction=0`` validates on it.
 
-    Measured with the whole-body planes (four runs here, CPU training is not bit-reproducible):
-    stage 1 0.836, 0.829, 0.827, 0.825; shipped 0.841, 0.834, 0.836, 0.832, validation equal to
-    predict's score in each. (With the central field only, runs had read 0.74 to 0.85, validation and
-    predict up to 0.10 apart.) The bound is also out of reach of a geometry fault: the label
-    scored against itself mirrored in any axis or 2 slices (2 mm) off stays below 0.80 (the
-    test above). Millimetre geometry is held without training, by
+    The bound is also out of reach of a geometry fault: the label scored against itself
+    mirrored in any axis or 2 slices (2 mm) off stays below 0.80 (the test above). Millimetre
+    geometry is held without training, by
     tests/preprocessing/test_geometry.py::test_nih_case_keeps_its_pancreas_through_the_model_grid.
     """
-    data, run = tmp_path / "prepared", tmp_path / "run"
-    pancseg("prepare", str(nih_root), str(data), "--config", "quick")
-    (entry,) = json.loads((data / "index.json").read_text())["cases"]
+    bench = load_script(BENCHMARKS / "real_ct_capacity.py", "real_ct_capacity")
+    result = bench.capacity_run(nih_root, tmp_path, seed=0)
     # The whole body's plane (the field predict tiles), and nothing of the pancreas left out.
-    assert entry["size"] == [258, 192] and entry["body_box"] == [0, 258, 0, 192], entry
-    assert entry["label_outside_field_voxels"] == 0
-    pancseg(
-        "train", str(data), str(run), "--config", "quick", "--seed", "0",
-        *("--set", "train.validation_fraction=0"),
-        # 192 stage-1 steps: 80 reached 0.65 on this scan (central-field training).
-        *("--set", "train.stage1_epochs=8", "--set", "train.stage2_epochs=1"),
-        *("--set", "train.steps_per_epoch=24", "--set", "data.augment=false"),
-    )  # fmt: skip
-    splits = json.loads((run / "splits.json").read_text())
+    assert result["entry"] == {
+        "size": [258, 192], "body_box": [0, 258, 0, 192], "label_outside_field_voxels": 0
+    }  # fmt: skip
+    splits = result["splits"]
     assert splits["train"] == splits["validation"] == ["PANCREAS_0002"]
-    scores = {}
-    for name, model in (("stage1", run / "stage1.keras"), ("shipped", run)):
-        pancseg("predict", str(model), str(nih_root), "-o", str(tmp_path / f"pred_{name}"))
-        report = tmp_path / f"report_{name}"
-        pancseg("evaluate", str(tmp_path / f"pred_{name}"), str(nih_root), "-o", str(report),
-                "--gt-labels", "1")  # fmt: skip
-        scores[name] = scored_dsc(report)["PANCREAS_0002"]
-    assert scores["stage1"] >= CAPACITY_BOUND, scores
-    assert scores["shipped"] >= CAPACITY_BOUND, scores
+    scores = result["dsc"]
+    assert scores["stage1"] >= CAPACITY_BOUND, result
+    assert scores["shipped"] >= CAPACITY_BOUND, result
     # The run's validation is `pancseg predict`'s computation: the same tiles over the same
     # whole-body plane, from the same stored intensities, back to the scan's grid.
-    state = json.loads((run / "state.json").read_text())
-    shipped = state[f"{state['shipped']}_cases"]["PANCREAS_0002"]
-    assert state["stage1_cases"]["PANCREAS_0002"] == pytest.approx(scores["stage1"], abs=1e-4)
-    assert shipped == pytest.approx(scores["shipped"], abs=1e-4), (state, scores)
+    for name in ("stage1", "shipped"):
+        assert result["validation_dsc"][name] == pytest.approx(scores[name], abs=1e-4), result
 
 
 # === The demo model on a real chest (benchmarks/demo_real_ct.py) ===
@@ -220,16 +186,11 @@ def test_demo_real_ct_measures_nih_0002s_chest(nih_series_dir, nih_label_path):
     (looked at: the heart, the liver dome from slice 3, the lung bases, the spine), and its measure
     counts marks there: the label itself scores DSC 1 with none in the chest; a mark on a chest
     slice is counted with its HU."""
-    import importlib.util
-
     import nibabel as nib
 
     from pancseg_tf.io import read_dicom_series
 
-    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "demo_real_ct.py"
-    spec = importlib.util.spec_from_file_location("demo_real_ct", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script(BENCHMARKS / "demo_real_ct.py", "demo_real_ct")
     volume = read_dicom_series(nih_series_dir)
     label = np.asarray(nib.load(nih_label_path).dataobj) > 0
     chest = bench.chest_slices(volume, label)

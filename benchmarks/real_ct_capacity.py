@@ -2,11 +2,10 @@
 
 The recipe of the CI test ``test_capacity_quick_config_fits_one_real_nih_scan`` in
 `tests/test_real_ct.py` (which calls `capacity_run` here, so the two cannot drift apart),
-recorded per seed. It is the
-training scan: this says that the geometry, the HU window, the crops and the labels line up on
-a real scan (a network whose data is misaligned cannot learn even the one case it sees),
-nothing about accuracy. NIH 0002 is read in place from ``../shared/data``. The commands, per
-seed::
+recorded per seed. It is the training scan: this says that the geometry, the HU window, the
+crops and the labels line up on a real scan (a network whose data is misaligned cannot learn
+even the one case it sees), nothing about accuracy. NIH 0002 is read in place from
+``../shared/data``. The commands, per seed::
 
     pancseg prepare NIH WORK/prepared --config quick                      (once)
     pancseg train WORK/prepared WORK/seedS/run --config quick --seed S RECIPE
@@ -36,7 +35,7 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from bench_common import emit_json, pancseg, provenance  # noqa: E402
-from real_ct_transfer import SHARED_DATA, case_rows  # noqa: E402
+from real_ct_transfer import SHARED_DATA, TEST_COHORT, case_rows  # noqa: E402
 
 CASE = "PANCREAS_0002"
 #: The training recipe: the quick config's own stage 1 (8 epochs of 40 steps: 320) and one
@@ -107,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     started_at = provenance()  # the commit the code was loaded from
     runs = []
     for seed in args.seeds:
-        runs.append(capacity_run(args.data.resolve() / "nih_pancreas_ct", args.work, seed))
+        runs.append(capacity_run(args.data.resolve() / TEST_COHORT, args.work, seed))
         print(json.dumps({k: runs[-1][k] for k in ("seed", "dsc", "validation_dsc")}), flush=True)
     report = {
         "what": "the quick config trained on NIH Pancreas-CT 0002 alone (the CI capacity "

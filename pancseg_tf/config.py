@@ -76,7 +76,8 @@ class DataConfig:
             of the slices and under 1 % of the voxels, so it is oversampled).
         batch_size: windows per step in stage 2.
         slice_batch_size: slices per step in stage 1.
-        shuffle_buffer: tf.data shuffle buffer, in windows.
+        shuffle_buffer: windows shuffled together: the pipeline permutes consecutive blocks
+            of this many windows (a stateless draw from the run's seed and epoch).
         augment: random in-plane rotation, scale and intensity jitter, identical for every slice
             of a window and its mask.
         rotation_deg: largest rotation, degrees.

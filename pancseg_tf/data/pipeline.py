@@ -16,7 +16,9 @@ Per epoch, for each training case (its shard is read once, interleaved with othe
    crop lies inside the box when the box is larger, and contains it when it is smaller. The
    prepared plane holds the whole body (at least ``preprocess.size``; wider for a body that
    exceeds it), so every part of the body, the whole pancreas included, is trained on.
-3. **Shuffle** (``data.shuffle_buffer`` windows, stored compactly as int16 / float16 + uint8).
+3. **Shuffle** within consecutive blocks of ``data.shuffle_buffer`` windows (stored compactly
+   as int16 / float16 + uint8), by a stateless draw: the order does not depend on TensorFlow's
+   global seed.
 4. **Intensity** normalisation to [0, 1] with `pancseg_tf.preprocessing.intensity` (CT: the HU
    window; MRI: the case's stored percentiles), the code prediction and the exported graph use.
 5. **Augmentation** (``data.augment``): one random rotation (``+-rotation_deg``) and zoom
@@ -250,6 +252,28 @@ def _affine_transform(key: tf.Tensor, height: int, width: int, data: Any) -> tf.
     )
 
 
+def _block_shuffle(ds: tf.data.Dataset, block: int, key: tf.Tensor) -> tf.data.Dataset:
+    """Shuffles ``ds`` within consecutive blocks of ``block`` elements, statelessly from ``key``.
+
+    ``Dataset.shuffle`` is not used: its order is drawn from TensorFlow's global seed as well as
+    its own (``random_seed.get_seed``), so a stream would change with whatever global seed the
+    caller set, and inside ``Dataset.counter().flat_map`` a global seed of 0 makes it compare a
+    symbolic seed as a Python bool and fail. Here block ``i`` is permuted by a stateless draw
+    keyed by ``(key, i)``; the last block of an epoch may be shorter. Memory: one block, as a
+    shuffle buffer of the same size holds.
+    """
+
+    def permute(index: tf.Tensor, element: tuple) -> tuple:
+        n = tf.shape(element[0])[0]
+        draw = tf.random.stateless_uniform(
+            [n], seed=tf.random.experimental.stateless_fold_in(key, index)
+        )
+        order = tf.argsort(draw)
+        return tuple(tf.gather(t, order) for t in element)
+
+    return ds.batch(block).enumerate().map(permute).unbatch()
+
+
 def augment_window(
     image: tf.Tensor, mask: tf.Tensor, key: tf.Tensor, config: Config
 ) -> tuple[tf.Tensor, tf.Tensor]:
@@ -447,8 +471,7 @@ def make_training_dataset(
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=deterministic,
         )
-        shuffle_seed = tf.cast(fold(key, _SALT_SHUFFLE)[0], tf.int64)
-        ds = ds.shuffle(max(1, config.data.shuffle_buffer), seed=shuffle_seed)
+        ds = _block_shuffle(ds, max(1, config.data.shuffle_buffer), fold(key, _SALT_SHUFFLE))
 
         def finish(image, label, pct, window_key) -> tuple[tf.Tensor, tf.Tensor]:
             image = normalize_intensity(

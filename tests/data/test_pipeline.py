@@ -265,6 +265,50 @@ def test_resumed_stream_sees_the_same_epochs(prepared):
         np.testing.assert_array_equal(bm, cm)
 
 
+@pytest.mark.parametrize("global_seed", [None, 0, 123])
+def test_the_stream_ignores_tensorflows_global_seed(prepared, global_seed):
+    # Every draw comes from (seed, epoch): an endless stream, made under any global seed (0
+    # included, which broke Dataset.shuffle inside flat_map), gives the same windows in the
+    # same order.
+    config = config_with(SMALL, "data.window=3", "data.batch_size=2", "data.shuffle_buffer=8")
+    steps = steps_per_epoch(prepared, config, stage=2)
+
+    def stream():
+        ds = make_training_dataset(prepared, config, stage=2, seed=3, deterministic=True)
+        return np.concatenate([x for x, _ in batches(ds, 2 * steps)])
+
+    tf.random.set_seed(987)
+    reference = stream()
+    try:
+        if global_seed is None:
+            tf.compat.v1.reset_default_graph()
+            tf.random.set_seed(None)
+        else:
+            tf.random.set_seed(global_seed)
+        np.testing.assert_array_equal(stream(), reference)
+    finally:
+        tf.random.set_seed(None)
+
+
+def test_the_shuffle_mixes_cases_within_its_block(four_levels):
+    # Interleaved reading gives the cases in turn; the block shuffle must break that turn, and
+    # a block of one window must keep it.
+    def case_sequence(block):
+        config = config_with(
+            TINY, "data.augment=false", "data.slice_batch_size=1", f"data.shuffle_buffer={block}"
+        )
+        ds = make_training_dataset(four_levels, config, stage=1, seed=1, epoch=0, deterministic=True)
+        return [round(float(x.flat[0]), 3) for x, _ in batches(ds)]
+
+    def turns(sequence):
+        return sum(a != b for a, b in zip(sequence, sequence[1:]))
+
+    unshuffled, shuffled = case_sequence(1), case_sequence(24)
+    assert sorted(unshuffled) == sorted(shuffled) and len(shuffled) == 24
+    assert turns(unshuffled) == len(unshuffled) - 1  # a, b, c, d, a, ...: every step changes case
+    assert shuffled != unshuffled and turns(shuffled) < len(shuffled) - 1
+
+
 # === Case selection and input pipelines ===
 
 

@@ -297,7 +297,9 @@ def test_the_shuffle_mixes_cases_within_its_block(four_levels):
         config = config_with(
             TINY, "data.augment=false", "data.slice_batch_size=1", f"data.shuffle_buffer={block}"
         )
-        ds = make_training_dataset(four_levels, config, stage=1, seed=1, epoch=0, deterministic=True)
+        ds = make_training_dataset(
+            four_levels, config, stage=1, seed=1, epoch=0, deterministic=True
+        )
         return [round(float(x.flat[0]), 3) for x, _ in batches(ds)]
 
     def turns(sequence):

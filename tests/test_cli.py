@@ -89,6 +89,26 @@ def test_info_and_convert_do_not_import_tensorflow(ts_ct_path, tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
+def test_importing_serving_or_inference_loads_only_what_is_named():
+    # A client reads the serving contract's names without the segmenter, scipy or TensorFlow;
+    # `pancseg_tf.inference`'s names load their own submodule on first use.
+    code = (
+        "import sys; import pancseg_tf.serving; from pancseg_tf.serving import constants; "
+        "assert constants.SLICES == 'slices'; "
+        "loaded = {m for m in sys.modules if m.startswith(('pancseg_tf.inference.', 'scipy', "
+        "'tensorflow', 'keras'))}; "
+        "assert loaded == {'pancseg_tf.inference.signature'}, sorted(loaded); "
+        "from pancseg_tf.inference import Segmenter, chunk_spans; "
+        "assert Segmenter.__module__ == 'pancseg_tf.inference.segmenter'; "
+        "assert 'tensorflow' not in sys.modules; "
+        "import pancseg_tf.inference as inference; "
+        "assert set(inference.__all__) <= set(dir(inference)); "
+        "[getattr(inference, name) for name in inference.__all__]"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_convert_dicom_keeps_grid_and_hu(ts_dicom_dir, tmp_path):
     out = tmp_path / "ct.nii.gz"
     status, stdout, err = pancseg("convert", ts_dicom_dir, out)

@@ -22,50 +22,50 @@ intensities, modality check), `signature` (the served inputs' and outputs' names
 (`ChunkNetwork`, compiled whole-volume calls, `check_model_fits`), `loading` (model files and
 their safety), `tta`, `postprocess`, `segmenter` (`Segmenter`, which composes them).
 
-Importing this package imports no TensorFlow: the network parts import it when they run.
+Importing this package imports nothing else: each name loads its submodule on first use, and the
+network parts import TensorFlow when they run.
 """
 
 from __future__ import annotations
 
-from pancseg_tf.inference.chunks import (
-    DEFAULT_OVERLAP_FRACTION,
-    blend_chunks,
-    blend_tiles,
-    chunk_spans,
-    chunk_weights,
-    run_in_tiles,
-    stack_chunks,
-    tile_spans,
-    unstack_chunks,
-)
-from pancseg_tf.inference.host import check_modality, plan_volume, request_intensities
-from pancseg_tf.inference.loading import load_model, resolve_model_path
-from pancseg_tf.inference.network import ChunkNetwork, check_model_fits, compiled_call
-from pancseg_tf.inference.postprocess import Segmentation, finish_segmentation, postprocess_mask
-from pancseg_tf.inference.segmenter import Segmenter
-from pancseg_tf.inference.tta import TTA_TRANSFORMS
+import importlib
+from typing import Any
 
-__all__ = [
-    "DEFAULT_OVERLAP_FRACTION",
-    "TTA_TRANSFORMS",
-    "ChunkNetwork",
-    "Segmentation",
-    "Segmenter",
-    "blend_chunks",
-    "blend_tiles",
-    "check_modality",
-    "check_model_fits",
-    "chunk_spans",
-    "chunk_weights",
-    "compiled_call",
-    "finish_segmentation",
-    "load_model",
-    "plan_volume",
-    "postprocess_mask",
-    "request_intensities",
-    "resolve_model_path",
-    "run_in_tiles",
-    "stack_chunks",
-    "tile_spans",
-    "unstack_chunks",
-]
+# Each public name and the submodule that defines it: importing the package loads none of
+# them (a client that needs only `signature`'s names does not load scipy or the segmenter).
+_LAZY = {
+    "DEFAULT_OVERLAP_FRACTION": "pancseg_tf.inference.chunks",
+    "blend_chunks": "pancseg_tf.inference.chunks",
+    "blend_tiles": "pancseg_tf.inference.chunks",
+    "chunk_spans": "pancseg_tf.inference.chunks",
+    "chunk_weights": "pancseg_tf.inference.chunks",
+    "run_in_tiles": "pancseg_tf.inference.chunks",
+    "stack_chunks": "pancseg_tf.inference.chunks",
+    "tile_spans": "pancseg_tf.inference.chunks",
+    "unstack_chunks": "pancseg_tf.inference.chunks",
+    "check_modality": "pancseg_tf.inference.host",
+    "plan_volume": "pancseg_tf.inference.host",
+    "request_intensities": "pancseg_tf.inference.host",
+    "load_model": "pancseg_tf.inference.loading",
+    "resolve_model_path": "pancseg_tf.inference.loading",
+    "ChunkNetwork": "pancseg_tf.inference.network",
+    "check_model_fits": "pancseg_tf.inference.network",
+    "compiled_call": "pancseg_tf.inference.network",
+    "Segmentation": "pancseg_tf.inference.postprocess",
+    "finish_segmentation": "pancseg_tf.inference.postprocess",
+    "postprocess_mask": "pancseg_tf.inference.postprocess",
+    "Segmenter": "pancseg_tf.inference.segmenter",
+    "TTA_TRANSFORMS": "pancseg_tf.inference.tta",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pancseg_tf.inference' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -61,6 +61,7 @@ def predict_inputs(inputs: list[str]) -> list[tuple[str, object]]:
             socket, a device), or two inputs giving the same case name.
     """
     from pancseg_tf.io.cohorts import discover_cohort
+    from pancseg_tf.io.read import file_kind
 
     items: list[tuple[str, object]] = []
     for raw in inputs:
@@ -70,7 +71,7 @@ def predict_inputs(inputs: list[str]) -> list[tuple[str, object]]:
         if not (path.is_file() or path.is_dir()):
             # Read as a file, a named pipe would wait for a writer forever.
             raise PancsegError(
-                f"input {path} is neither a file nor a folder ({_file_kind(path)}): expected a "
+                f"input {path} is neither a file nor a folder ({file_kind(path)}): expected a "
                 "NIfTI file, a DICOM series folder, a folder of NIfTI files, a cohort folder or "
                 "a CSV manifest"
             )
@@ -91,22 +92,6 @@ def predict_inputs(inputs: list[str]) -> list[tuple[str, object]]:
             else:
                 items.append((path.name, path))  # a DICOM series folder
     return check_unique_names(items)
-
-
-def _file_kind(path: pathlib.Path) -> str:
-    """What a path that is neither a file nor a folder is, in words."""
-    import stat
-
-    mode = path.stat().st_mode
-    for test, kind in (
-        (stat.S_ISFIFO, "a named pipe"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-    ):
-        if test(mode):
-            return kind
-    return f"file type {stat.filemode(mode)[0]!r}"
 
 
 def segmenter_options(

@@ -12,6 +12,8 @@ import json
 import os
 import re
 import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -266,6 +268,28 @@ def test_predict_refuses_a_pipe_or_socket_in_one_line(tiny_run, tmp_path, kind):
         "manifest"
     ], proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["info", "convert"])
+@pytest.mark.parametrize("name", ["scan.nii.gz", "series"])
+def test_info_and_convert_refuse_a_named_pipe_in_one_line(tmp_path, command, name):
+    # Opened, a named pipe waits for a writer forever: it is refused before it is opened.
+    path = tmp_path / name
+    os.mkfifo(path)
+    extra = [str(tmp_path / "out.nii.gz")] if command == "convert" else []
+    # A short limit of its own: the failure this guards against is a wait without end.
+    proc = subprocess.run(
+        [sys.executable, "-m", "pancseg_tf.cli", command, str(path), *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"pancseg: error: {name} is neither a file nor a folder (a named pipe): expected a .nii "
+        "or .nii.gz file or a folder of DICOM files"
+    ]
+    assert proc.stdout == "" and sorted(p.name for p in tmp_path.iterdir()) == [name]
 
 
 def test_predict_inputs_names_a_device():

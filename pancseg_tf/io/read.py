@@ -23,6 +23,22 @@ def _is_dicom_file(path: pathlib.Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
+def file_kind(path: pathlib.Path) -> str:
+    """What a path that exists but is neither a regular file nor a folder is, in words."""
+    import stat
+
+    mode = path.stat().st_mode
+    for test, kind in (
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return kind
+    return f"file type {stat.filemode(mode)[0]!r}"
+
+
 def read_volume(
     path: PathLike,
     *,
@@ -46,7 +62,8 @@ def read_volume(
         The `Volume`.
 
     Raises:
-        PancsegError: nonexistent path, a file that is not NIfTI, an empty folder, a folder
+        PancsegError: nonexistent path, a path that is neither a file nor a folder (a named
+            pipe, a socket, a device), a file that is not NIfTI, an empty folder, a folder
             without DICOM, or any problem `read_nifti` / `read_dicom_series` reports.
     """
     path = pathlib.Path(path)
@@ -54,6 +71,12 @@ def read_volume(
         raise PancsegError(f"modality must be one of {MODALITIES}, got {modality!r}")
     if not path.exists():
         raise PancsegError(f"no such file or folder: {path}")
+    if not (path.is_file() or path.is_dir()):
+        # Opened as a file, a named pipe would wait for a writer forever.
+        raise PancsegError(
+            f"{path} is neither a file nor a folder ({file_kind(path)}): expected a .nii or "
+            ".nii.gz file or a folder of DICOM files"
+        )
     if path.is_dir():
         volume = read_dicom_series(path, series=series, allow_uneven=allow_uneven)
         if modality is not None and modality != volume.modality:

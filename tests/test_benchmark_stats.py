@@ -1,7 +1,6 @@
 """benchmarks/paired_stats.py (the protocol's paired comparison) and bench_common.provenance."""
 
 import hashlib
-import importlib.util
 import json
 import math
 import pathlib
@@ -12,16 +11,10 @@ import sys
 import numpy as np
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-BENCHMARKS = REPO / "benchmarks"
+from tests.benchmark_scripts import BENCHMARKS
+from tests.benchmark_scripts import load_script as load
 
-
-def load(path: pathlib.Path, name: str):
-    """A benchmarks/ script as a module, without putting benchmarks/ on sys.path."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+REPO = BENCHMARKS.parent
 
 
 @pytest.fixture(scope="module")

@@ -22,25 +22,12 @@ from pancseg_tf.model_card import (
     read_card,
     write_card,
 )
+from tests.training.test_trainer import TINY as TRAINER_TINY
 
+# The trainer tests' tiny run, with one stage-2 epoch.
 TINY = {
-    "preprocess": {"spacing_mm": 3.2, "slice_spacing_mm": 2.5, "size": [48, 48]},
-    "data": {"window": 3, "batch_size": 2, "slice_batch_size": 8, "shuffle_buffer": 16},
-    "model": {
-        "preset": "quick",
-        "base_filters": 4,
-        "depth": 2,
-        "lstm_filters": 4,
-        "aggregation_filters": 4,
-        "lstm_resolution": 2,
-    },
-    "train": {
-        "stage1_epochs": 2,
-        "stage2_epochs": 1,
-        "steps_per_epoch": 3,
-        "validation_fraction": 0.34,
-        "validation_cases": 1,
-    },
+    **TRAINER_TINY,
+    "train": {**TRAINER_TINY["train"], "stage2_epochs": 1},
     # Not the defaults: a copy that fell back to defaults would segment differently.
     "postprocess": {"threshold": 0.35, "largest_component": False},
 }

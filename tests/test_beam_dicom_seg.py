@@ -210,3 +210,17 @@ def test_read_case_reads_the_headers_on_the_worker_and_skips_a_written_seg(tmp_p
     (out / "series.dcm").write_bytes(b"a SEG of an earlier run")
     (skipped,) = ReadCase(str(out), False, dicom_seg=True).process(task)
     assert skipped.tag == SKIPPED and skipped.value == {"case": "series", "status": SKIPPED}
+
+
+def test_a_remote_nifti_is_refused_and_a_remote_series_is_not():
+    """A ``gs://`` input is checked as a local one: a series folder passes, a NIfTI file is
+    named (no bucket is reached: the sources are what `expand_inputs` found)."""
+    from pancseg_tf.beam.files import RemoteSource
+    from pancseg_tf.errors import PancsegError
+    from pancseg_tf.predict_io import check_dicom_seg_inputs
+
+    series = ("ct_dicom", RemoteSource("gs://bucket/export/ct_dicom", series=True))
+    check_dicom_seg_inputs([series])
+    nifti = ("ct_3mm", RemoteSource("gs://bucket/export/ct_3mm.nii.gz"))
+    with pytest.raises(PancsegError, match=r"got the file ct_3mm\.nii\.gz \(case ct_3mm\)"):
+        check_dicom_seg_inputs([series, nifti])

@@ -18,6 +18,7 @@ Nothing here imports TensorFlow.
 
 from __future__ import annotations
 
+import os
 import pathlib
 from typing import Any
 
@@ -157,8 +158,13 @@ def check_dicom_seg_inputs(items: list[tuple[str, object]]) -> None:
     """Refuses ``--output-format dicom-seg`` before any model loads: for an input that is not a
     DICOM series folder (a SEG references the series it segments), and without highdicom.
 
+    The in-process command and the Beam launcher call it alike, so both refuse with the same
+    line.
+
     Args:
-        items: `predict_inputs`'s ``(case name, source)`` pairs.
+        items: `predict_inputs`'s ``(case name, source)`` pairs; a source may also be any
+            object with a ``name`` and an ``is_dir()`` (a remote input,
+            `pancseg_tf.beam.files.RemoteSource`).
 
     Raises:
         PancsegError: naming the first case whose image is a file, or saying how to install
@@ -167,7 +173,9 @@ def check_dicom_seg_inputs(items: list[tuple[str, object]]) -> None:
     from pancseg_tf.io.dicom_seg import import_highdicom
 
     for name, source in items:
-        image = pathlib.Path(getattr(source, "image", source))
+        image = getattr(source, "image", source)
+        if isinstance(image, (str, os.PathLike)):
+            image = pathlib.Path(image)
         if not image.is_dir():
             raise PancsegError(
                 f"--output-format dicom-seg needs DICOM series input, got the file {image.name} "

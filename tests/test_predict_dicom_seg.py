@@ -126,13 +126,6 @@ def test_without_highdicom_is_one_line_naming_the_extra(run, ts_series, tmp_path
     assert not out.exists() or list(out.iterdir()) == []
 
 
-def test_with_a_beam_runner_is_one_line(run, ts_series, tmp_path):
-    args = ["--output-format", "dicom-seg", "--runner", "DirectRunner"]
-    proc = pancseg("predict", run, ts_series, "-o", tmp_path / "out", *args)
-    assert proc.returncode == 2
-    assert "not with --runner" in one_error_line(proc)
-
-
 @pytest.mark.large
 def test_series_without_study_uid_fails_that_case_in_one_line(run, ts_dicom_dir, tmp_path):
     out = tmp_path / "out"

@@ -325,7 +325,9 @@ def test_predict_and_export_print_and_write_no_patient_field(tmp_path, data):
 @pytest.mark.large
 def test_dicom_seg_is_the_one_output_that_carries_patient_fields(tmp_path, data):
     """``--output-format dicom-seg``: the SEG copies the Patient and Study modules, as a SEG
-    filed beside its series must; nothing else printed or written holds a patient field."""
+    filed beside its series must; nothing else printed or written holds a patient field. In
+    this process and on Beam (over the typed series and the TCIA-style cohort, whose second
+    patient's broken series fails: its reason in failures.tsv and the log)."""
     import keras
     import pydicom
 
@@ -347,7 +349,12 @@ def test_dicom_seg_is_the_one_output_that_carries_patient_fields(tmp_path, data)
     args = ("predict", run, data["typed"][0], "-o", out, "--output-format", "dicom-seg")
     said.run(*args, "--probabilities")
     said.run("--debug", *args[:-3], out / "debug", *args[-2:])
-    for seg in (out / "1.000000-NA-59319.dcm", out / "debug" / "1.000000-NA-59319.dcm"):
+    beam = ("--runner", "DirectRunner", "--pipeline-option", "direct_running_mode=multi_threading")
+    said.run(*args[:3], data["nih"], "-o", out / "beam", *args[-2:], *beam, status=1)
+    assert "PANCREAS_0002" in (out / "beam" / "failures.tsv").read_text()
+    segs = [out / "1.000000-NA-59319.dcm", out / "debug" / "1.000000-NA-59319.dcm"]
+    segs += [out / "beam" / "1.000000-NA-59319.dcm", out / "beam" / "PANCREAS_0001.dcm"]
+    for seg in segs:
         ds = pydicom.dcmread(seg)
         assert ds.Modality == "SEG"
         assert (ds.PatientID, str(ds.PatientName), ds.StudyDate) == (
@@ -358,7 +365,7 @@ def test_dicom_seg_is_the_one_output_that_carries_patient_fields(tmp_path, data)
         assert not [v for v in FORBIDDEN if v in seg.name]
         seg.unlink()  # the one file that may hold them; the rest is searched below
     assert (out / "1.000000-NA-59319_prob.nii.gz").is_file()
-    assert said.assert_clean(out) >= 1
+    assert said.assert_clean(out) >= 3  # the probabilities, failures.tsv, summary.json
 
 
 def _sets() -> list[str]:

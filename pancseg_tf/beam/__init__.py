@@ -6,6 +6,8 @@ DirectRunner (this machine's cores), Dataflow, Flink or Spark. Inputs may also b
 with the ``gcp`` extra of Beam, ``gs://`` URLs; a case whose mask is already in the output is
 skipped, so a rerun writes only what is missing; a case that fails is listed with a one-line
 reason in ``OUT/failures.tsv`` while the others are written; ``OUT/summary.json`` counts them.
+With ``--output-format dicom-seg`` each DICOM series input gives ``OUT/<case>.dcm``, the DICOM
+SEG the in-process command writes (its inputs refused alike, before any worker starts).
 
 This module imports Apache Beam only when a pipeline is run: ``pip install "pancseg-tf[beam]"``.
 """
@@ -104,8 +106,10 @@ def predict_with_beam(args: argparse.Namespace) -> int:
         0 when every case is written (or was already), 1 when some failed.
 
     Raises:
-        PancsegError: Beam is not installed, a bad option, no input, a model that is not there,
-            or a pipeline that failed as a whole (nothing ran: status 2).
+        PancsegError: Beam is not installed, a bad option, no input, an input the output format
+            cannot take (a NIfTI file for a DICOM SEG, or highdicom missing: the in-process
+            command's line), a model that is not there, or a pipeline that failed as a whole
+            (nothing ran: status 2).
     """
     if importlib.util.find_spec("apache_beam") is None:
         raise PancsegError('--runner needs Apache Beam: pip install "pancseg-tf[beam]"')
@@ -118,13 +122,18 @@ def predict_with_beam(args: argparse.Namespace) -> int:
 
     from pancseg_tf.beam import files
     from pancseg_tf.beam.pipeline import SUMMARY_NAME, CaseTask, build_pipeline
-    from pancseg_tf.predict_io import segmenter_options_from_args
+    from pancseg_tf.predict_io import check_dicom_seg_inputs, segmenter_options_from_args
 
     options = segmenter_options_from_args(args)
     beam_options = pipeline_options(args.runner, args.pipeline_option, debug=args.debug)
     tasks = [CaseTask(name, source) for name, source in files.expand_inputs(args.inputs)]
     if not tasks:
         raise PancsegError("no input volumes found")
+    dicom_seg = args.output_format == "dicom-seg"
+    if dicom_seg:
+        # Here, before the model is looked at or a worker starts; each worker reads its series'
+        # headers from the series itself (ReadCase), nothing of them is shipped from here.
+        check_dicom_seg_inputs([(task.case_id, task.source) for task in tasks])
     model = _check_model(args.model)
     out = str(args.output)
     if not files.is_remote(out):
@@ -143,6 +152,7 @@ def predict_with_beam(args: argparse.Namespace) -> int:
         run_id=run_id,
         unsafe=args.unsafe,
         probabilities=args.probabilities,
+        dicom_seg=dicom_seg,
     )
     try:
         pipeline.run().wait_until_finish()

@@ -52,6 +52,11 @@ class RemoteSource:
         """The last component of the URL (the file's or the series folder's name)."""
         return self.url.rstrip("/").rsplit("/", 1)[-1]
 
+    def is_dir(self) -> bool:
+        """True for a DICOM series folder: `pathlib.Path.is_dir`'s answer for a local input, so
+        that `pancseg_tf.predict_io.check_dicom_seg_inputs` checks both kinds alike."""
+        return self.series
+
 
 def is_remote(path: str | os.PathLike) -> bool:
     """True for a URL with a scheme other than ``file`` (``gs://``, ``s3://``, ...)."""

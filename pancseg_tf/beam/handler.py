@@ -20,10 +20,17 @@ from pancseg_tf.beam.files import staged_model
 
 @dataclasses.dataclass
 class LoadedCase:
-    """A case read and ready to segment: its task (id and source) and its volume."""
+    """A case read and ready to segment: its task (id and source), its volume and, for a DICOM
+    SEG, its series' slice headers.
+
+    The headers are read on the worker from the case's own files
+    (`pancseg_tf.beam.pipeline.ReadCase`), never shipped from the launcher; they hold patient
+    and study fields, so they are left out of the repr that Beam may put in an error message.
+    """
 
     task: Any
     volume: Any
+    headers: list | None = dataclasses.field(default=None, repr=False)
 
 
 @dataclasses.dataclass

@@ -12,6 +12,11 @@ The failed outputs are the dead letters: a case that cannot be read, segmented o
 a record with its id and a one-line reason, and the other cases are written. Messages show an
 input by its last component, as the command line does (`pancseg_tf.messages`), a cohort's
 found folders as ``<image>``: the failures file names no path beyond the case.
+
+With ``dicom_seg`` (``--output-format dicom-seg``), ReadCase also reads the series' slice
+headers, on the worker from the case's own files (`pancseg_tf.predict_io.load_dicom_case`), and
+WriteCase writes the mask as a DICOM SEG, ``<case>.dcm`` (`pancseg_tf.predict_io.write_case`
+with those headers): the in-process command's SEG, built by the same code.
 """
 
 from __future__ import annotations
@@ -29,7 +34,13 @@ from pancseg_tf.beam import files
 from pancseg_tf.beam.handler import LoadedCase, SegmentationFailure, SegmenterHandler
 from pancseg_tf.errors import PancsegError
 from pancseg_tf.messages import InputPathDisplay, error_summary, short_message
-from pancseg_tf.predict_io import hide_found_paths, load_case_volume, output_names, write_case
+from pancseg_tf.predict_io import (
+    hide_found_paths,
+    load_case_volume,
+    load_dicom_case,
+    output_names,
+    write_case,
+)
 
 SUMMARY_NAME = "summary.json"
 FAILURES_NAME = "failures.tsv"
@@ -91,11 +102,16 @@ def _record(case_id: str, status: str, reason: str = "", voxels: int | None = No
 
 class ReadCase(beam.DoFn):
     """Case -> `LoadedCase`; a case whose files are all written goes to ``skipped``, one that
-    cannot be read (or whose name cannot name a file) to ``failed``."""
+    cannot be read (or whose name cannot name a file) to ``failed``.
 
-    def __init__(self, out: str, probabilities: bool) -> None:
+    With ``dicom_seg`` the case is read with its slice headers (`load_dicom_case`, here on the
+    worker, from the staged series), and its output is ``<case>.dcm``.
+    """
+
+    def __init__(self, out: str, probabilities: bool, dicom_seg: bool = False) -> None:
         self.out = out
         self.probabilities = probabilities
+        self.dicom_seg = dicom_seg
 
     def process(self, task: CaseTask):
         from pancseg_tf.io.cohorts import check_case_id
@@ -103,22 +119,28 @@ class ReadCase(beam.DoFn):
         local = None
         try:
             check_case_id(task.case_id)
-            names = output_names(task.case_id, probabilities=self.probabilities)
+            names = output_names(
+                task.case_id, probabilities=self.probabilities, dicom_seg=self.dicom_seg
+            )
             if all(files.exists(files.join(self.out, name)) for name in names):
                 yield beam.pvalue.TaggedOutput(SKIPPED, _record(task.case_id, SKIPPED))
                 return
+            headers = None
             with files.staged_case(task.source) as local:
-                volume = load_case_volume(local)
+                if self.dicom_seg:
+                    volume, headers = load_dicom_case(local)
+                else:
+                    volume = load_case_volume(local)
         except Exception as err:  # noqa: BLE001 - a failed case goes to the failures output
             reason = failure_reason(err, task, local)
             yield beam.pvalue.TaggedOutput(FAILED, _record(task.case_id, FAILED, reason))
             return
-        yield LoadedCase(task, volume)
+        yield LoadedCase(task, volume, headers)
 
 
 class WriteCase(beam.DoFn):
-    """`PredictionResult` -> the case's mask (and probabilities) in the output; a failed
-    segmentation or write goes to ``failed``."""
+    """`PredictionResult` -> the case's mask (and probabilities) in the output, a DICOM SEG when
+    the case carries its slice headers; a failed segmentation or write goes to ``failed``."""
 
     def __init__(self, out: str, probabilities: bool) -> None:
         self.out = out
@@ -139,13 +161,12 @@ class WriteCase(beam.DoFn):
 
     def _write(self, segmentation, case: LoadedCase) -> None:
         name, volume = case.task.case_id, case.volume
+        kwargs = {"probabilities": self.probabilities, "headers": case.headers}
         if not files.is_remote(self.out):
-            out = pathlib.Path(self.out)
-            write_case(segmentation, volume, out, name, probabilities=self.probabilities)
+            write_case(segmentation, volume, pathlib.Path(self.out), name, **kwargs)
             return
         with tempfile.TemporaryDirectory(prefix="pancseg-beam-") as tmp:
-            out = pathlib.Path(tmp)
-            written = write_case(segmentation, volume, out, name, probabilities=self.probabilities)
+            written = write_case(segmentation, volume, pathlib.Path(tmp), name, **kwargs)
             # The mask last: a rerun skips a case only when its mask is there.
             for path in reversed(written):
                 files.upload(path, files.join(self.out, path.name))
@@ -178,6 +199,7 @@ def build_pipeline(
     run_id: str,
     unsafe: bool = False,
     probabilities: bool = False,
+    dicom_seg: bool = False,
 ) -> None:
     """Adds the prediction to ``pipeline`` (see the module's diagram).
 
@@ -190,9 +212,11 @@ def build_pipeline(
         run_id: written into ``summary.json``, so the launcher reads this run's summary.
         unsafe: load Lambda layers and unregistered classes.
         probabilities: also write ``<case>_prob.nii.gz``.
+        dicom_seg: write each mask as a DICOM SEG, ``<case>.dcm`` (every source a DICOM series,
+            checked by the caller with `pancseg_tf.predict_io.check_dicom_seg_inputs`).
     """
     cases = pipeline | "Cases" >> beam.Create(tasks)
-    read = cases | "Read" >> beam.ParDo(ReadCase(out, probabilities)).with_outputs(
+    read = cases | "Read" >> beam.ParDo(ReadCase(out, probabilities, dicom_seg)).with_outputs(
         SKIPPED, FAILED, main="volumes"
     )
     handler = SegmenterHandler(model, unsafe=unsafe, options=options)

@@ -222,8 +222,9 @@ def _add_predict(sub) -> None:
         choices=("nifti", "dicom-seg"),
         default="nifti",
         help="nifti: OUT/<case>.nii.gz (default); dicom-seg: OUT/<case>.dcm, a DICOM Segmentation "
-        "of each DICOM series input (needs pancseg-tf[dicom-seg]); the one output that copies "
-        "the patient and study identifiers, as a SEG filed beside its series must",
+        "of each DICOM series input, in this process or with --runner (needs "
+        "pancseg-tf[dicom-seg], on Beam's workers too); the one output that copies the patient "
+        "and study identifiers, as a SEG filed beside its series must",
     )
     p.add_argument(
         "--threshold", type=float, default=None, help="probability threshold (default: the run's)"

@@ -40,15 +40,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         write_case,
     )
 
-    dicom_seg = args.output_format == "dicom-seg"
-    if args.runner is not None and dicom_seg:
-        raise PancsegError(
-            f"--output-format {args.output_format} runs in this process only, not with --runner"
-        )
     if args.runner is not None:
-        from pancseg_tf.beam import predict_with_beam  # inputs may be globs or gs:// there
+        # Inputs may be globs or gs:// there; a DICOM SEG is checked and written by the same
+        # predict_io functions as below.
+        from pancseg_tf.beam import predict_with_beam
 
         return predict_with_beam(args)
+    dicom_seg = args.output_format == "dicom-seg"
     if args.pipeline_option:
         raise PancsegError("--pipeline-option needs --runner (a Beam runner to pass it to)")
     items = predict_inputs(args.inputs)

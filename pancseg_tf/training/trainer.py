@@ -17,8 +17,10 @@ The run folder (stable; tools read it):
 - ``splits.json``: training and validation case ids (seeded, by case; with
   ``train.validation_fraction: 0`` the validation cases are the training cases and
   ``validation_on_training`` is true);
-- ``log.csv``: one row per finished epoch (``stage, epoch, loss, val_dsc, learning_rate,
-  seconds``); ``stage`` is 1 or 2;
+- ``log.csv``: one row per finished epoch (``stage, epoch, loss, dsc, ji, val_dsc,
+  learning_rate, seconds``); ``stage`` is 1 or 2; ``dsc`` / ``ji`` score the epoch's training
+  batches (`recipe.training_scores`), ``learning_rate`` is the schedule's at the epoch's end
+  (`recipe.current_learning_rate`), the same in a ``--strategy multiworker`` run;
 - ``tensorboard/stage1``, ``tensorboard/stage2``;
 - ``stage1.keras``: the best stage-1 CNN; ``stage2.keras``: the best contextual model;
   ``model.keras``: the model the run ships, a copy of ``stage2.keras`` only when it beats

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from pancseg_tf.atomic import write_text
+from pancseg_tf.training.recipe import current_learning_rate
 
 log = logging.getLogger("pancseg_tf.training")
 
@@ -180,7 +181,7 @@ class RunLog(keras.callbacks.Callback):
                 "dsc": _fmt(logs.get("dsc")),
                 "ji": _fmt(logs.get("ji")),
                 "val_dsc": _fmt(logs.get("val_dsc")),
-                "learning_rate": _fmt(_learning_rate(self.model)),
+                "learning_rate": _fmt(_epoch_learning_rate(self.model, logs)),
                 "seconds": f"{time.monotonic() - self._start:.1f}",
             }
         )
@@ -333,15 +334,15 @@ def _fmt(value: Any) -> str:
     return "" if value is None else f"{float(value):.6g}"
 
 
-def _learning_rate(model: keras.Model) -> float | None:
-    optimizer = getattr(model, "optimizer", None)
-    if optimizer is None:
-        return None
-    lr = optimizer.learning_rate
-    try:
-        return float(keras.ops.convert_to_numpy(lr))
-    except (TypeError, ValueError):
-        return None
+def _epoch_learning_rate(model: keras.Model | None, logs: dict) -> float | None:
+    """The epoch's ``learning_rate``: from ``logs`` where the loop put it (`fit_distributed`,
+    whose model is not compiled), else from the compiled model's optimizer (``fit``); both are
+    `current_learning_rate` at the epoch's end."""
+    if logs.get("learning_rate") is not None:
+        return float(logs["learning_rate"])
+    return current_learning_rate(getattr(model, "optimizer", None))
+
+
 
 
 def resumable_early_stopping(patience: int, path: pathlib.Path, initial_epoch: int):

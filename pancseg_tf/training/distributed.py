@@ -1,10 +1,12 @@
 """``pancseg train --strategy multiworker``: both stages through `fit_distributed`.
 
-The same model builders, losses, optimizer, data pipeline, validation and run folder as the
-single-machine `Trainer`, with `pancseg_tf.training.multiworker.fit_distributed` in place of
-``model.fit`` (which fails under ``MultiWorkerMirroredStrategy`` with Keras 3). Every worker runs
-every step and saves the resume checkpoint (collectively: non-chief workers to temporary
-folders); only the chief writes the run folder's files (config, splits, log, best models).
+The same model builders, losses, optimizer, training scores (``log.csv``'s ``dsc`` and ``ji``:
+`recipe.training_scores` on `recipe.SCORED_OUTPUT`), data pipeline, validation and run folder
+as the single-machine `Trainer`, with `pancseg_tf.training.multiworker.fit_distributed` in
+place of ``model.fit`` (which fails under ``MultiWorkerMirroredStrategy`` with Keras 3). Every
+worker runs every step and saves the resume checkpoint (collectively: non-chief workers to
+temporary folders); only the chief writes the run folder's files (config, splits, log, best
+models).
 Early stopping (``train.early_stopping_patience``) is the chief's decision on its validation,
 shared with the other workers by `fit_distributed`, and resumable as in one process.
 
@@ -51,6 +53,7 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
     from pancseg_tf.models import transfer_stage1_weights
     from pancseg_tf.training.multiworker import fit_distributed, is_chief, wait_for_workers
     from pancseg_tf.training.recipe import (
+        SCORED_OUTPUT,
         TrainResult,
         build_contextual,
         build_slice_cnn,
@@ -60,6 +63,7 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
         side_loss_weights,
         stage2_learning_rate,
         stage_losses,
+        training_scores,
     )
 
     cfg = trainer.config
@@ -171,6 +175,8 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
             loss_weights=loss_weights,
             on_epoch_end=on_epoch_end,
             init_weights=init,
+            # log.csv's dsc and ji, as the one-process Trainer scores them (its fit).
+            build_metrics=lambda: {SCORED_OUTPUT: training_scores()},
         )
         return model
 

@@ -32,6 +32,17 @@ How a step keeps the gradients of one big batch:
   on its own, are averaged over all replicas after every epoch, so that every worker ends the
   epoch with the same model.
 
+Metrics (``build_metrics``, e.g. the training DSC and JI) are Keras metrics built in the
+strategy's scope and updated in the step, each replica with its own batch and the step's
+predictions. Their state (the counts of `pancseg_tf.metrics.DiceScore`) stays on each replica
+until the epoch's end; then one all-reduce sums it (averages a ``"mean"`` state) over every
+replica of every worker, and the metric's own ``result`` of the sums is logged: the metric of
+the epoch's global batches, as one device would compute it, not a mean of per-replica scores
+(which differ when the replicas' batches do). The states are reset at each epoch's start and
+are not in the checkpoint, so resuming starts the next epoch's metrics afresh, as ``fit`` does.
+``logs["learning_rate"]`` is the optimizer's learning rate at the epoch's end (its schedule at
+its step count, `pancseg_tf.training.recipe.current_learning_rate`).
+
 Fault tolerance: after every epoch each worker saves the weights, the optimizer state and the
 epoch number with `tf.train.CheckpointManager` (saving may run collective ops, so every worker
 must take part); the chief writes ``work_dir/backup``, the other workers a temporary folder
@@ -63,7 +74,7 @@ import numpy as np
 import tensorflow as tf
 
 from pancseg_tf.errors import PancsegError, check_positive_int
-from pancseg_tf.training.recipe import restart_seed_generators
+from pancseg_tf.training.recipe import current_learning_rate, restart_seed_generators
 
 __all__ = [
     "BACKUP_DIR",
@@ -83,6 +94,10 @@ _SCALAR_REDUCTIONS = ("sum_over_batch_size", "mean", "mean_with_sample_weight", 
 _EMPTY_BATCH = "pancseg_tf: a replica got an empty batch"
 
 LossSpec = keras.losses.Loss | dict[str, keras.losses.Loss]
+MetricSpec = list[keras.metrics.Metric] | dict[str, list[keras.metrics.Metric]]
+
+# How a metric variable's replica copies combine (Keras' `aggregation`) and the all-reduce for it.
+_METRIC_REDUCTIONS = {"sum": tf.distribute.ReduceOp.SUM, "mean": tf.distribute.ReduceOp.MEAN}
 
 
 # === Cluster roles ===
@@ -194,14 +209,51 @@ def _check_losses(losses: Any, loss_weights: dict[str, float] | None) -> dict[st
     return {key: float(loss_weights.get(key, 1.0)) for key in losses}
 
 
-def _pick(structure: Any, key: str, what: str) -> Any:
+def _pick(structure: Any, key: str, what: str, why: str = "build_loss has a loss") -> Any:
     if not isinstance(structure, dict) or key not in structure:
         found = sorted(structure) if isinstance(structure, dict) else type(structure).__name__
         raise PancsegError(
-            f"build_loss has a loss for output {key!r}, so the {what} must be a dict with that "
-            f"key; got {found}"
+            f"{why} for output {key!r}, so the {what} must be a dict with that key; got {found}"
         )
     return structure[key]
+
+
+def _check_metrics(metrics: Any, log_keys: list[str]) -> dict[str | None, list]:
+    """Validates the metric spec: ``{output key or None (the single output): [metrics]}``."""
+    if metrics is None:
+        return {}
+    if isinstance(metrics, dict):
+        groups = {key: list(value) for key, value in metrics.items()}
+    elif isinstance(metrics, (list, tuple)):
+        groups = {None: list(metrics)}
+    else:
+        raise PancsegError(
+            f"build_metrics must return a list of keras.metrics.Metric (single-output model) "
+            f"or a dict {{output key: [metrics]}}; got {type(metrics).__name__}"
+        )
+    names = list(log_keys)
+    for key, group in groups.items():
+        for metric in group:
+            if not isinstance(metric, keras.metrics.Metric):
+                raise PancsegError(
+                    f"the metrics for {key or 'the output'!r} must be keras.metrics.Metric "
+                    f"instances (their state is summed over the replicas), got "
+                    f"{type(metric).__name__}"
+                )
+            if metric.name in names:
+                raise PancsegError(
+                    f"metric name {metric.name!r} is taken (the logs hold {names}); give each "
+                    f"metric its own name"
+                )
+            names.append(metric.name)
+            for variable in metric.variables:
+                if variable.aggregation not in _METRIC_REDUCTIONS:
+                    raise PancsegError(
+                        f"metric {metric.name!r}: its state {variable.name!r} has "
+                        f"aggregation={variable.aggregation!r}; fit_distributed combines the "
+                        f"replicas' states by {sorted(_METRIC_REDUCTIONS)} only"
+                    )
+    return groups
 
 
 # === Checkpoints ===
@@ -239,6 +291,7 @@ def fit_distributed(
     loss_weights: dict[str, float] | None = None,
     on_epoch_end: Callable[[int, dict, keras.Model], None] | None = None,
     init_weights: list[np.ndarray] | None = None,
+    build_metrics: Callable[[], MetricSpec] | None = None,
 ) -> tuple[keras.Model, list[dict]]:
     """Trains a Keras model data-parallel under a `tf.distribute` strategy, with resume.
 
@@ -276,22 +329,31 @@ def fit_distributed(
             ``on_epoch_end(epoch, logs, model)``; use `is_chief` to write files on the chief
             only. A kill after it and before the backup runs the epoch again, so it must
             accept an epoch a second time (as `RunLog` and `BestModel` do). ``logs`` holds
-            ``"loss"`` (the mean global-batch loss of the epoch, including regularisation)
-            and, with a dict of losses, ``"<key>_loss"`` (unweighted). Returning True on any
+            ``"loss"`` (the mean global-batch loss of the epoch, including regularisation),
+            with a dict of losses ``"<key>_loss"`` (unweighted), each metric of
+            ``build_metrics`` under its name (over the epoch's global batches), and
+            ``"learning_rate"`` (the optimizer's at the epoch's end, the rate of its next
+            step; the same on every worker). Returning True on any
             worker (early stopping, decided on the chief) ends training after this epoch's
             backup on every worker: the workers agree through one all-reduce per epoch.
         init_weights: Weights to load into the new model (``model.get_weights()`` order),
             e.g. those of an earlier training stage; the same on every worker.
+        build_metrics: Returns new Keras metrics: a list for a single-output model, or a dict
+            ``{output key: [metrics]}`` scoring those outputs only (e.g.
+            ``{"prob": recipe.training_scores()}`` for `SliceCNN`, not its side outputs).
+            Each step updates them with its targets and predictions; at the epoch's end their
+            state is combined over every replica (see the module docstring) and
+            ``metric.result()`` goes into ``logs`` under ``metric.name``. Reset each epoch.
 
     Returns:
         ``(model, history)``: the trained model (its variables belong to ``strategy``) and one
         ``logs`` dict per epoch run by this call, each with its ``"epoch"``.
 
     Raises:
-        PancsegError: bad counts, an unbuilt model, losses that do not match the model's
-            outputs or targets, a dataset with fewer than ``steps_per_epoch`` batches, or
-            workers that disagree on the epoch to start at (they do not see the same
-            ``work_dir``).
+        PancsegError: bad counts, an unbuilt model, losses or metrics that do not match the
+            model's outputs or targets, metric names that repeat a log key, a dataset with
+            fewer than ``steps_per_epoch`` batches, or workers that disagree on the epoch to
+            start at (they do not see the same ``work_dir``).
     """
     epochs = check_positive_int("epochs", epochs, 1)
     steps_per_epoch = check_positive_int("steps_per_epoch", steps_per_epoch, 1)
@@ -306,6 +368,10 @@ def fit_distributed(
         model = build_model()
         losses = build_loss()
         weights = _check_losses(losses, loss_weights)
+        log_keys = ["loss", *(f"{k}_loss" for k in weights)]
+        metrics = _check_metrics(
+            None if build_metrics is None else build_metrics(), [*log_keys, "learning_rate"]
+        )
         optimizer = build_optimizer()
         if not model.built:
             raise PancsegError(
@@ -331,6 +397,18 @@ def fit_distributed(
     _check_same_start(strategy, start)
 
     num_replicas = strategy.num_replicas_in_sync
+    all_metrics = [metric for group in metrics.values() for metric in group]
+
+    def update_metrics(y, y_pred) -> None:
+        for key, group in metrics.items():
+            if key is None:
+                target, prediction = y, y_pred
+            else:
+                why = "build_metrics has metrics"
+                prediction = _pick(y_pred, key, "model output", why)
+                target = _pick(y, key, "targets y", why)
+            for metric in group:
+                metric.update_state(target, prediction)
 
     def loss_terms(y, y_pred) -> dict[str, tf.Tensor]:
         if not isinstance(losses, dict):
@@ -377,10 +455,10 @@ def fit_distributed(
             scaled = optimizer.scale_loss(total)
         grads = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply(grads, model.trainable_variables)
+        # The predictions of this step's forward pass (weights before the update), as fit has.
+        update_metrics(y, y_pred)
         # One vector, so that logging costs one all-reduce per step: [loss, <key>_loss...].
         return tf.stack([total, *(tf.cast(terms[k], "float32") for k in weights)])
-
-    log_keys = ["loss", *(f"{k}_loss" for k in weights)]
 
     def run_step(inputs):
         per_replica = strategy.run(replica_step, args=inputs)
@@ -423,6 +501,35 @@ def fit_distributed(
     def average_statistics():
         strategy.run(average_replica)
 
+    # Metric state: each replica counts its own batches; at the epoch's end the states are
+    # combined over every replica of every worker (one all-reduce per reduction) into each
+    # replica's copy, whose `result` is then the metric of the global batches.
+    metric_variables = [v for metric in all_metrics for v in metric.variables]
+
+    def metric_results_replica():
+        context = tf.distribute.get_replica_context()
+        for aggregation, op in _METRIC_REDUCTIONS.items():
+            chosen = [v for v in metric_variables if v.aggregation == aggregation]
+            if not chosen:
+                continue
+            totals = context.all_reduce(op, [tf.identity(v.value) for v in chosen])
+            for variable, total in zip(chosen, totals):
+                variable.assign(total)
+        return tf.stack([tf.cast(metric.result(), "float32") for metric in all_metrics])
+
+    @tf.function(autograph=False)
+    def metric_results():
+        per_replica = strategy.run(metric_results_replica)
+        return strategy.experimental_local_results(per_replica)[0]
+
+    def reset_replica():
+        for metric in all_metrics:
+            metric.reset_state()
+
+    @tf.function(autograph=False)
+    def reset_metrics():
+        strategy.run(reset_replica)
+
     history = []
     for epoch in range(start, epochs):
         restart_seed_generators(model, epoch)
@@ -430,6 +537,8 @@ def fit_distributed(
             lambda context, epoch=epoch: dataset_fn(context, epoch)
         )
         iterator = iter(dataset)
+        if all_metrics:
+            reset_metrics()
         sums = tf.zeros([len(log_keys)])
         for step in range(steps_per_epoch):
             try:
@@ -447,6 +556,10 @@ def fit_distributed(
                 ) from None
             sums += step_logs
         logs = dict(zip(log_keys, (sums / steps_per_epoch).numpy().tolist()))
+        if all_metrics:
+            names = [metric.name for metric in all_metrics]
+            logs.update(zip(names, metric_results().numpy().tolist()))
+        logs["learning_rate"] = current_learning_rate(optimizer)
         if statistics and num_replicas > 1:
             average_statistics()
         history.append({"epoch": epoch, **logs})

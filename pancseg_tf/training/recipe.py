@@ -80,6 +80,48 @@ def stage_losses(cfg: Config, keys: list[str], stage: int) -> dict:
     return losses
 
 
+#: The model output the training scores (``log.csv``'s ``dsc`` and ``ji``) are computed on: the
+#: final probability of `SliceCNN` and of `ContextualSegmenter`; never stage 1's side outputs
+#: (deep supervision at coarser scales) nor a contextual model's auxiliary ``cnn_prob``.
+SCORED_OUTPUT = "prob"
+
+
+def training_scores() -> list:
+    """New streaming scores of the training batches, named as ``log.csv``'s columns.
+
+    `pancseg_tf.metrics.DiceScore` (``dsc``) and `JaccardScore` (``ji``) at their default
+    threshold 0.5, updated with the targets and predictions of `SCORED_OUTPUT` of each training
+    batch (the forward pass of the step, dropout on) and reset at each epoch's start: at an
+    epoch's end they score all the voxels of its batches together. Both ways of training use
+    them (`trainer` beside ``fit``'s compiled losses, `multiworker.fit_distributed` in its
+    step); build them inside the strategy's scope.
+    """
+    from pancseg_tf.metrics import DiceScore, JaccardScore
+
+    return [DiceScore(name="dsc"), JaccardScore(name="ji")]
+
+
+def current_learning_rate(optimizer) -> float | None:
+    """The learning rate ``optimizer`` applies at its next step, as a float.
+
+    For a schedule (`make_optimizer`'s) that is the schedule at the optimizer's step count
+    (``optimizer.iterations``): read at an epoch's end, the rate of the next epoch's first step,
+    which is what ``log.csv``'s ``learning_rate`` records for the epoch in both ways of
+    training. ``None`` without an optimizer (a model that was never compiled).
+    """
+    import keras
+
+    if optimizer is None:
+        return None
+    try:
+        # A constant rate is a Keras variable (mirrored under a strategy), which neither float()
+        # nor numpy reads cleanly: cast to a tensor first. A schedule's rate is one already.
+        rate = keras.ops.cast(optimizer.learning_rate, "float32")
+        return float(keras.ops.convert_to_numpy(rate))
+    except (TypeError, ValueError):
+        return None
+
+
 def make_optimizer(learning_rate: float, cfg: Config, epochs: int, warmup_epochs: int):
     """AdamW with linear warm-up and cosine decay over the stage's steps."""
     import keras

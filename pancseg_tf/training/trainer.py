@@ -17,8 +17,10 @@ The run folder (stable; tools read it):
 - ``splits.json``: training and validation case ids (seeded, by case; with
   ``train.validation_fraction: 0`` the validation cases are the training cases and
   ``validation_on_training`` is true);
-- ``log.csv``: one row per finished epoch (``stage, epoch, loss, val_dsc, learning_rate,
-  seconds``); ``stage`` is 1 or 2;
+- ``log.csv``: one row per finished epoch (``stage, epoch, loss, dsc, ji, val_dsc,
+  learning_rate, seconds``); ``stage`` is 1 or 2; ``dsc`` / ``ji`` score the epoch's training
+  batches (`recipe.training_scores`), ``learning_rate`` is the schedule's at the epoch's end
+  (`recipe.current_learning_rate`), the same in a ``--strategy multiworker`` run;
 - ``tensorboard/stage1``, ``tensorboard/stage2``;
 - ``stage1.keras``: the best stage-1 CNN; ``stage2.keras``: the best contextual model;
   ``model.keras``: the model the run ships, a copy of ``stage2.keras`` only when it beats
@@ -60,6 +62,7 @@ from pancseg_tf.training.callbacks import (
     ship_best_model,
 )
 from pancseg_tf.training.recipe import (
+    SCORED_OUTPUT,
     TrainResult,
     build_contextual,
     build_slice_cnn,
@@ -70,6 +73,7 @@ from pancseg_tf.training.recipe import (
     side_loss_weights,
     stage2_learning_rate,
     stage_losses,
+    training_scores,
     training_size,
 )
 
@@ -532,22 +536,20 @@ class Trainer:
 
 def _report_training_scores(model) -> None:
     """Streaming DSC and JI of the main output over the epoch's training batches
-    (`pancseg_tf.metrics`), in ``fit``'s progress bar, its logs and ``log.csv``.
+    (`recipe.training_scores`), in ``fit``'s progress bar, its logs and ``log.csv``.
 
     Keras compiles metrics only for models whose every output has a target; ours also return
     side outputs and features that no loss reads, so the two scores are updated here from the
-    ``prob`` target and prediction, beside the compiled losses, and reset with them at each
-    epoch. Created in the strategy's scope (the caller's), held by this closure only: they are
-    not saved with the model.
+    `SCORED_OUTPUT` (``prob``) target and prediction, beside the compiled losses, and reset with
+    them at each epoch. Created in the strategy's scope (the caller's), held by this closure
+    only: they are not saved with the model.
     """
-    from pancseg_tf.metrics import DiceScore, JaccardScore
-
-    scores = (DiceScore(name="dsc"), JaccardScore(name="ji"))
+    scores = training_scores()
     compiled_metrics, compiled_reset = model.compute_metrics, model.reset_metrics
 
     def compute_metrics(x, y, y_pred, sample_weight=None):
         for score in scores:
-            score.update_state(y["prob"], y_pred["prob"])
+            score.update_state(y[SCORED_OUTPUT], y_pred[SCORED_OUTPUT])
         results = compiled_metrics(x, y, y_pred, sample_weight)
         results.update({score.name: score.result() for score in scores})
         return results

@@ -13,12 +13,17 @@ Every worker runs the same command. It trains two tiny models with `fit_distribu
   backup for the last one. The test trains the same model in its own process on the global
   batch (`reference_fit`) and expects the same weights;
 - ``stopped``: ``plain`` again, whose ``on_epoch_end`` asks to stop after epoch 0 on the chief
-  alone (as early stopping decides on the chief's validation): every worker must stop there.
+  alone (as early stopping decides on the chief's validation): every worker must stop there;
+- ``scored``: ``plain`` with fixed weights (learning rate 0) that threshold the image, scored
+  by the training DSC and JI (`recipe.training_scores`) for one epoch on batches that differ
+  by worker (`scored_share`: worker 0's masks hold the rectangles, worker 1's are empty). The
+  test expects the scores of the global batch, not the mean of the workers' own.
 
 Each writes ``OUT_DIR/<model>/<worker id>.npz`` (final weights, epoch losses, the epochs of the
-resumed call, whether it is the chief). Then it tries plain `model.fit` under the same strategy
-(keras-team/keras#20585) and prints one line, ``KERAS_FIT: ok`` or
-``KERAS_FIT: failed: <error type>: <message>``; the fit failing does not change the exit status.
+resumed call, whether it is the chief; for ``scored`` also the logged ``dsc`` and ``ji``). Then
+it tries plain `model.fit` under the same strategy (keras-team/keras#20585) and prints one
+line, ``KERAS_FIT: ok`` or ``KERAS_FIT: failed: <error type>: <message>``; the fit failing does
+not change the exit status.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import tensorflow as tf
 from pancseg_tf.losses import JaccardBCELoss, JaccardLoss
 from pancseg_tf.models.slice_cnn import SliceCNN
 from pancseg_tf.training.multiworker import fit_distributed, is_chief, worker_id
+from pancseg_tf.training.recipe import training_scores
 
 EPOCHS = 3
 STEPS_PER_EPOCH = 3
@@ -121,6 +127,44 @@ def train_plain(strategy, work_dir: Path, epochs: int, global_batch: int, on_epo
     )
 
 
+def thresholding_weights() -> list[np.ndarray]:
+    """``plain``'s weights as a detector of the bright rectangle: ``sigmoid(20 x - 10)`` of the
+    image ``x`` (filter 0 of the first convolution passes the pixel through the ReLU)."""
+    first = np.zeros((3, 3, 1, 4), "float32")
+    first[1, 1, 0, 0] = 1.0
+    second = np.zeros((3, 3, 4, 1), "float32")
+    second[1, 1, 0, 0] = 20.0
+    return [first, np.zeros(4, "float32"), second, np.full(1, -10.0, "float32")]
+
+
+def scored_share(pipeline: int) -> tuple[np.ndarray, np.ndarray]:
+    """Input pipeline ``pipeline``'s images and targets for the ``scored`` run, one epoch of
+    ``STEPS_PER_EPOCH`` batches of ``PER_REPLICA_BATCH`` (one replica per worker): phantoms
+    seeded by the pipeline, whose targets are empty on every odd pipeline, so the workers'
+    own scores are far apart (their mean is not the global batch's score)."""
+    images, masks = phantom(STEPS_PER_EPOCH * PER_REPLICA_BATCH, seed=10 + pipeline)
+    return images, masks * float(pipeline % 2 == 0)
+
+
+def train_scored(strategy, work_dir: Path):
+    def dataset_fn(context, epoch):
+        images, masks = scored_share(context.input_pipeline_id)
+        return tf.data.Dataset.from_tensor_slices((images, masks)).batch(PER_REPLICA_BATCH)
+
+    return fit_distributed(
+        strategy,
+        build_plain,
+        keras.losses.BinaryCrossentropy,
+        lambda: keras.optimizers.SGD(0.0),
+        dataset_fn,
+        epochs=1,
+        steps_per_epoch=STEPS_PER_EPOCH,
+        work_dir=work_dir,
+        init_weights=thresholding_weights(),
+        build_metrics=training_scores,
+    )
+
+
 def reference_fit(work_dir: Path, global_batch: int) -> list[np.ndarray]:
     """The ``plain`` model trained in this process (default strategy) on batches of G."""
     model, _ = train_plain(tf.distribute.get_strategy(), work_dir, EPOCHS, global_batch)
@@ -129,8 +173,11 @@ def reference_fit(work_dir: Path, global_batch: int) -> list[np.ndarray]:
 
 def save_result(path: Path, strategy, model: keras.Model, history: list[dict], resumed) -> None:
     weights = model.get_weights()
+    logged = [key for key in ("dsc", "ji") if key in history[0]]
+    scores = {key: np.array([h[key] for h in history]) for key in logged}
     np.savez(
         path,
+        **scores,
         losses=np.array([h["loss"] for h in history]),
         resumed_epochs=np.array([h["epoch"] for h in resumed], dtype="int64"),
         is_chief=is_chief(strategy),
@@ -182,6 +229,9 @@ def main(argv: list[str]) -> int:
         on_epoch_end=lambda epoch, logs, model: chief and epoch == 0,
     )
     save_result(out_dir / "stopped" / f"{name}.npz", strategy, model, history, [])
+
+    model, history = train_scored(strategy, out_dir / "scored")
+    save_result(out_dir / "scored" / f"{name}.npz", strategy, model, history, [])
 
     print(KERAS_FIT_MARKER, try_keras_fit(strategy), flush=True)
     return 0

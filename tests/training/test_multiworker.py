@@ -8,6 +8,7 @@ all-reduce) and compare what the workers wrote.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import socket
@@ -23,7 +24,11 @@ import pytest
 import tensorflow as tf
 
 from pancseg_tf.errors import PancsegError
+from pancseg_tf.losses import JaccardLoss
+from pancseg_tf.metrics import DiceScore, JaccardScore
+from pancseg_tf.training.callbacks import RunLog
 from pancseg_tf.training.multiworker import BACKUP_DIR, fit_distributed, is_chief, worker_id
+from pancseg_tf.training.recipe import SCORED_OUTPUT, training_scores
 from tests.training import multiworker_worker as worker
 
 STEPS = 2
@@ -88,7 +93,10 @@ def three_epochs(tmp_path_factory):
     work_dir = tmp_path_factory.mktemp("three_epochs")
     calls = []
     model, history = _fit_tiny(
-        work_dir, 3, on_epoch_end=lambda epoch, logs, m: calls.append((epoch, dict(logs), m))
+        work_dir,
+        3,
+        on_epoch_end=lambda epoch, logs, m: calls.append((epoch, dict(logs), m)),
+        build_metrics=training_scores,  # one output: a list of metrics
     )
     return model, history, work_dir, calls
 
@@ -148,10 +156,17 @@ def test_rerun_after_a_stop_resumes_at_the_saved_epoch(three_epochs, tmp_path):
 
 def test_mirrored_strategy_trains_like_the_default_strategy(three_epochs, tmp_path):
     default_model, default_history, _, _ = three_epochs
-    model, history = _fit_tiny(tmp_path, 3, strategy=tf.distribute.MirroredStrategy(["/cpu:0"]))
-    np.testing.assert_allclose(
-        [h["loss"] for h in history], [h["loss"] for h in default_history], rtol=1e-6
+    model, history = _fit_tiny(
+        tmp_path,
+        3,
+        strategy=tf.distribute.MirroredStrategy(["/cpu:0"]),
+        build_metrics=training_scores,
     )
+    # The scores' state lives in the strategy's per-replica variables here, summed at the end.
+    for key in ("loss", "dsc", "ji", "learning_rate"):
+        np.testing.assert_allclose(
+            [h[key] for h in history], [h[key] for h in default_history], rtol=1e-6, err_msg=key
+        )
     _assert_same_weights(model.get_weights(), default_model.get_weights())
 
 
@@ -180,12 +195,17 @@ def test_dict_outputs_weighted_losses_and_regularisation_are_logged(tmp_path):
         build_optimizer=lambda: keras.optimizers.SGD(0.0),
         dataset_fn=_dataset_fn(images, targets),
         loss_weights={"half": 0.25},
+        # Scored on "mask" alone, as the trainers score "prob" and not the side outputs.
+        build_metrics=lambda: {"mask": [DiceScore(name="dsc"), JaccardScore(name="ji")]},
     )
     order = np.random.default_rng(0).permutation(8)
     expected = {"mask_loss": [], "half_loss": [], "loss": []}
+    scores = [DiceScore(), JaccardScore()]
     for step in range(STEPS):
         rows = order[step * GLOBAL_BATCH : (step + 1) * GLOBAL_BATCH]
         outputs = model(images[rows], training=True)
+        for score in scores:
+            score.update_state(targets["mask"][rows], outputs["mask"])
         mask_loss = float(losses["mask"](targets["mask"][rows], outputs["mask"]))
         half_loss = float(losses["half"](targets["half"][rows], outputs["half"]))
         regularisation = float(keras.ops.sum(model.losses))
@@ -194,9 +214,101 @@ def test_dict_outputs_weighted_losses_and_regularisation_are_logged(tmp_path):
         expected["half_loss"].append(half_loss)
         expected["loss"].append(mask_loss + 0.25 * half_loss + regularisation)
     logs = history[0]
-    assert set(logs) == {"epoch", "loss", "mask_loss", "half_loss"}
+    assert set(logs) == {"epoch", "loss", "mask_loss", "half_loss", "dsc", "ji", "learning_rate"}
     for key, values in expected.items():
         assert logs[key] == pytest.approx(np.mean(values), rel=1e-5), key
+    # The scores of the epoch's voxels together, by the same metric classes.
+    assert 0.0 < logs["ji"] < logs["dsc"] < 1.0
+    assert logs["dsc"] == pytest.approx(float(scores[0].result()), abs=1e-6)
+    assert logs["ji"] == pytest.approx(float(scores[1].result()), abs=1e-6)
+    assert logs["learning_rate"] == 0.0
+
+
+def _build_like_slice_cnn() -> keras.Model:
+    """`SliceCNN`'s output keys: ``prob`` `(N, 16, 16, 1)`, ``side_1`` `(N, 8, 8, 1)`, and
+    ``features`` (no loss)."""
+    keras.utils.set_random_seed(7)
+    inputs = keras.Input((16, 16, 1))
+    features = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    prob = keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid")(features)
+    side = keras.layers.AveragePooling2D(2)(prob)
+    return keras.Model(inputs, {"prob": prob, "side_1": side, "features": features})
+
+
+def _log_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_scores_and_learning_rate_are_those_keras_fit_logs(tmp_path):
+    """The multi-worker trainer's ``log.csv`` columns ``dsc``, ``ji`` and ``learning_rate``
+    mean what the one-process `Trainer` logs: `fit_distributed` with `training_scores` on
+    ``prob`` against ``model.fit`` with the Trainer's `_report_training_scores`, on the same
+    model, batches, losses and schedule (default strategy), both written by `RunLog`."""
+    from pancseg_tf.training.trainer import _report_training_scores
+
+    images, masks = _data()
+    targets = {"prob": masks, "side_1": masks.reshape(8, 8, 2, 8, 2, 1).mean(axis=(2, 4))}
+    dataset_fn = _dataset_fn(images, targets)
+    epochs = 2
+
+    def schedule():
+        return keras.optimizers.schedules.CosineDecay(1e-2, decay_steps=epochs * STEPS, alpha=0.1)
+
+    def build_loss():
+        return {"prob": JaccardLoss(), "side_1": JaccardLoss()}
+
+    (tmp_path / "distributed").mkdir()
+    distributed_log = RunLog(tmp_path / "distributed" / "log.csv", 1, 0)
+
+    def on_epoch_end(epoch, logs, model):  # as the multi-worker trainer drives RunLog
+        distributed_log.set_model(model)
+        distributed_log.on_epoch_end(epoch, logs)
+
+    _, history = _fit_tiny(
+        tmp_path / "distributed",
+        epochs,
+        build_model=_build_like_slice_cnn,
+        build_loss=build_loss,
+        build_optimizer=lambda: keras.optimizers.Adam(schedule()),
+        dataset_fn=dataset_fn,
+        loss_weights={"side_1": 0.5},
+        on_epoch_end=on_epoch_end,
+        build_metrics=lambda: {SCORED_OUTPUT: training_scores()},
+    )
+
+    model = _build_like_slice_cnn()
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule()),
+        loss=build_loss(),
+        loss_weights={"prob": 1.0, "side_1": 0.5},
+        jit_compile=False,
+    )
+    _report_training_scores(model)
+    context = tf.distribute.InputContext()
+    batches = dataset_fn(context, 0).take(STEPS).concatenate(dataset_fn(context, 1).take(STEPS))
+    (tmp_path / "fit").mkdir()
+    fit_log = RunLog(tmp_path / "fit" / "log.csv", 1, 0)
+    fitted = model.fit(
+        batches, epochs=epochs, steps_per_epoch=STEPS, callbacks=[fit_log], shuffle=False, verbose=0
+    )
+
+    for key in ("loss", "dsc", "ji"):
+        np.testing.assert_allclose(
+            [h[key] for h in history], fitted.history[key], rtol=1e-6, err_msg=key
+        )
+    # The rate at each epoch's end: the schedule at the step count, the next step's rate.
+    rates = [float(schedule()(STEPS * (epoch + 1))) for epoch in range(epochs)]
+    np.testing.assert_allclose([h["learning_rate"] for h in history], rates, rtol=1e-6)
+    assert rates[0] != rates[1]
+    distributed_rows = _log_rows(tmp_path / "distributed" / "log.csv")
+    fit_rows = _log_rows(tmp_path / "fit" / "log.csv")
+    assert len(distributed_rows) == len(fit_rows) == epochs
+    for mine, theirs in zip(distributed_rows, fit_rows):
+        for column in ("loss", "dsc", "ji", "learning_rate"):
+            assert mine[column] != "", column
+            assert float(mine[column]) == pytest.approx(float(theirs[column]), rel=1e-5), column
+        assert 0.0 < float(mine["ji"]) < float(mine["dsc"]) < 1.0
 
 
 def test_init_weights_are_the_starting_point(tmp_path):
@@ -250,6 +362,18 @@ def _dict_loss():
         (
             {"dataset_fn": _dataset_fn(*_data(), batches=1)},
             "the data of epoch 0 ran out in step 2 of steps_per_epoch = 2",
+        ),
+        (
+            {"build_metrics": lambda: [DiceScore(name="loss")]},
+            "metric name 'loss' is taken",
+        ),
+        (
+            {"build_metrics": lambda: [keras.metrics.binary_accuracy]},
+            "must be keras.metrics.Metric instances",
+        ),
+        (
+            {"build_metrics": lambda: {"prob": training_scores()}},
+            "build_metrics has metrics for output 'prob', so the model output must be a dict",
         ),
     ],
 )
@@ -436,6 +560,35 @@ def test_two_workers_train_like_one_process_on_the_global_batch(cluster, tmp_pat
     _assert_same_weights(
         [result[f"w{i}"] for i in range(int(result["num_weights"]))], reference, atol=1e-5
     )
+
+
+def test_scores_are_those_of_the_global_batch_across_workers(cluster):
+    """The training DSC and JI under `MultiWorkerMirroredStrategy` (one replica per worker):
+    the replicas' counts are summed before the score, so both workers log the score of the
+    global batches, which here is far from the mean of the workers' own scores (worker 1's
+    targets are empty: `scored_share`)."""
+    assert cluster.returncodes == [0] * NUM_WORKERS, cluster.report()
+    model = worker.build_plain()
+    model.set_weights(worker.thresholding_weights())
+    pooled, own = training_scores(), []
+    for pipeline in range(NUM_WORKERS):
+        images, masks = worker.scored_share(pipeline)
+        mine = training_scores()
+        for step in range(worker.STEPS_PER_EPOCH):
+            rows = slice(step * worker.PER_REPLICA_BATCH, (step + 1) * worker.PER_REPLICA_BATCH)
+            prob = model(images[rows], training=True)
+            for score in (*pooled, *mine):
+                score.update_state(masks[rows], prob)
+        own.append([float(score.result()) for score in mine])
+    expected = [float(score.result()) for score in pooled]
+    # The test can tell the two apart: the mean of the workers' scores is far off.
+    assert abs(np.mean(own, axis=0)[0] - expected[0]) > 0.05, (own, expected)
+    for index in range(NUM_WORKERS):
+        result = cluster.result("scored", index)
+        # A voxel at the threshold may flip between batch shapes; one moves a score by < 1e-3.
+        assert [float(result["dsc"][0]), float(result["ji"][0])] == pytest.approx(
+            expected, abs=1e-3
+        ), index
 
 
 def test_the_chiefs_stop_stops_every_worker(cluster):

@@ -214,7 +214,8 @@ def test_killed_and_resumed_cluster_ends_with_the_uninterrupted_weights(tiny_dat
     assert single.epochs_of(log_a) == ALL_EPOCHS
     assert single.epochs_of(log_b) == ALL_EPOCHS
     for ra, rb in zip(log_a, log_b):
-        for column in ("loss", "val_dsc", "learning_rate"):
+        for column in ("loss", "dsc", "ji", "val_dsc", "learning_rate"):
+            assert rb[column] != "", (rb["stage"], rb["epoch"], column)
             assert rb[column] == ra[column], (ra["stage"], ra["epoch"], column)
 
     state_a = json.loads((run_a / "state.json").read_text())

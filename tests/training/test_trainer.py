@@ -309,6 +309,30 @@ def test_rerun_with_another_config_is_refused(tiny_data, tmp_path):
     assert "train.stage1_epochs" in proc.stderr
 
 
+def epoch_end_learning_rate(cfg, stage: int, epoch: int) -> float:
+    """The learning rate ``log.csv`` records for an epoch: its phase's schedule
+    (`recipe.make_optimizer`) after the phase's steps up to the epoch's end."""
+    from pancseg_tf.training.recipe import (
+        current_learning_rate,
+        make_optimizer,
+        stage2_learning_rate,
+    )
+
+    if stage == 1:
+        rate, first, last = cfg.train.learning_rate, 0, cfg.train.stage1_epochs
+    else:
+        freeze = min(cfg.train.freeze_cnn_epochs, cfg.train.stage2_epochs)
+        phase, first, last = (
+            ("stage2_frozen", 0, freeze)
+            if epoch < freeze
+            else ("stage2", freeze, cfg.train.stage2_epochs)
+        )
+        rate = stage2_learning_rate(cfg, phase)
+    optimizer = make_optimizer(rate, cfg, last - first, cfg.train.warmup_epochs)
+    optimizer.iterations.assign((epoch - first + 1) * cfg.train.steps_per_epoch)
+    return current_learning_rate(optimizer)
+
+
 def free_ports(n):
     import socket
 
@@ -379,5 +403,18 @@ def test_multiworker_from_the_command_line(tiny_data, tmp_path):
         assert p.returncode == 0, err
     assert read_log(run) == [(1, 0), (1, 1), (2, 0)]
     assert (run / "stage1.keras").is_file() and (run / "model.keras").is_file()
+    # Every column filled, as in one process: the training DSC and JI of "prob" (summed over
+    # both workers' batches) and the learning rate of the phase's schedule at the epoch's end.
+    from pancseg_tf.config import load_config
+
+    cfg = load_config(run / "config.yaml")
+    with open(run / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        assert all(row[column] != "" for column in ("loss", "dsc", "ji", "learning_rate")), row
+        dsc, ji = float(row["dsc"]), float(row["ji"])
+        assert 0.0 <= ji <= dsc <= 1.0 and ji == pytest.approx(dsc / (2 - dsc), abs=1e-4), row
+        expected = epoch_end_learning_rate(cfg, int(row["stage"]), int(row["epoch"]))
+        assert float(row["learning_rate"]) == pytest.approx(expected, rel=1e-5), row
     leftovers = [p for p in run.rglob("*") if ".worker-" in p.name or "tmp-" in p.name]
     assert leftovers == []

@@ -343,8 +343,6 @@ def _epoch_learning_rate(model: keras.Model | None, logs: dict) -> float | None:
     return current_learning_rate(getattr(model, "optimizer", None))
 
 
-
-
 def resumable_early_stopping(patience: int, path: pathlib.Path, initial_epoch: int):
     """``keras.callbacks.EarlyStopping`` on ``val_dsc`` (max) that keeps its state over a resume.
 

@@ -166,7 +166,7 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
             strategy,
             build_model,
             lambda: stage_losses(cfg, loss_keys, stage_no),
-            lambda: make_optimizer(lr, cfg, last - first, cfg.train.warmup_epochs),
+            lambda: loss_scaled(make_optimizer(lr, cfg, last - first, cfg.train.warmup_epochs)),
             dataset_fn,
             epochs=end,
             steps_per_epoch=steps,
@@ -251,6 +251,17 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
         ship_best_model(run)
         state = read_json(state_path, {})
     return TrainResult(run, splits, {k: v for k, v in state.items() if k in ("stage1", "stage2")})
+
+
+def loss_scaled(optimizer):
+    """``optimizer`` as ``model.compile`` would use it under Keras's global dtype policy: in a
+    ``LossScaleOptimizer`` under ``mixed_float16`` (`Trainer.run` sets ``train.precision`` as the
+    policy for both ways of training; the multi-worker step does not compile, so it wraps here)."""
+    import keras
+
+    if keras.mixed_precision.global_policy().name == "mixed_float16":
+        return keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
 
 
 def _backup_epoch(backup) -> int:

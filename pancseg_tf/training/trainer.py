@@ -36,6 +36,7 @@ set it otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -43,7 +44,7 @@ import os
 import pathlib
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pancseg_tf._version import __version__
@@ -413,14 +414,13 @@ class Trainer:
         if name == "multiworker":
             from pancseg_tf.training.distributed import run_multiworker
 
-            return run_multiworker(self, strategy, stage, index)
+            with precision_policy(self.config.train.precision):
+                return run_multiworker(self, strategy, stage, index)
         splits = self._prepare_run_dir(index, chief=True)
         keras.utils.set_random_seed(self.seed)
         if self.deterministic:
             tf.config.experimental.enable_op_determinism()
-        previous_policy = keras.mixed_precision.global_policy()
-        keras.mixed_precision.set_global_policy(self.config.train.precision)
-        try:
+        with precision_policy(self.config.train.precision):
             cfg = self.config
             validation = WholeVolumeValidation(
                 self.data_dir,
@@ -481,8 +481,6 @@ class Trainer:
                 state.get("stage2_done") or cfg.train.stage2_epochs == 0
             ):
                 ship_best_model(self.run_dir)
-        finally:
-            keras.mixed_precision.set_global_policy(previous_policy)
         state = read_json(self.run_dir / "state.json", {})
         best = {k: v for k, v in state.items() if k in ("stage1", "stage2")}
         return TrainResult(self.run_dir, splits, best)
@@ -532,6 +530,20 @@ class Trainer:
         unfrozen = self.run_dir / "backup" / "stage2" / "latest.weights.h5"
         if frozen.is_file() and not unfrozen.is_file():
             model.load_weights(str(frozen), skip_mismatch=True)
+
+
+@contextlib.contextmanager
+def precision_policy(precision: str) -> Iterator[None]:
+    """Keras's global dtype policy set to ``precision`` (``train.precision``) for the block, as
+    both ways of training build their models under it; the caller's policy is restored after."""
+    import keras
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def _report_training_scores(model) -> None:

@@ -108,6 +108,30 @@ def test_loss_falls_over_three_epochs(three_epochs):
     assert losses[2] < losses[1] < losses[0], losses
 
 
+def test_mixed_float16_trains_through_a_loss_scale_optimizer(tmp_path):
+    # The multi-worker trainer wraps its optimizer as compile does under mixed_float16
+    # (`distributed.loss_scaled`); the step scales the loss and unscales the gradients with it.
+    from pancseg_tf.training.distributed import loss_scaled
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        optimizer = loss_scaled(keras.optimizers.Adam(1e-2))
+        assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        model, history = _fit_tiny(tmp_path, 3, build_optimizer=lambda: optimizer)
+        assert model.layers[1].compute_dtype == "float16"
+        losses = [h["loss"] for h in history]
+        assert all(np.isfinite(losses)) and losses[2] < losses[0], losses
+        # The loss scale is in the optimizer's state, and the weights stay float32.
+        assert float(optimizer.dynamic_scale) > 1.0
+        assert all(w.dtype == "float32" for w in model.trainable_weights)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    assert not isinstance(
+        loss_scaled(keras.optimizers.Adam(1e-2)), keras.optimizers.LossScaleOptimizer
+    )
+
+
 def test_on_epoch_end_sees_each_epoch_its_logs_and_the_model(three_epochs):
     model, history, _, calls = three_epochs
     assert [c[0] for c in calls] == [0, 1, 2]

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -387,6 +388,9 @@ def test_multiworker_from_the_command_line(tiny_data, tmp_path):
                     "multiworker",
                     "--set",
                     "train.stage2_epochs=1",
+                    # The paper's precision: the policy must reach the multi-worker step too.
+                    "--set",
+                    "train.precision=mixed_bfloat16",
                 ],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -418,3 +422,37 @@ def test_multiworker_from_the_command_line(tiny_data, tmp_path):
         assert float(row["learning_rate"]) == pytest.approx(expected, rel=1e-5), row
     leftovers = [p for p in run.rglob("*") if ".worker-" in p.name or "tmp-" in p.name]
     assert leftovers == []
+    assert trained_precisions(run) == {"stage1": "mixed_bfloat16", "stage2": "mixed_bfloat16"}
+
+
+def trained_precisions(run) -> dict[str, str]:
+    """The dtype policy the convolutions of each stage's saved model were built and trained
+    under (weights float32, computation in the policy's dtype); the heads that are float32 by
+    design (`dtype="float32"` in the models) are left out."""
+    import keras
+
+    from pancseg_tf.inference import load_model
+
+    found = {}
+    for stage in ("stage1", "stage2"):
+        if (run / f"{stage}.keras").is_file():
+            model = load_model(run / f"{stage}.keras")
+            layers = model._flatten_layers(include_self=False)
+            convs = [layer for layer in layers if isinstance(layer, keras.layers.Conv2D)]
+            policies = {layer.dtype_policy.name for layer in convs} - {"float32"}
+            found[stage] = policies.pop() if len(policies) == 1 else sorted(policies)
+    return found
+
+
+@pytest.mark.large
+def test_train_precision_is_the_policy_of_one_machine_training(tiny_data, tmp_path):
+    data, config = tiny_data
+    run = tmp_path / "run"
+    settings = ["train.precision=mixed_bfloat16", "train.stage1_epochs=1", "train.stage2_epochs=1"]
+    proc = pancseg(
+        "train", data, run, "--config", config, *[a for s in settings for a in ("--set", s)]
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert trained_precisions(run) == {"stage1": "mixed_bfloat16", "stage2": "mixed_bfloat16"}
+    with open(run / "log.csv", newline="") as f:
+        assert all(math.isfinite(float(row["loss"])) for row in csv.DictReader(f))

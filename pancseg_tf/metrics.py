@@ -19,6 +19,8 @@ counts are float32 variables summed across replicas under a distribution strateg
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 from keras import ops
 
@@ -104,7 +106,15 @@ class _OverlapScore(keras.metrics.Metric):
 
     def result(self):
         """The score of all voxels seen since the last reset; 1.0 if none was foreground."""
-        tp, fp, fn = self.true_positives, self.false_positives, self.false_negatives
+        return self.score_of(self.counts())
+
+    def counts(self) -> list:
+        """The accumulated ``[TP, FP, FN]`` (sums: counts of several replicas add up)."""
+        return [self.true_positives, self.false_positives, self.false_negatives]
+
+    def score_of(self, counts) -> Any:
+        """The score of ``[TP, FP, FN]`` counts, as `result` gives it for this metric's own."""
+        tp, fp, fn = counts
         total = tp + fp + fn
         return ops.cast(ops.where(total > 0, self._score(tp, fp, fn), 1.0), self.dtype)
 

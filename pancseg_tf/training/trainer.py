@@ -532,6 +532,24 @@ class Trainer:
             model.load_weights(str(frozen), skip_mismatch=True)
 
 
+def _pooled_result(score):
+    """``score``'s result over every replica's counts together.
+
+    Under several replicas (``--strategy mirrored``) each replica holds the counts of its own
+    share of the batches, and ``fit`` logs the mean of the replicas' values: the mean of their
+    scores is not the score of the global batches (a replica with no pancreas would weigh as
+    much as one with all of it). Summing the counts first (`pancseg_tf.replicas`, as the losses
+    sum theirs) gives what one replica seeing every batch computes; on one replica it is
+    ``score.result()``.
+    """
+    import keras
+
+    from pancseg_tf.replicas import sum_over_replicas
+
+    counts = [keras.ops.convert_to_tensor(count) for count in score.counts()]
+    return score.score_of(sum_over_replicas(counts))
+
+
 @contextlib.contextmanager
 def precision_policy(precision: str) -> Iterator[None]:
     """Keras's global dtype policy set to ``precision`` (``train.precision``) for the block, as
@@ -563,7 +581,7 @@ def _report_training_scores(model) -> None:
         for score in scores:
             score.update_state(y[SCORED_OUTPUT], y_pred[SCORED_OUTPUT])
         results = compiled_metrics(x, y, y_pred, sample_weight)
-        results.update({score.name: score.result() for score in scores})
+        results.update({score.name: _pooled_result(score) for score in scores})
         return results
 
     def reset_metrics():

@@ -271,9 +271,52 @@ def test_mirrored_on_two_logical_cpus(tiny_data, tmp_path):
     assert read_log(run) == [(1, 0)]
     with open(run / "log.csv", newline="") as f:
         (row,) = csv.DictReader(f)
-    assert 0.0 <= float(row["ji"]) <= float(row["dsc"]) <= 1.0  # summed over both replicas
+    assert 0.0 <= float(row["ji"]) <= float(row["dsc"]) <= 1.0  # pooled over both replicas
     assert (run / "stage1.keras").is_file()
     assert not (run / "model.keras").exists()
+
+
+#: Two replicas on two logical CPUs, one fit epoch at learning rate 0 of a fixed thresholding
+#: model over one global batch of 4 slices: replica 0's targets are what the model marks (its own
+#: DSC 1), replica 1's are empty (its own DSC 0). The pooled score of the batch is
+#: 2 TP / (2 TP + FP): not the replicas' mean, 0.5.
+MIRRORED_SCORES = """
+import json
+import keras
+import numpy as np
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from pancseg_tf.metrics import DiceScore
+from pancseg_tf.training.trainer import _report_training_scores
+
+images = np.random.default_rng(0).random((4, 8, 8, 1)).astype("float32")
+marked = (images > 0.5).astype("float32")
+targets = np.concatenate([marked[:2], np.zeros_like(marked[2:])])
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    inputs = keras.Input((8, 8, 1))
+    conv = keras.layers.Conv2D(1, 1, activation="sigmoid", name="conv")
+    model = keras.Model(inputs, {"prob": conv(inputs)})
+    conv.set_weights([np.full((1, 1, 1, 1), 40.0, "float32"), np.full((1,), -20.0, "float32")])
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss={"prob": "binary_crossentropy"})
+    _report_training_scores(model)
+history = model.fit(images, {"prob": targets}, batch_size=4, epochs=1, verbose=0, shuffle=False)
+pooled = DiceScore()
+pooled.update_state(targets, model.predict(images, verbose=0)["prob"])
+print(json.dumps({"logged": history.history["dsc"][0], "pooled": float(pooled.result())}))
+"""
+
+
+def test_mirrored_training_scores_pool_the_replicas():
+    proc = subprocess.run(
+        [sys.executable, "-c", MIRRORED_SCORES], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    scores = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert scores["pooled"] == pytest.approx(2 / 3, abs=0.1)  # about as many marked as not
+    assert scores["logged"] == pytest.approx(scores["pooled"], abs=1e-6), scores
 
 
 @pytest.mark.parametrize(

@@ -102,9 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"run": str(args.run), "data": str(args.data), "haze": {}, "cases": {}}
     for split in ("train", "validation"):
         cases = splits[split][: args.cases]
-        windows = make_training_dataset(
-            args.data, cfg, stage=2, seed=0, epoch=0, cases=cases
-        ).take(args.windows)
+        windows = make_training_dataset(args.data, cfg, stage=2, seed=0, epoch=0, cases=cases).take(
+            args.windows
+        )
         report["haze"][split] = soft_and_hard(cnn, windows)
         report["cases"][split] = {
             "case_ids": cases,

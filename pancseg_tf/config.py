@@ -144,8 +144,13 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 #: Keys of the old untyped ``model.overrides`` that the typed model section took over; read
 #: from run folders written before it (`config_from_dict`).
-_TYPED_MODEL_KEYS = ("dropout", "aggregation_filters", "max_filters", "lstm_kernel_size",
-                     "lstm_resolution")
+_TYPED_MODEL_KEYS = (
+    "dropout",
+    "aggregation_filters",
+    "max_filters",
+    "lstm_kernel_size",
+    "lstm_resolution",
+)
 #: Options of the old contextual design that the paper's design replaced (no longer built).
 _REMOVED_MODEL_KEYS = ("context_channels", "fusion_channels", "fusion_gate")
 PRESETS = ("tiny", "quick", "paper")

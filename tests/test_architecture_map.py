@@ -206,4 +206,3 @@ def test_the_cycle_finder_finds_a_circle(monkeypatch):
         globals(), "imports_of", lambda name: real(name) | ({a} if name == b else set())
     )
     assert [a, b] in [sorted(c) for c in import_cycles()] or [b, a] in import_cycles()
-

@@ -55,9 +55,7 @@ __all__ = [
 GT_COLOUR = (0.0, 0.85, 0.0)
 PRED_COLOUR = (1.0, 0.1, 0.1)
 BOTH_COLOUR = (1.0, 0.9, 0.0)
-ORIENTATION_NOTE = (
-    "radiological view: anterior at the top, the patient's right on the image's left"
-)
+ORIENTATION_NOTE = "radiological view: anterior at the top, the patient's right on the image's left"
 
 _CT_WINDOW_HU = (-100.0, 240.0)  # abdominal soft tissue, as used for the model's input
 _MRI_PERCENTILES = (1.0, 99.0)

@@ -243,4 +243,3 @@ def base_model_config(model: keras.Model) -> dict[str, Any]:
         "trainable": model.trainable,
         "dtype": keras.dtype_policies.serialize(model.dtype_policy),
     }
-

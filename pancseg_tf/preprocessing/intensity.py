@@ -29,6 +29,8 @@ DEFAULT_HU_WINDOW = (-100.0, 240.0)
 DEFAULT_MRI_PERCENTILES = (0.5, 99.5)
 # Smallest accepted percentile range: keeps a constant MRI volume from dividing by zero.
 _MIN_RANGE = 1e-6
+
+
 def hu_window(x: Any, low: float = -100.0, high: float = 240.0) -> Any:
     """Clips CT values to ``[low, high]`` HU and scales them to [0, 1].
 

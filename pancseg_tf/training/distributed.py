@@ -245,8 +245,10 @@ def run_multiworker(trainer, strategy, stage: str, index: dict) -> Any:
         if chief:
             mark_state(state_path, "stage2_done")
     state = read_json(state_path, {})
-    if chief and state.get("stage1_done") and (
-        state.get("stage2_done") or cfg.train.stage2_epochs == 0
+    if (
+        chief
+        and state.get("stage1_done")
+        and (state.get("stage2_done") or cfg.train.stage2_epochs == 0)
     ):
         ship_best_model(run)
         state = read_json(state_path, {})

@@ -23,9 +23,7 @@ def build_slice_cnn(cfg: Config):
 
     # Training on crops smaller than the prepared plane needs a size-agnostic network.
     size = tuple(cfg.preprocess.size) if cfg.data.crop_size is None else None
-    return SliceCNN.from_preset(
-        cfg.model.preset, input_size=size, **cfg.model.slice_cnn_kwargs()
-    )
+    return SliceCNN.from_preset(cfg.model.preset, input_size=size, **cfg.model.slice_cnn_kwargs())
 
 
 def build_contextual(cfg: Config, slice_cnn=None):

@@ -323,15 +323,19 @@ class Trainer:
         train_ids = splits["train"]
 
         def one_epoch(epoch: int):
-            return make_training_dataset(
-                self.data_dir,
-                cfg,
-                stage=stage,
-                seed=self.seed,
-                epoch=epoch,
-                deterministic=self.deterministic,
-                cases=train_ids,
-            ).repeat().take(steps)
+            return (
+                make_training_dataset(
+                    self.data_dir,
+                    cfg,
+                    stage=stage,
+                    seed=self.seed,
+                    epoch=epoch,
+                    deterministic=self.deterministic,
+                    cases=train_ids,
+                )
+                .repeat()
+                .take(steps)
+            )
 
         dataset = one_epoch(initial_epoch)
         for epoch in range(initial_epoch + 1, epochs):

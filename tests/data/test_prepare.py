@@ -241,7 +241,6 @@ def test_other_config_in_the_same_folder_is_refused(prepared, cohort, tmp_path):
         prepare_cohort(cohort, copy, config=other, progress=False)
 
 
-
 def test_a_folder_prepared_by_the_central_field_version_is_refused(prepared, cohort, tmp_path):
     """Version 1 kept each case's central field only: training, validation and a resumed
     prepare refuse it with one line naming the fix, rather than mixing its planes in."""
@@ -263,6 +262,7 @@ def test_a_folder_prepared_by_the_central_field_version_is_refused(prepared, coh
     (old / "cases" / "synth_000.json").write_text(json.dumps(entry))
     with pytest.raises(PancsegError, match="earlier pancseg.*prepare the cohort again"):
         prepare_cohort(cohort, old, config=small_config(), progress=False)
+
 
 @pytest.fixture()
 def broken_cohort(cohort, tmp_path) -> pathlib.Path:

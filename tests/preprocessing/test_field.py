@@ -45,9 +45,10 @@ def test_covering_body_holds_the_body_box_at_the_same_spacing():
     assert ones.shape == volume.shape  # the volume's own grid
     assert (wide.reorientation.apply(ones)[i0:i1, j0:j1] >= 0.5).all()
     # Everything else is the same mapping: a model-grid pixel lands where it did.
-    assert np.allclose(
-        wide.model_affine[:3, :3], plan.model_affine[:3, :3]
-    ) and wide.slice_spacing_mm == plan.slice_spacing_mm
+    assert (
+        np.allclose(wide.model_affine[:3, :3], plan.model_affine[:3, :3])
+        and wide.slice_spacing_mm == plan.slice_spacing_mm
+    )
 
 
 def test_a_body_that_fits_keeps_its_plan():

@@ -217,6 +217,9 @@ def pancseg(*args: str, quiet: bool = False) -> str:
     ``subprocess.CalledProcessError``. ``quiet`` captures the output instead and raises
     ``RuntimeError`` with the end of its stderr.
     """
+    if args and args[0] == "pancseg":
+        # ``pancseg pancseg prepare ...`` would fail only after the work before it.
+        raise ValueError("pass the subcommand and its arguments, without 'pancseg'")
     line = shlex.join(["pancseg", *args])
     command = [sys.executable, "-m", "pancseg_tf.cli", *args]
     if not quiet:

@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         write_manifest(fold / "manifest.csv", data, training)
         prepared = fold / "prepared"
         run(
-            ["pancseg", "prepare", str(fold / "manifest.csv"), str(prepared), "--config", "quick"],
+            ["prepare", str(fold / "manifest.csv"), str(prepared), "--config", "quick"],
             commands,
         )
         folds[held_out[0]] = {}
@@ -112,7 +112,6 @@ def main(argv: list[str] | None = None) -> int:
             start = time.monotonic()
             run(
                 [
-                    "pancseg",
                     "train",
                     str(prepared),
                     str(run_dir),

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     commands: list[dict] = []
     cohort = work / "phantoms"
     run(
-        ["pancseg", "synth", str(cohort), "--cases", str(PHANTOMS), "--seed", str(PHANTOM_SEED)],
+        ["synth", str(cohort), "--cases", str(PHANTOMS), "--seed", str(PHANTOM_SEED)],
         commands,
     )
     phantoms = phantom_cases(cohort)
@@ -93,12 +93,11 @@ def main(argv: list[str] | None = None) -> int:
             start = time.monotonic()
             prepared = folder / "prepared"
             run(
-                ["pancseg", "prepare", str(folder / "manifest.csv"), str(prepared)]
-                + ["--config", "quick"],
+                ["prepare", str(folder / "manifest.csv"), str(prepared)] + ["--config", "quick"],
                 commands,
             )
             run(
-                ["pancseg", "train", str(prepared), str(folder / "run"), "--config", "quick"]
+                ["train", str(prepared), str(folder / "run"), "--config", "quick"]
                 + ["--stage", "1", "--seed", str(args.seed)]
                 + [item for kv in VALIDATION for item in ("--set", kv)],
                 commands,

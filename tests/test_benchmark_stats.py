@@ -293,3 +293,8 @@ def test_stage2_lr_rule_changes_the_rate_only_on_a_clear_win_on_both_cohorts():
     decided = choice.decide(results(noisy, clear))
     assert decided["decision"] == "train.stage2_learning_rate 0.001 (double): recipe v3"
     assert decided["comparisons"]["double - quick"]["ci_low"] > 0
+
+
+def test_pancseg_takes_the_subcommand_not_the_program(common):
+    with pytest.raises(ValueError, match="without 'pancseg'"):
+        common.pancseg("pancseg", "info", "x.nii.gz")

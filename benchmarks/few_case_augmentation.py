@@ -78,19 +78,27 @@ def score(model: pathlib.Path, data: pathlib.Path, case) -> dict:
     return {k: (v if isinstance(v, bool | str) else float(v)) for k, v in row.items()}
 
 
-def decide(folds: dict[str, dict[str, dict]]) -> str:
-    """The amendment's rule: ``intensity`` only if it beats ``off`` on every held-out scan."""
-    wins = [fold["intensity"]["dsc"] > fold["off"]["dsc"] for fold in folds.values()]
-    return "intensity" if wins and all(wins) else "off"
+def decide(
+    folds: dict[str, dict[str, dict]], challenger: str = "intensity", incumbent: str = "off"
+) -> str:
+    """The amendments' rule for a few-case arm: ``challenger`` only if its DSC beats
+    ``incumbent``'s on every held-out scan (a tie is no win), else ``incumbent``."""
+    wins = [fold[challenger]["dsc"] > fold[incumbent]["dsc"] for fold in folds.values()]
+    return challenger if wins and all(wins) else incumbent
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", required=True, help="working folder (prepared data, runs)")
+def parse_arguments(description: str, argv: list[str] | None) -> argparse.Namespace:
+    """The few-case benchmarks' command line: ``--work``, ``--json``, ``--seed``, ``--data``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--work", required=True, help="working folder (cohorts, runs)")
     parser.add_argument("--json", help="write the result here")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", default=str(SHARED_DATA), help="the shared real data folder")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(__doc__.splitlines()[0], argv)
     data = pathlib.Path(args.data).resolve()
     work = pathlib.Path(args.work)
     started_at = provenance()

@@ -31,16 +31,16 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
+import few_case_augmentation  # noqa: E402
 from bench_common import emit_json, provenance  # noqa: E402
 from few_case_augmentation import QUICK_CONFIG, score, write_manifest  # noqa: E402
-from real_ct_transfer import SHARED_DATA, TRAINING_CASES, run  # noqa: E402
+from real_ct_transfer import TRAINING_CASES, run  # noqa: E402
 
 #: The synthetic CT development cohort of PROTOCOL section (a): 16 phantoms of seed 11.
 PHANTOMS, PHANTOM_SEED = 16, 11
@@ -59,17 +59,11 @@ def phantom_cases(cohort: pathlib.Path) -> list[tuple[str, str, str, str]]:
 
 def decide(folds: dict[str, dict[str, dict]]) -> str:
     """The amendment's rule: ``real_and_phantoms`` only if it beats ``real`` on every fold."""
-    wins = [fold["real_and_phantoms"]["dsc"] > fold["real"]["dsc"] for fold in folds.values()]
-    return "real_and_phantoms" if wins and all(wins) else "real"
+    return few_case_augmentation.decide(folds, "real_and_phantoms", "real")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", required=True, help="working folder (cohorts, runs)")
-    parser.add_argument("--json", help="write the result here")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data", default=str(SHARED_DATA), help="the shared real data folder")
-    args = parser.parse_args(argv)
+    args = few_case_augmentation.parse_arguments(__doc__.splitlines()[0], argv)
     data = pathlib.Path(args.data).resolve()
     work = pathlib.Path(args.work).resolve()
     started_at = provenance()

@@ -377,18 +377,6 @@ def epoch_end_learning_rate(cfg, stage: int, epoch: int) -> float:
     return current_learning_rate(optimizer)
 
 
-def free_ports(n):
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def test_multiworker_stage_2_on_crops_is_one_line(tiny_data, tmp_path):
     """The multi-worker step has no plane-size copy of a model trained on crops: refused before
     TensorFlow starts a cluster, in one line, exit 2."""
@@ -406,48 +394,18 @@ def test_multiworker_stage_2_on_crops_is_one_line(tiny_data, tmp_path):
 @pytest.mark.large
 def test_multiworker_from_the_command_line(tiny_data, tmp_path):
     """Two `pancseg train --strategy multiworker` processes on localhost train one run."""
+    from tests.training.test_multiworker_resume import start_cluster, wait_cluster
+
     data, config = tiny_data
     run = tmp_path / "run"
-    ports = free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    procs = []
-    for i in range(2):
-        env = {
-            **os.environ,
-            "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
-        }
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "pancseg_tf.cli",
-                    "train",
-                    str(data),
-                    str(run),
-                    "--config",
-                    str(config),
-                    "--strategy",
-                    "multiworker",
-                    "--set",
-                    "train.stage2_epochs=1",
-                    # The paper's precision: the policy must reach the multi-worker step too.
-                    "--set",
-                    "train.precision=mixed_bfloat16",
-                ],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env=env,
-            )
-        )
-    try:
-        outs = [p.communicate(timeout=900) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err
+    settings = [
+        "train.stage2_epochs=1",
+        # The paper's precision: the policy must reach the multi-worker step too.
+        "train.precision=mixed_bfloat16",
+    ]
+    args = ["--config", str(config), *(a for item in settings for a in ("--set", item))]
+    codes, report = wait_cluster(*start_cluster(data, run, tmp_path / "cluster", args=args))
+    assert codes == [0, 0], report
     assert read_log(run) == [(1, 0), (1, 1), (2, 0)]
     assert (run / "stage1.keras").is_file() and (run / "model.keras").is_file()
     # Every column filled, as in one process: the training DSC and JI of "prob" (summed over

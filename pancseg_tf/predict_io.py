@@ -214,6 +214,13 @@ def output_names(case: str, *, probabilities: bool = False, dicom_seg: bool = Fa
     return names
 
 
+def written_summary(written: int, cases: int, out: object, *, dicom_seg: bool = False) -> str:
+    """The line a predict run ends with, in-process or on Beam: how many of its cases were
+    written, and as what (``mask(s)``, or ``DICOM SEG(s)`` with ``--output-format dicom-seg``)."""
+    kind = "DICOM SEG(s)" if dicom_seg else "mask(s)"
+    return f"wrote {written} of {cases} {kind} to {out}"
+
+
 def write_case(
     result,
     volume,

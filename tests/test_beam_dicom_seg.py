@@ -139,7 +139,7 @@ def test_a_series_that_cannot_take_a_seg_is_a_dead_letter(seg_runs):
     assert f"no_uids failed: {reason}" in proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert [summary[key] for key in ("cases", "written", "skipped", "failed")] == [2, 1, 0, 1]
-    assert "wrote 1 of 2 mask(s)" in proc.stdout
+    assert "wrote 1 of 2 DICOM SEG(s)" in proc.stdout
 
 
 def one_error_line(proc) -> str:

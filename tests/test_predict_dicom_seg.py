@@ -95,6 +95,7 @@ def test_seg_holds_exactly_the_nifti_mask(run, which, request, tmp_path):
     out = tmp_path / "seg"
     proc = pancseg("predict", run, series, "-o", out, "--output-format", "dicom-seg", *flags)
     assert proc.returncode == 0, proc.stderr
+    assert f"wrote 1 of 1 DICOM SEG(s) to {out}" in proc.stdout
     assert sorted(p.name for p in out.iterdir()) == [f"{case}.dcm"]
     seg = hd.seg.segread(out / f"{case}.dcm")
     assert seg.SegmentSequence[0].SegmentLabel == "Pancreas"

@@ -122,7 +122,11 @@ def predict_with_beam(args: argparse.Namespace) -> int:
 
     from pancseg_tf.beam import files
     from pancseg_tf.beam.pipeline import SUMMARY_NAME, CaseTask, build_pipeline
-    from pancseg_tf.predict_io import check_dicom_seg_inputs, segmenter_options_from_args
+    from pancseg_tf.predict_io import (
+        check_dicom_seg_inputs,
+        segmenter_options_from_args,
+        written_summary,
+    )
 
     options = segmenter_options_from_args(args)
     beam_options = pipeline_options(args.runner, args.pipeline_option, debug=args.debug)
@@ -169,7 +173,7 @@ def predict_with_beam(args: argparse.Namespace) -> int:
     for case, reason in failures:
         log.error("%s failed: %s", case, reason)
     print(
-        f"wrote {summary['written']} of {summary['cases']} mask(s) to {out} "
+        f"{written_summary(summary['written'], summary['cases'], out, dicom_seg=dicom_seg)} "
         f"({summary['skipped']} already there, {summary['failed']} failed)"
     )
     return 1 if summary["failed"] else 0

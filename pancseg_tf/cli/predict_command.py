@@ -38,6 +38,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         predict_inputs,
         segmenter_options_from_args,
         write_case,
+        written_summary,
     )
 
     if args.runner is not None:
@@ -98,5 +99,5 @@ def cmd_predict(args: argparse.Namespace) -> int:
                     len(items) - i,
                 )
                 break
-    print(f"wrote {i - failed} of {len(items)} mask(s) to {out}")
+    print(written_summary(i - failed, len(items), out, dicom_seg=dicom_seg))
     return 1 if failed else 0

@@ -157,6 +157,49 @@ def test_summary_holds_the_papers_table_per_fold_and_overall(tmp_path):
     assert png.startswith(b"\x89PNG") and len(png) > 5000
 
 
+# --- scoring a fold ---
+
+
+def test_held_out_cases_are_scored_with_their_own_label_values(tmp_path):
+    """A manifest case's own pancreas values, which prepare trains on, are its truth when the
+    fold scores it; the config's [1, 2] would take a multi-organ map's spleen and right kidney
+    (TotalSegmentator's 1 and 2) instead of its pancreas (7)."""
+    import nibabel as nib
+
+    from pancseg_tf.config import Config, apply_overrides
+    from pancseg_tf.io.cohorts import discover_cohort
+    from pancseg_tf.models import SliceCNN
+    from pancseg_tf.training.cv import segment_and_score
+
+    affine = np.diag([1.6, 1.6, 2.5, 1.0])
+    label = np.zeros((48, 48, 8), np.uint8)  # (I, J, K)
+    label[20:28, 20:30, 2:6] = 7  # pancreas: 320 voxels
+    label[5:15, 5:15, 1:7] = 1  # spleen: 600 voxels
+    label[35:45, 5:15, 1:7] = 2  # right kidney: 600 voxels
+    image = np.full(label.shape, -1000, np.int16)
+    image[2:46, 2:46, :] = 40
+    nib.save(nib.Nifti1Image(image, affine), str(tmp_path / "ct.nii.gz"))
+    nib.save(nib.Nifti1Image(label, affine), str(tmp_path / "labels.nii.gz"))
+    (tmp_path / "manifest.csv").write_text(
+        "case_id,image,label,modality,label_values\n"
+        "own,ct.nii.gz,labels.nii.gz,ct,totalsegmentator\n"
+        "config,ct.nii.gz,labels.nii.gz,ct,\n"
+    )
+    cases = discover_cohort(tmp_path / "manifest.csv")
+    cfg = apply_overrides(
+        Config(), ["preprocess.spacing_mm=1.6", "preprocess.size=[48,48]"]
+    )  # label_values [1, 2], the default
+    model = tmp_path / "stage1.keras"
+    SliceCNN(base_filters=4, depth=2, input_size=(48, 48)).save(model)
+
+    result = segment_and_score(
+        model, cfg, cases, tmp_path / "pred", largest_component=False, ambiguous={}
+    )
+    rows = {row["case"]: row for row in result["cases"]}
+    assert rows["own"]["gt_voxels"] == 320
+    assert rows["config"]["gt_voxels"] == 1200
+
+
 # --- whole runs ---
 
 

@@ -289,7 +289,8 @@ def _add_evaluate(sub) -> None:
         "--gt-labels",
         default=None,
         help="label values that are pancreas, e.g. 1,2 (MSD) or 7 (TotalSegmentator), or a "
-        "preset (msd, nih, totalsegmentator); default every non-zero value",
+        "preset (msd, nih, totalsegmentator); default every non-zero value. A manifest "
+        "case with its own label_values cell is read with those",
     )
     p.add_argument("--images", help="folder of images for the montages (paired by file name)")
     p.set_defaults(func=cmd_evaluate)

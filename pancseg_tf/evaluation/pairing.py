@@ -54,6 +54,9 @@ class Truth:
     label: pathlib.Path
     image: pathlib.Path | None = None
     modality: str | None = None  # None: guessed from the intensities for display
+    # The cohort's own pancreas values for this case (a manifest's ``label_values`` cell: ints
+    # or "nonzero"); None: the run's ``gt_labels``.
+    label_values: tuple[int, ...] | str | None = None
 
 
 def _nifti_files(folder: pathlib.Path, what: str) -> dict[str, pathlib.Path]:
@@ -119,7 +122,7 @@ def find_ground_truth(gt: pathlib.Path) -> tuple[dict[str, Truth], str]:
             f"a cohort failed: {error}"
         ) from None
     truths = {
-        case.case_id: Truth(case.label, case.image, case.modality)
+        case.case_id: Truth(case.label, case.image, case.modality, case.label_values)
         for case in cases
         if case.label is not None
     }
@@ -180,7 +183,7 @@ class CaseMasks:
     """One case read and checked: both masks on the truth's grid, and the image if shown."""
 
     label_map: Volume  # the ground truth as read: its grid (affine, spacing) is the case's
-    gt: np.ndarray  # (I, J, K) bool, the pancreas of the truth (``gt_labels`` applied)
+    gt: np.ndarray  # (I, J, K) bool, the pancreas of the truth (its label values applied)
     pred: np.ndarray  # (I, J, K) bool
     image: np.ndarray | None  # (I, J, K) on the same grid; None when not shown
     modality: str | None  # None: unknown (no image, or none stated by the cohort)
@@ -195,9 +198,11 @@ def read_case(
 ) -> CaseMasks:
     """Reads and checks one case's prediction, truth and (when known) image.
 
-    The image comes from ``images`` or else the truth's cohort; one that cannot be read or lies
-    on another grid is left out with a warning (it never changes a metric). Messages name files
-    by their last part only (folders may name a patient or a date).
+    The pancreas is the truth's own label values where its cohort states them (a manifest's
+    ``label_values`` cell, as `pancseg prepare` reads them), else ``gt_labels`` (None: every
+    non-zero value). The image comes from ``images`` or else the truth's cohort; one that
+    cannot be read or lies on another grid is left out with a warning (it never changes a
+    metric). Messages name files by their last part only (folders may name a patient or a date).
 
     Raises:
         PancsegError: a file cannot be read; the prediction is not on the truth's grid or is not
@@ -218,13 +223,14 @@ def read_case(
             "pancseg predict writes on the input's own grid"
         )
     pred_mask = binary_mask(pred)
-    gt_mask = map_labels(gt.array, gt_labels).astype(bool, copy=False)
-    if not gt_mask.any() and gt_labels is not None and gt.array.any():
+    values = truth.label_values if truth.label_values is not None else gt_labels
+    gt_mask = map_labels(gt.array, values).astype(bool, copy=False)
+    if not gt_mask.any() and values not in (None, "nonzero") and gt.array.any():
         found = np.unique(gt.array[gt.array != 0])[:10].tolist()
         log.warning(
             "case %s: the ground truth holds none of the label values %s (values found: %s)",
             case,
-            list(gt_labels),
+            list(values),
             found,
         )
 

@@ -197,7 +197,8 @@ def evaluate_predictions(
             are paired by case id.
         out: the report folder (created; files of an earlier report are replaced).
         gt_labels: the label values that mean pancreas (MSD 1, 2; NIH 1; TotalSegmentator 7);
-            None: every non-zero value.
+            None: every non-zero value. A cohort case with its own values (a CSV manifest's
+            ``label_values`` cell, which ``pancseg prepare`` trains on) is read with those.
         images: folder of images ``<case>.nii.gz`` or ``<case>_0000.nii.gz`` for the montages;
             it takes precedence over a cohort's images. Without images the montages show the
             masks alone. Images never change a metric.
@@ -211,6 +212,8 @@ def evaluate_predictions(
         (``evaluated``, ``failed``, ``prediction_only``, ``ground_truth_only``), ``evaluated``
         (case ids), ``unpaired`` (``prediction_only`` and ``ground_truth_only`` case-id lists),
         ``failed`` (``[{"case", "reason"}]``), ``gt_labels`` (list or None),
+        ``case_label_values`` (evaluated case -> its cohort's own label values, list or
+        ``"nonzero"``, for the cases read with those instead of ``gt_labels``),
         ``ground_truth`` (``"folder"`` or ``"cohort"``) and ``cases_without_image`` (evaluated
         cases whose montage shows the masks alone: no image given or found, unreadable, or on
         another grid).
@@ -281,6 +284,11 @@ def evaluate_predictions(
         gt_labels=gt_labels,
         ground_truth=source,
         cases_without_image=without_image,
+        case_label_values={
+            case: truths[case].label_values
+            for case, _ in rows
+            if truths[case].label_values is not None
+        },
     )
 
     _write(out / "metrics.csv", metrics_csv(rows))

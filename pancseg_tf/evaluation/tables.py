@@ -61,6 +61,7 @@ def summary_of(
     gt_labels: tuple[int, ...] | None,
     ground_truth: str,
     cases_without_image: Sequence[str],
+    case_label_values: Mapping[str, tuple[int, ...] | str] | None = None,
 ) -> dict:
     """``summary.json``'s content (see `pancseg_tf.evaluation.report.evaluate_predictions`),
     strict JSON (`json_safe`).
@@ -73,6 +74,8 @@ def summary_of(
         gt_labels: the label values read as pancreas (None: every non-zero value).
         ground_truth: ``"folder"`` or ``"cohort"``.
         cases_without_image: evaluated cases whose montage shows the masks alone.
+        case_label_values: evaluated cases read with their cohort's own label values instead
+            of ``gt_labels``, and those values.
     """
     if rows:
         metrics = summarize([row for _, row in rows], REPORT_KEYS)
@@ -106,6 +109,10 @@ def summary_of(
             },
             "failed": list(failed),
             "gt_labels": None if gt_labels is None else list(gt_labels),
+            "case_label_values": {
+                case: values if isinstance(values, str) else list(values)
+                for case, values in (case_label_values or {}).items()
+            },
             "ground_truth": ground_truth,
             "cases_without_image": list(cases_without_image),
         }

@@ -460,7 +460,9 @@ def segment_and_score(
     """Segments held-out cases with one model, writes their masks, scores them.
 
     Each case goes through `pancseg_tf.inference.Segmenter.segment` (what ``pancseg predict``
-    runs; the mask on the case's own grid) and `pancseg_tf.evaluation.metrics.evaluate_case`;
+    runs; the mask on the case's own grid) and `pancseg_tf.evaluation.metrics.evaluate_case`
+    against its label read with the case's own ``label_values`` (a manifest's cell) where set,
+    else ``preprocess.label_values``, as `pancseg prepare` reads it;
     added: ``dsc_ambiguous`` (DSC over the cohort's ambiguous slices, NaN without any) and
     ``dsc_at_threshold`` (the DSC of the same probabilities thresholded at each of
     `THRESHOLDS`, post-processed the same way).
@@ -484,7 +486,9 @@ def segment_and_score(
     rows = []
     for case in cases:
         volume = case.load_image()
-        truth = map_labels(case.load_label().array, cfg.preprocess.label_values)
+        # A manifest case's own label values, as prepare trained on them; else the config's.
+        values = cfg.preprocess.label_values if case.label_values is None else case.label_values
+        truth = map_labels(case.load_label().array, values)
         result = segmenter.segment(volume)
         write_nifti(result.mask, volume, pred_dir / f"{case.case_id}.nii.gz", dtype="uint8")
         row: dict[str, Any] = {"case": case.case_id}

@@ -255,6 +255,28 @@ def test_gt_labels_select_the_pancreas(tmp_path, gt_labels, expected_dsc):
     assert summary["metrics"]["dsc"]["mean"] == pytest.approx(expected_dsc)
 
 
+def test_manifest_label_values_apply_to_their_own_cases(tmp_path):
+    # A CSV manifest names each case's pancreas values (prepare trains on them); evaluate must
+    # score against the same organ: its own values for "own", gt_labels for the empty cell.
+    image = save(tmp_path / "data" / "ct.nii.gz", np.full(SHAPE, -1000, np.int16))
+    for case in ("own", "default"):
+        save(tmp_path / "data" / f"{case}_label.nii.gz", _multi_organ())
+        save(tmp_path / "pred" / f"{case}.nii.gz", box())
+    manifest = tmp_path / "data" / "manifest.csv"
+    manifest.write_text(
+        "case_id,image,label,modality,label_values\n"
+        f"own,{image.name},own_label.nii.gz,ct,7\n"
+        f"default,{image.name},default_label.nii.gz,ct,\n"
+    )
+    summary = evaluate_predictions(tmp_path / "pred", manifest, tmp_path / "out", gt_labels=(5, 7))
+
+    rows = read_metrics(tmp_path / "out")
+    assert float(rows["own"]["dsc"]) == 1.0  # label 7 alone, not the liver (5) as well
+    assert float(rows["default"]["dsc"]) == pytest.approx(2 * 64 / (64 + 64 + 48))
+    assert summary["gt_labels"] == [5, 7]
+    assert summary["case_label_values"] == {"own": [7]}
+
+
 # === Per-case failures ===
 
 

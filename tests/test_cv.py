@@ -151,6 +151,9 @@ def test_summary_holds_the_papers_table_per_fold_and_overall(tmp_path):
     assert "folds done: 2 of 3" in text
     assert "| 0 | stage 2 (CNN + BiConvLSTM) | 2 | 80.0 ± 14.1 | 70.0 - 90.0 |" in text
     assert "| all | stage 1 (CNN) | 3 | 70.0 ± 10.0 |" in text
+    # No ambiguous slice in bce's only case: "-", as from cv_summary.json's null, never "nan".
+    assert "| binary cross-entropy | stage 1 (CNN) | 1 | 50.0 ± 0.0 | 33.3 ± 0.0 | - |" in text
+    assert "nan" not in text
     # strict JSON: NaN written as null
     json.loads((tmp_path / "cv_summary.json").read_text(), parse_constant=pytest.fail)
     png = (tmp_path / "threshold_curves.png").read_bytes()

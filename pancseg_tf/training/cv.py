@@ -563,14 +563,20 @@ def write_summary(out: pathlib.Path) -> dict[str, Any]:
     return summary
 
 
+def _missing(value: Any) -> bool:
+    """None (a statistic read back from JSON) or NaN (`summarize` over no values) alike."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _pct(stats: dict[str, Any] | None) -> str:
-    if not stats or stats.get("mean") is None:
+    if not stats or _missing(stats.get("mean")):
         return "-"
-    return f"{100 * stats['mean']:.1f} ± {100 * (stats.get('std') or 0.0):.1f}"
+    std = stats.get("std")
+    return f"{100 * stats['mean']:.1f} ± {0.0 if _missing(std) else 100 * std:.1f}"
 
 
 def _range(stats: dict[str, Any] | None) -> str:
-    if not stats or stats.get("min") is None:
+    if not stats or _missing(stats.get("min")):
         return "-"
     return f"{100 * stats['min']:.1f} - {100 * stats['max']:.1f}"
 
@@ -616,7 +622,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         for stage, entry in exp["stages"].items():
             o = entry["overall"]
             consistency = o["slice_consistency"]
-            cons = "-" if consistency.get("mean") is None else f"{consistency['mean']:.3f}"
+            cons = "-" if _missing(consistency.get("mean")) else f"{consistency['mean']:.3f}"
             lines.append(
                 f"| {LOSS_TITLES.get(loss, loss)} | {STAGE_TITLES.get(stage, stage)} | "
                 f"{entry['num_cases']} | {_pct(o['dsc'])} | {_pct(o['ji'])} | "
@@ -668,7 +674,8 @@ def plot_threshold_curves(summary: dict[str, Any], path: pathlib.Path) -> None:
 
 
 def _write_json(path: pathlib.Path, data: Any) -> None:
-    """Strict JSON (NaN, e.g. HD95 of an empty mask, written as null), atomically."""
+    """Strict JSON (NaN, e.g. the DSC on ambiguous slices of a case without any, written as
+    null), atomically."""
     from pancseg_tf.evaluation.tables import json_safe
 
     write_text(path, json.dumps(json_safe(data), indent=1, allow_nan=False) + "\n")

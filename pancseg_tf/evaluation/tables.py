@@ -213,7 +213,8 @@ def undefined_notes(metrics: Mapping[str, Mapping[str, object]]) -> list[str]:
     if empty:
         notes.append(
             f"{empty} case(s) with an empty prediction or ground truth are included with the "
-            "worst-case values documented in pancseg_tf.evaluation.metrics."
+            "values documented in pancseg_tf.evaluation.metrics: the worst ones where one mask "
+            "is empty (HD95 and ASSD the volume's diagonal in mm), perfect ones where both are."
         )
     return notes
 

@@ -339,6 +339,7 @@ def test_empty_ground_truth_is_kept_and_its_rvd_reported_undefined(tmp_path):
     assert read_metrics(tmp_path / "out")["empty"]["rvd"] == "nan"
     md = (tmp_path / "out" / "summary.md").read_text(encoding="utf-8")
     assert "RVD (%): 1 case(s) undefined" in md
+    assert "1 case(s) with an empty prediction or ground truth" in md
 
 
 # === Errors for the whole run ===

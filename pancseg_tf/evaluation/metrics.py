@@ -19,7 +19,10 @@ Definitions (P = predicted foreground, G = ground-truth foreground, |.| = voxel 
   distances from P to G are ``distance_transform_edt(~surface_G, sampling=spacing)`` read at
   P's surface voxels, in mm.
 - ``hd95`` = 95th percentile (numpy's default linear interpolation) of the two directed
-  distance arrays pooled together (``np.hstack``), as MedPy's ``hd95``.
+  distance arrays pooled together (``np.hstack``), as MedPy's ``hd95``. MONAI's
+  ``compute_hausdorff_distance(percentile=95)`` takes the larger of the two directed 95th
+  percentiles instead, which differs when the two directions disagree (a small false-positive
+  blob far away moves MONAI's value more): compare numbers across tools with that in mind.
 - ``assd`` = mean of the two directed distance arrays pooled together, i.e. every surface voxel
   of both masks weighs the same (Heimann et al. 2009). This is MedPy >= 0.5's ``assd``; MedPy
   0.4 averaged the two directed means instead, which weighs a small surface as much as a large

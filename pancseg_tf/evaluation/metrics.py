@@ -569,6 +569,7 @@ def evaluate_case(
     *,
     slice_axis: int = 2,
     connectivity: int = 1,
+    voxel_volume_mm3: float | None = None,
 ) -> dict[str, float | int | bool]:
     """Every metric of one case, as one table row.
 
@@ -578,6 +579,10 @@ def evaluate_case(
         spacing: voxel size in mm along ``(I, J, K)`` (``Volume.spacing``).
         slice_axis: the slice axis for ``slice_consistency``.
         connectivity: surface connectivity for the distances, see ``surface_distances``.
+        voxel_volume_mm3: one voxel's volume for the ``*_volume_ml`` columns, ``|det|`` of the
+            affine's 3x3 part; None: the product of ``spacing``, which is the same for
+            orthogonal axes and too large by 1 / cos(tilt) on a gantry-tilted (sheared) grid.
+            The distances always treat the axes as orthogonal, ``spacing`` apart.
 
     Returns:
         A dict with the keys of ``CASE_KEYS``: ``dsc``, ``ji``, ``precision``, ``recall``,
@@ -587,15 +592,21 @@ def evaluate_case(
         and ``pred_empty``, ``gt_empty`` (bools).
 
     Raises:
-        PancsegError: when the shapes differ, a mask is not boolean or integer, or the spacing
-            does not have one positive value per axis.
+        PancsegError: when the shapes differ, a mask is not boolean or integer, the spacing
+            does not have one positive value per axis, or the voxel volume is not positive.
     """
     pred, gt = _masks(pred, gt)
     spacing_mm = _spacing(spacing, pred.ndim)
     tp, n_pred, n_gt = _counts(pred, gt)
     hd95_mm, assd_mm = _distance_metrics(pred, gt, spacing_mm, connectivity)
     consistency = slice_consistency(pred, gt, axis=slice_axis)
-    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+    if voxel_volume_mm3 is None:
+        voxel_volume_mm3 = float(np.prod(spacing_mm))
+    elif not (math.isfinite(voxel_volume_mm3) and voxel_volume_mm3 > 0):
+        raise PancsegError(
+            f"voxel volume {voxel_volume_mm3!r} mm^3 is not valid; expected a positive number"
+        )
+    voxel_ml = float(voxel_volume_mm3) / 1000.0
     return {
         "dsc": _dice(tp, n_pred, n_gt),
         "ji": _jaccard(tp, n_pred, n_gt),

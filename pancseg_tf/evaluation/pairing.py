@@ -35,6 +35,7 @@ __all__ = [
     "pair_cases",
     "read_case",
     "same_grid",
+    "voxel_volume_mm3",
     "without_path",
 ]
 
@@ -308,6 +309,12 @@ def without_path(message: str, *paths: pathlib.Path | None) -> str:
         if path is not None:
             message = message.replace(str(path), path.name)
     return message
+
+
+def voxel_volume_mm3(affine: np.ndarray) -> float:
+    """One voxel's volume in mm^3: ``|det|`` of the affine's 3x3 part (the product of the voxel
+    sizes only when the axes are orthogonal; smaller on a gantry-tilted grid)."""
+    return float(abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])))
 
 
 def axial_axis(affine: np.ndarray) -> int:

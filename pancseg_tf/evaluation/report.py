@@ -74,6 +74,7 @@ from pancseg_tf.evaluation.pairing import (
     find_predictions,
     pair_cases,
     read_case,
+    voxel_volume_mm3,
 )
 from pancseg_tf.evaluation.tables import (
     REPORT_KEYS,
@@ -156,7 +157,9 @@ def _check_output(out: pathlib.Path, *inputs: pathlib.Path) -> None:
             )
 
 
-def _score(masks: CaseMasks) -> tuple[dict[str, object], CaseVolumes, tuple[float, float] | None]:
+def _score(
+    case: str, masks: CaseMasks
+) -> tuple[dict[str, object], CaseVolumes, tuple[float, float] | None]:
     """Scores one case `read_case` read and puts it in display order.
 
     Returns:
@@ -164,7 +167,19 @@ def _score(masks: CaseMasks) -> tuple[dict[str, object], CaseVolumes, tuple[floa
         levels (None when no image is shown).
     """
     grid = masks.label_map
-    row = evaluate_case(masks.pred, masks.gt, grid.spacing, slice_axis=axial_axis(grid.affine))
+    if grid.is_sheared:
+        log.warning(
+            "case %s: the grid is sheared (gantry tilt?); HD95 and ASSD treat its axes as "
+            "orthogonal and are approximate, volumes use the true voxel volume",
+            case,
+        )
+    row = evaluate_case(
+        masks.pred,
+        masks.gt,
+        grid.spacing,
+        slice_axis=axial_axis(grid.affine),
+        voxel_volume_mm3=voxel_volume_mm3(grid.affine),
+    )
     volume = canonical_case(masks.gt, masks.pred, masks.image, grid)
     window = (
         display_window(volume.image, masks.modality or "ct") if masks.image is not None else None
@@ -187,8 +202,9 @@ def evaluate_predictions(
     probability maps are ignored) goes with ``GT/<case>.nii.gz`` (or ``.nii``) when ``gt`` is a
     folder of label files, or with the cohort case of that id when ``gt`` is a cohort. A
     prediction must lie on its truth's grid (same shape, corners within `GRID_TOLERANCE_MM`) and
-    hold only 0 and 1. Distances use the truth's voxel spacing; slice consistency runs along the
-    voxel axis closest to the body's long axis.
+    hold only 0 and 1. Distances use the truth's voxel spacing, volumes its voxel volume (|det| of
+    the affine, right on a gantry-tilted grid too); slice consistency runs along the voxel axis
+    closest to the body's long axis.
 
     Args:
         pred: folder of predicted masks, each ``(I, J, K)`` uint8 {0, 1} on its truth's grid.
@@ -254,7 +270,7 @@ def evaluate_predictions(
         case_started = time.perf_counter()
         try:
             masks = read_case(case, predictions[case], truths[case], image_files, gt_labels)
-            row, volume, window = _score(masks)
+            row, volume, window = _score(case, masks)
         except PancsegError as error:
             failed.append({"case": case, "reason": str(error)})
             log.warning("[%d/%d] case %s failed: %s", number, len(paired), case, error)

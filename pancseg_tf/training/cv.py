@@ -471,7 +471,7 @@ def segment_and_score(
         ``{"cases": [row, ...], "summary": summarize(...)}``.
     """
     from pancseg_tf.evaluation.metrics import dice, evaluate_case, summarize
-    from pancseg_tf.evaluation.pairing import axial_axis
+    from pancseg_tf.evaluation.pairing import axial_axis, voxel_volume_mm3
     from pancseg_tf.inference import Segmenter, load_model, postprocess_mask
     from pancseg_tf.io import write_nifti
     from pancseg_tf.preprocessing.labels import map_labels
@@ -493,7 +493,15 @@ def segment_and_score(
         write_nifti(result.mask, volume, pred_dir / f"{case.case_id}.nii.gz", dtype="uint8")
         row: dict[str, Any] = {"case": case.case_id}
         axis = axial_axis(volume.affine)
-        row.update(evaluate_case(result.mask, truth, volume.spacing, slice_axis=axis))
+        row.update(
+            evaluate_case(
+                result.mask,
+                truth,
+                volume.spacing,
+                slice_axis=axis,
+                voxel_volume_mm3=voxel_volume_mm3(volume.affine),
+            )
+        )
         # The synthetic cohort's ambiguous slices index the image's third voxel axis.
         slices = ambiguous.get(case.case_id, [])
         row["dsc_ambiguous"] = (

@@ -155,6 +155,22 @@ def test_distances_use_the_ground_truths_spacing(tmp_path):
     assert float(rows["coarse"]["hd95_mm"]) == pytest.approx(3.0)
 
 
+def test_volumes_of_a_gantry_tilted_grid_use_the_voxels_true_volume(tmp_path):
+    # A CT tilted 20 degrees about i: the k axis leans towards j, so a voxel is a parallelepiped
+    # of 0.8 x 0.8 x 2.5 mm sides and 0.8 * 0.8 * 2.5 * cos(20 deg) mm^3, not their product.
+    tilt = np.deg2rad(20.0)
+    affine = np.eye(4)
+    affine[:3, :3] = [[0.8, 0, 0], [0, 0.8, 2.5 * np.sin(tilt)], [0, 0, 2.5 * np.cos(tilt)]]
+    save(tmp_path / "gt" / "tilted.nii.gz", box(), affine)
+    save(tmp_path / "pred" / "tilted.nii.gz", box(), affine)
+    evaluate_predictions(tmp_path / "pred", tmp_path / "gt", tmp_path / "out")
+
+    row = read_metrics(tmp_path / "out")["tilted"]
+    voxel_mm3 = 0.8 * 0.8 * 2.5 * np.cos(tilt)
+    assert float(row["gt_volume_ml"]) == pytest.approx(64 * voxel_mm3 / 1000)
+    assert float(row["pred_volume_ml"]) == pytest.approx(64 * voxel_mm3 / 1000)
+
+
 # === Pairing ===
 
 

@@ -34,6 +34,10 @@ PathLike = str | os.PathLike
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
+# A qform and an sform whose voxel centres lie closer than this (float32 rounding of the
+# quaternion) are the same grid.
+FORMS_AGREE_MM = 1e-2
+
 # NIfTI-1 spatial unit codes (xyzt_units & 0x07) -> `Volume.spatial_unit`.
 _SPATIAL_UNITS = {1: "meter", 2: "mm", 3: "micron"}
 
@@ -162,6 +166,11 @@ def read_nifti(path: PathLike, *, modality: str = "ct") -> Volume:
             affine[:3] *= MM_PER_UNIT[spatial_unit]
             qform_code = int(img.header["qform_code"])
             sform_code = int(img.header["sform_code"])
+            qform = None
+            if qform_code > 0 and sform_code > 0:
+                qform = _stored_qform(img)
+                if qform is not None:
+                    qform[:3] *= MM_PER_UNIT[spatial_unit]
         except MemoryError:
             size = np.prod(img.shape, dtype=np.float64) * img.get_data_dtype().itemsize
             raise PancsegError(
@@ -185,6 +194,7 @@ def read_nifti(path: PathLike, *, modality: str = "ct") -> Volume:
                 f"({nan} NaN, {int(bad.sum()) - nan} Inf); expected finite intensities"
             )
     check_affine(affine, path)
+    qform = _other_qform(path, qform, affine, array.shape)
     if qform_code == 0 and sform_code == 0:
         log.warning(
             "%s has neither a qform nor an sform (both codes 0): its orientation is unknown; "
@@ -200,7 +210,53 @@ def read_nifti(path: PathLike, *, modality: str = "ct") -> Volume:
         qform_code=qform_code,
         sform_code=sform_code,
         spatial_unit=spatial_unit,
+        qform=qform,
     )
+
+
+def _stored_qform(img) -> np.ndarray | None:
+    """The header's qform as a float64 affine, or None when it is not a usable grid (an invalid
+    quaternion, a zero or non-finite voxel size): the sform alone then places the voxels."""
+    try:
+        qform = np.array(img.get_qform(), dtype=np.float64)
+    except (ValueError, ArithmeticError):  # nibabel: "w2 should be positive"
+        return None
+    if not np.all(np.isfinite(qform)):
+        return None
+    try:
+        check_affine(qform, "qform")
+    except PancsegError:
+        return None
+    return qform
+
+
+def _other_qform(
+    path: pathlib.Path, qform: np.ndarray | None, sform: np.ndarray, shape: tuple[int, ...]
+) -> np.ndarray | None:
+    """The qform when it places the voxels elsewhere than the sform, else None.
+
+    nibabel and FSL take the sform; ITK (so 3D Slicer) takes the qform when the sform code is
+    not 1 (scanner) and the two differ. The volume uses the sform and says so; the qform is
+    kept for `write_nifti` to write back, so each reader puts the output where it puts the
+    input.
+    """
+    if qform is None:
+        return None
+    ni, nj, nk = (n - 1 for n in shape[:3])
+    corners = np.array(
+        [[i, j, k, 1.0] for i in (0, ni) for j in (0, nj) for k in (0, nk)], dtype=np.float64
+    )
+    gap = float(np.abs(corners @ (qform - sform).T)[:, :3].max())
+    if gap <= FORMS_AGREE_MM:
+        return None
+    log.warning(
+        "%s: its qform and sform disagree (voxels up to %.3g mm apart); using the sform, as "
+        "nibabel and FSL do (ITK-based tools such as 3D Slicer may use the qform); outputs "
+        "keep both",
+        path,
+        gap,
+    )
+    return qform
 
 
 def _squeezed_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -340,12 +396,18 @@ def write_nifti(
         raise PancsegError(f"cannot write {path}: it is a folder")
     data = _writable_array(array, dtype)
 
+    per_mm = 1.0 / MM_PER_UNIT[reference.spatial_unit]  # mm -> the input file's own unit
     affine = reference.affine.copy()
-    affine[:3] /= MM_PER_UNIT[reference.spatial_unit]  # mm -> the input file's own unit
+    affine[:3] *= per_mm
     img = nib.Nifti1Image(data, affine)
     img.header.set_data_dtype(data.dtype)
     img.header.set_xyzt_units(reference.spatial_unit, "sec")
-    if reference.is_sheared or reference.qform_code == 0:
+    if reference.qform is not None and reference.qform_code > 0:
+        qform = reference.qform.copy()
+        qform[:3] *= per_mm
+        img.set_qform(qform, code=reference.qform_code)
+        img.set_sform(affine, code=reference.sform_code)
+    elif reference.is_sheared or reference.qform_code == 0:
         sform_code = reference.sform_code
         if reference.is_sheared and sform_code == 0:
             sform_code = 1

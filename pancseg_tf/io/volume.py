@@ -37,6 +37,10 @@ class Volume:
             `MM_PER_UNIT` (``"mm"`` also for a file that names none). ``affine`` is in mm
             whatever it is; a writer stores the affine back in this unit, so that an output
             lands on the file's grid in readers that apply the unit and in those that ignore it.
+        qform: a NIfTI file's own qform (4x4, mm), kept only where both codes are set and it
+            places the voxels elsewhere than ``affine`` (the sform): readers disagree on such a
+            file (ITK may take the qform), so a writer stores both back as they were. None
+            otherwise. It belongs to this grid: a volume with another affine has none.
     """
 
     array: np.ndarray
@@ -46,9 +50,12 @@ class Volume:
     qform_code: int = 1
     sform_code: int = 1
     spatial_unit: str = "mm"
+    qform: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.affine = np.asarray(self.affine, dtype=np.float64)
+        if self.qform is not None:
+            self.qform = np.asarray(self.qform, dtype=np.float64)
         if self.affine.shape != (4, 4):
             raise ValueError(f"affine must be 4x4, got shape {self.affine.shape}")
         if self.modality not in MODALITIES:

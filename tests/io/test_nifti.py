@@ -270,6 +270,38 @@ def test_undefined_spatial_unit_code_is_read_as_mm(tmp_path):
     assert volume.spacing == pytest.approx((0.7, 0.8, 2.5))
 
 
+def test_disagreeing_qform_and_sform_are_both_written_back(tmp_path, ts_ct_path, caplog):
+    """qform (code 1) and sform (code 2) that place the voxels differently.
+
+    Readers disagree on such a file: nibabel and FSL take the sform, ITK (and so 3D Slicer) the
+    qform when the sform code is not 1 and the two differ. The reader uses the sform and says
+    so; the mask keeps both, each with its code, so every reader puts it where it puts the CT.
+    """
+    ct = nib.load(ts_ct_path)
+    sform = ct.affine.copy()
+    turn = np.eye(4)
+    turn[:2, :2] = [[np.cos(0.2), -np.sin(0.2)], [np.sin(0.2), np.cos(0.2)]]
+    qform = turn @ sform
+    img = nib.Nifti1Image(np.asarray(ct.dataobj), sform)
+    img.set_qform(qform, code=1)
+    img.set_sform(sform, code=2)
+    source = tmp_path / "two_forms.nii.gz"
+    img.to_filename(str(source))
+
+    with caplog.at_level("WARNING", logger="pancseg_tf.io"):
+        volume = read_nifti(source)
+    out = write_nifti((volume.array > 0).astype(np.uint8), volume, tmp_path / "mask.nii.gz")
+
+    np.testing.assert_allclose(volume.affine, sform, atol=1e-4)
+    assert "qform and sform disagree" in caplog.text
+    header = nib.load(out).header
+    written_qform, qform_code = header.get_qform(coded=True)
+    written_sform, sform_code = header.get_sform(coded=True)
+    assert (qform_code, sform_code) == (1, 2)
+    np.testing.assert_allclose(written_qform, qform, atol=1e-4)
+    np.testing.assert_allclose(written_sform, sform, atol=1e-4)
+
+
 def test_probabilities_round_trip_float32_uncompressed(tmp_path):
     reference = Volume(np.zeros((3, 4, 5), np.int16), np.diag([0.7, 0.8, 2.5, 1.0]))
     probabilities = np.random.default_rng(0).random((3, 4, 5)).astype(np.float32)

@@ -19,7 +19,13 @@ import numpy as np
 
 from pancseg_tf.atomic import fsync_file, fsync_folder, replacing
 from pancseg_tf.errors import PancsegError
-from pancseg_tf.io.volume import MODALITIES, Volume, check_affine, rescale_to_intensity
+from pancseg_tf.io.volume import (
+    MM_PER_UNIT,
+    MODALITIES,
+    Volume,
+    check_affine,
+    rescale_to_intensity,
+)
 from pancseg_tf.messages import exception_text
 
 log = logging.getLogger("pancseg_tf.io")
@@ -27,6 +33,13 @@ log = logging.getLogger("pancseg_tf.io")
 PathLike = str | os.PathLike
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+# A qform and an sform whose voxel centres lie closer than this (float32 rounding of the
+# quaternion) are the same grid.
+FORMS_AGREE_MM = 1e-2
+
+# NIfTI-1 spatial unit codes (xyzt_units & 0x07) -> `Volume.spatial_unit`.
+_SPATIAL_UNITS = {1: "meter", 2: "mm", 3: "micron"}
 
 
 # === Reading ===
@@ -85,6 +98,10 @@ def read_nifti(path: PathLike, *, modality: str = "ct") -> Volume:
     float32 otherwise. A slope of 0, NaN or Inf means no scaling (the NIfTI standard's rule). A
     4D or 5D image whose trailing axes are all 1 is squeezed to 3D.
 
+    Units: the affine is returned in mm. A file whose ``xyzt_units`` say metres or
+    micrometres is scaled to mm, as ITK and 3D Slicer read it, and its unit is kept in the
+    `Volume` (``spatial_unit``) so that `write_nifti` writes outputs back in it.
+
     Voxel sizes: where the affine is built from ``pixdim`` (from the qform, or from no
     orientation at all when both codes are 0), ``pixdim[1:4]`` must be finite and positive.
     Tools disagree on other values (nibabel takes the absolute value of a negative size and 1
@@ -98,7 +115,7 @@ def read_nifti(path: PathLike, *, modality: str = "ct") -> Volume:
 
     Returns:
         `Volume` with array ``(I, J, K)`` in file order, nibabel's affine (sform if its code is
-        positive, else qform), and the header's qform / sform codes.
+        positive, else qform) in mm, the header's qform / sform codes and its spatial unit.
 
     Raises:
         PancsegError: missing, unreadable, truncated or non-NIfTI file; an image that is not 3D
@@ -142,8 +159,18 @@ def read_nifti(path: PathLike, *, modality: str = "ct") -> Volume:
                 rescale_to_intensity(raw, float(proxy.slope), float(proxy.inter)) if scaled else raw
             )
             affine = np.array(img.affine, dtype=np.float64)
+            # Bits 0-2 of xyzt_units; unknown (0) or an undefined code is read as mm, as
+            # ITK and nifti1_io do (nibabel's get_xyzt_units raises on an undefined code).
+            spatial_unit = _SPATIAL_UNITS.get(int(img.header["xyzt_units"]) & 0x07, "mm")
+            # Metres or micrometres -> mm, as readers that apply the unit do.
+            affine[:3] *= MM_PER_UNIT[spatial_unit]
             qform_code = int(img.header["qform_code"])
             sform_code = int(img.header["sform_code"])
+            qform = None
+            if qform_code > 0 and sform_code > 0:
+                qform = _stored_qform(img)
+                if qform is not None:
+                    qform[:3] *= MM_PER_UNIT[spatial_unit]
         except MemoryError:
             size = np.prod(img.shape, dtype=np.float64) * img.get_data_dtype().itemsize
             raise PancsegError(
@@ -167,6 +194,7 @@ def read_nifti(path: PathLike, *, modality: str = "ct") -> Volume:
                 f"({nan} NaN, {int(bad.sum()) - nan} Inf); expected finite intensities"
             )
     check_affine(affine, path)
+    qform = _other_qform(path, qform, affine, array.shape)
     if qform_code == 0 and sform_code == 0:
         log.warning(
             "%s has neither a qform nor an sform (both codes 0): its orientation is unknown; "
@@ -181,7 +209,54 @@ def read_nifti(path: PathLike, *, modality: str = "ct") -> Volume:
         source=str(path),
         qform_code=qform_code,
         sform_code=sform_code,
+        spatial_unit=spatial_unit,
+        qform=qform,
     )
+
+
+def _stored_qform(img) -> np.ndarray | None:
+    """The header's qform as a float64 affine, or None when it is not a usable grid (an invalid
+    quaternion, a zero or non-finite voxel size): the sform alone then places the voxels."""
+    try:
+        qform = np.array(img.get_qform(), dtype=np.float64)
+    except (ValueError, ArithmeticError):  # nibabel: "w2 should be positive"
+        return None
+    if not np.all(np.isfinite(qform)):
+        return None
+    try:
+        check_affine(qform, "qform")
+    except PancsegError:
+        return None
+    return qform
+
+
+def _other_qform(
+    path: pathlib.Path, qform: np.ndarray | None, sform: np.ndarray, shape: tuple[int, ...]
+) -> np.ndarray | None:
+    """The qform when it places the voxels elsewhere than the sform, else None.
+
+    nibabel and FSL take the sform; ITK (so 3D Slicer) takes the qform when the sform code is
+    not 1 (scanner) and the two differ. The volume uses the sform and says so; the qform is
+    kept for `write_nifti` to write back, so each reader puts the output where it puts the
+    input.
+    """
+    if qform is None:
+        return None
+    ni, nj, nk = (n - 1 for n in shape[:3])
+    corners = np.array(
+        [[i, j, k, 1.0] for i in (0, ni) for j in (0, nj) for k in (0, nk)], dtype=np.float64
+    )
+    gap = float(np.abs(corners @ (qform - sform).T)[:, :3].max())
+    if gap <= FORMS_AGREE_MM:
+        return None
+    log.warning(
+        "%s: its qform and sform disagree (voxels up to %.3g mm apart); using the sform, as "
+        "nibabel and FSL do (ITK-based tools such as 3D Slicer may use the qform); outputs "
+        "keep both",
+        path,
+        gap,
+    )
+    return qform
 
 
 def _squeezed_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -277,9 +352,11 @@ def write_nifti(
 ) -> pathlib.Path:
     """Write ``array`` as NIfTI on the grid of ``reference``, atomically.
 
-    The file gets the reference's affine and qform / sform codes. A sheared affine (gantry tilt)
+    The file gets the reference's affine and qform / sform codes, in the reference's spatial
+    unit (``spatial_unit``: mm, or the metres or micrometres of the file it was read from, the
+    affine converted back to that unit). A sheared affine (gantry tilt)
     or a reference without a qform is written as sform alone, because a qform cannot hold shear.
-    The header carries geometry, dtype and units (mm) only; ``descrip``, ``db_name`` and
+    The header carries geometry, dtype and units only; ``descrip``, ``db_name`` and
     ``aux_file`` stay empty. Data go to a hidden temporary file in the destination folder,
     which is flushed to disk and then renamed over ``path``: a failed write never leaves a
     partial file under the final name.
@@ -319,11 +396,18 @@ def write_nifti(
         raise PancsegError(f"cannot write {path}: it is a folder")
     data = _writable_array(array, dtype)
 
-    affine = reference.affine
+    per_mm = 1.0 / MM_PER_UNIT[reference.spatial_unit]  # mm -> the input file's own unit
+    affine = reference.affine.copy()
+    affine[:3] *= per_mm
     img = nib.Nifti1Image(data, affine)
     img.header.set_data_dtype(data.dtype)
-    img.header.set_xyzt_units("mm", "sec")
-    if reference.is_sheared or reference.qform_code == 0:
+    img.header.set_xyzt_units(reference.spatial_unit, "sec")
+    if reference.qform is not None and reference.qform_code > 0:
+        qform = reference.qform.copy()
+        qform[:3] *= per_mm
+        img.set_qform(qform, code=reference.qform_code)
+        img.set_sform(affine, code=reference.sform_code)
+    elif reference.is_sheared or reference.qform_code == 0:
         sform_code = reference.sform_code
         if reference.is_sheared and sform_code == 0:
             sform_code = 1

@@ -13,6 +13,10 @@ from pancseg_tf.errors import PancsegError
 
 MODALITIES = ("ct", "mri")
 
+#: Millimetres per NIfTI spatial unit (``xyzt_units``): a file in metres or micrometres holds its
+#: affine in that unit, and readers that honour the unit (ITK, SimpleITK, 3D Slicer) scale it.
+MM_PER_UNIT = {"mm": 1.0, "meter": 1000.0, "micron": 0.001}
+
 
 @dataclasses.dataclass
 class Volume:
@@ -29,6 +33,14 @@ class Volume:
         qform_code: NIfTI qform code to write back (0 = unset). Readers of non-NIfTI input use 1
             (scanner) and ``sform_code`` 1 as well.
         sform_code: NIfTI sform code to write back.
+        spatial_unit: the NIfTI spatial unit of the file the volume came from, one of
+            `MM_PER_UNIT` (``"mm"`` also for a file that names none). ``affine`` is in mm
+            whatever it is; a writer stores the affine back in this unit, so that an output
+            lands on the file's grid in readers that apply the unit and in those that ignore it.
+        qform: a NIfTI file's own qform (4x4, mm), kept only where both codes are set and it
+            places the voxels elsewhere than ``affine`` (the sform): readers disagree on such a
+            file (ITK may take the qform), so a writer stores both back as they were. None
+            otherwise. It belongs to this grid: a volume with another affine has none.
     """
 
     array: np.ndarray
@@ -37,13 +49,21 @@ class Volume:
     source: str = ""
     qform_code: int = 1
     sform_code: int = 1
+    spatial_unit: str = "mm"
+    qform: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.affine = np.asarray(self.affine, dtype=np.float64)
+        if self.qform is not None:
+            self.qform = np.asarray(self.qform, dtype=np.float64)
         if self.affine.shape != (4, 4):
             raise ValueError(f"affine must be 4x4, got shape {self.affine.shape}")
         if self.modality not in MODALITIES:
             raise ValueError(f"modality must be one of {MODALITIES}, got {self.modality!r}")
+        if self.spatial_unit not in MM_PER_UNIT:
+            raise ValueError(
+                f"spatial_unit must be one of {tuple(MM_PER_UNIT)}, got {self.spatial_unit!r}"
+            )
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -230,6 +230,78 @@ def test_mask_round_trip_keeps_grid_and_codes(tmp_path, ts_ct_path, ts_labels_pa
     assert header.get_xyzt_units()[0] == "mm"
 
 
+@pytest.mark.parametrize(("unit", "per_mm"), [("meter", 1e-3), ("micron", 1e3)])
+def test_spatial_unit_other_than_mm(tmp_path, ts_ct_path, unit, per_mm):
+    """A file whose xyzt_units say metres or micrometres holds its affine in that unit.
+
+    Readers that apply the unit (ITK, SimpleITK, 3D Slicer) scale it to mm; the volume must be in
+    mm too (3 mm voxels, not 0.003 or 3000), and its mask must be written in the file's own unit
+    and numbers, so that every reader, with or without the unit, puts it on the input's grid.
+    """
+    ct = nib.load(ts_ct_path)
+    affine = ct.affine.copy()
+    affine[:3] *= per_mm
+    img = nib.Nifti1Image(np.asarray(ct.dataobj), affine)
+    img.header.set_xyzt_units(unit, "sec")
+    source = tmp_path / f"ct_{unit}.nii.gz"
+    img.to_filename(str(source))
+
+    volume = read_nifti(source)
+
+    assert volume.spacing == pytest.approx((3.0, 3.0, 3.0))
+    np.testing.assert_allclose(volume.affine, ct.affine, atol=1e-4)
+
+    out = write_nifti((volume.array > 0).astype(np.uint8), volume, tmp_path / "mask.nii.gz")
+
+    written = nib.load(out)
+    assert written.header.get_xyzt_units()[0] == unit
+    np.testing.assert_allclose(written.affine, affine, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(read_nifti(out).affine, ct.affine, atol=1e-4)
+
+
+def test_undefined_spatial_unit_code_is_read_as_mm(tmp_path):
+    img = nib.Nifti1Image(np.zeros((2, 3, 4), np.int16), np.diag([0.7, 0.8, 2.5, 1.0]))
+    img.header["xyzt_units"] = 5  # bits 0-2 = 5: no NIfTI spatial unit
+    img.to_filename(str(tmp_path / "odd_unit.nii"))
+
+    volume = read_nifti(tmp_path / "odd_unit.nii")
+
+    assert volume.spatial_unit == "mm"
+    assert volume.spacing == pytest.approx((0.7, 0.8, 2.5))
+
+
+def test_disagreeing_qform_and_sform_are_both_written_back(tmp_path, ts_ct_path, caplog):
+    """qform (code 1) and sform (code 2) that place the voxels differently.
+
+    Readers disagree on such a file: nibabel and FSL take the sform, ITK (and so 3D Slicer) the
+    qform when the sform code is not 1 and the two differ. The reader uses the sform and says
+    so; the mask keeps both, each with its code, so every reader puts it where it puts the CT.
+    """
+    ct = nib.load(ts_ct_path)
+    sform = ct.affine.copy()
+    turn = np.eye(4)
+    turn[:2, :2] = [[np.cos(0.2), -np.sin(0.2)], [np.sin(0.2), np.cos(0.2)]]
+    qform = turn @ sform
+    img = nib.Nifti1Image(np.asarray(ct.dataobj), sform)
+    img.set_qform(qform, code=1)
+    img.set_sform(sform, code=2)
+    source = tmp_path / "two_forms.nii.gz"
+    img.to_filename(str(source))
+
+    with caplog.at_level("WARNING", logger="pancseg_tf.io"):
+        volume = read_nifti(source)
+    out = write_nifti((volume.array > 0).astype(np.uint8), volume, tmp_path / "mask.nii.gz")
+
+    np.testing.assert_allclose(volume.affine, sform, atol=1e-4)
+    assert "qform and sform disagree" in caplog.text
+    header = nib.load(out).header
+    written_qform, qform_code = header.get_qform(coded=True)
+    written_sform, sform_code = header.get_sform(coded=True)
+    assert (qform_code, sform_code) == (1, 2)
+    np.testing.assert_allclose(written_qform, qform, atol=1e-4)
+    np.testing.assert_allclose(written_sform, sform, atol=1e-4)
+
+
 def test_probabilities_round_trip_float32_uncompressed(tmp_path):
     reference = Volume(np.zeros((3, 4, 5), np.int16), np.diag([0.7, 0.8, 2.5, 1.0]))
     probabilities = np.random.default_rng(0).random((3, 4, 5)).astype(np.float32)

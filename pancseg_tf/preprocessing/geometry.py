@@ -197,10 +197,16 @@ def to_canonical(volume: Volume) -> tuple[Volume, Reorientation]:
         ``reorientation.inverse`` puts any canonical-grid array back on the original grid.
     """
     reorientation = reorientation_for(volume.shape, volume.affine)
+    # A NIfTI file's own qform, kept where it disagrees with the sform, moves with the axes too:
+    # a writer given the canonical volume must not store the original grid's qform.
+    qform = volume.qform
+    if qform is not None:
+        qform = qform @ nio.inv_ornt_aff(reorientation.ornt, reorientation.original_shape)
     canonical = dataclasses.replace(
         volume,
         array=reorientation.apply(volume.array),
         affine=reorientation.canonical_affine,
+        qform=qform,
     )
     return canonical, reorientation
 

@@ -13,6 +13,7 @@ import pytest
 
 from pancseg_tf.errors import PancsegError
 from pancseg_tf.io import Volume, read_nifti, read_volume, write_nifti, write_volume
+from pancseg_tf.preprocessing import to_canonical
 
 # A gantry tilt of about 14 degrees: the slice axis leans 0.5 mm in y per 2 mm in z.
 SHEARED_AFFINE = np.array(
@@ -278,11 +279,14 @@ def test_disagreeing_qform_and_sform_are_both_written_back(tmp_path, ts_ct_path,
     so; the mask keeps both, each with its code, so every reader puts it where it puts the CT.
     """
     ct = nib.load(ts_ct_path)
-    sform = ct.affine.copy()
+    # Stored with its first axis running right to left (not canonical RAS), as many scans are.
+    flip = np.diag([-1.0, 1.0, 1.0, 1.0])
+    flip[0, 3] = ct.shape[0] - 1
+    sform = ct.affine @ flip
     turn = np.eye(4)
     turn[:2, :2] = [[np.cos(0.2), -np.sin(0.2)], [np.sin(0.2), np.cos(0.2)]]
     qform = turn @ sform
-    img = nib.Nifti1Image(np.asarray(ct.dataobj), sform)
+    img = nib.Nifti1Image(np.asarray(ct.dataobj)[::-1], sform)
     img.set_qform(qform, code=1)
     img.set_sform(sform, code=2)
     source = tmp_path / "two_forms.nii.gz"
@@ -300,6 +304,17 @@ def test_disagreeing_qform_and_sform_are_both_written_back(tmp_path, ts_ct_path,
     assert (qform_code, sform_code) == (1, 2)
     np.testing.assert_allclose(written_qform, qform, atol=1e-4)
     np.testing.assert_allclose(written_sform, sform, atol=1e-4)
+
+    # The canonical volume's qform moves with its axes: a mask written on it keeps each form
+    # on the same world positions (the original qform would put it elsewhere in ITK).
+    canonical, _ = to_canonical(volume)
+    out = write_nifti((canonical.array > 0).astype(np.uint8), canonical, tmp_path / "canon.nii")
+    back = nib.load(out)
+    ijk = np.array([[0, 0, 0, 1], [10, 20, 5, 1]], float).T
+    original_ijk = np.linalg.solve(volume.affine, canonical.affine) @ ijk  # canonical -> original
+    assert not np.allclose(original_ijk, ijk)  # the test CT is not stored canonical
+    np.testing.assert_allclose(back.header.get_qform() @ ijk, qform @ original_ijk, atol=1e-3)
+    np.testing.assert_allclose(back.header.get_sform() @ ijk, sform @ original_ijk, atol=1e-3)
 
 
 def test_probabilities_round_trip_float32_uncompressed(tmp_path):

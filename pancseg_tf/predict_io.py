@@ -214,6 +214,65 @@ def output_names(case: str, *, probabilities: bool = False, dicom_seg: bool = Fa
     return names
 
 
+def _input_paths(name: str, source: object) -> list[tuple[pathlib.Path, str]]:
+    """A case's local input files or series folders, each with how a message may name it: a
+    path as typed, but a cohort's found files by case only (their folders may name a patient
+    or a date). Remote sources have none."""
+    if isinstance(source, str | pathlib.Path):
+        found = [(source, str(source))]
+    elif hasattr(source, "image"):
+        found = [
+            (getattr(source, part), f"case {name}'s {part}")
+            for part in ("image", "label")
+            if getattr(source, part, None) is not None
+        ]
+    else:
+        found = []
+    return [(pathlib.Path(str(p)), shown) for p, shown in found if "://" not in str(p)]
+
+
+def check_outputs_spare_inputs(
+    items: list[tuple[str, object]],
+    out: object,
+    *,
+    probabilities: bool = False,
+    dicom_seg: bool = False,
+) -> None:
+    """Refuses, before any work, a run whose outputs would overwrite one of its inputs.
+
+    `write_nifti` protects the case it writes; this also covers the other cases' inputs (with
+    ``-o`` on an input's folder, case ``a``'s ``a_prob.nii.gz`` can be another input, read only
+    after it was overwritten) and every cohort label, and refuses an output folder in a DICOM
+    series folder (files added to an input series). Remote inputs and outputs (``gs://``) are
+    not checked here.
+
+    Raises:
+        PancsegError: one line naming the output and the input it would replace.
+    """
+    if "://" in str(out):
+        return
+    out_dir = pathlib.Path(str(out)).resolve()
+    files: dict[pathlib.Path, str] = {}
+    for name, source in items:
+        for path, shown in _input_paths(name, source):
+            where = path.resolve()
+            if path.is_dir() and (out_dir == where or where in out_dir.parents):
+                raise PancsegError(
+                    f"the output folder is inside the input DICOM series folder {shown}: "
+                    "choose another output folder"
+                )
+            if path.is_file():
+                files[where] = shown
+    for name, _ in items:
+        for output in output_names(name, probabilities=probabilities, dicom_seg=dicom_seg):
+            shown = files.get((out_dir / output).resolve())
+            if shown is not None:
+                raise PancsegError(
+                    f"the output {output} would overwrite the input {shown}: choose another "
+                    "output folder"
+                )
+
+
 def written_summary(written: int, cases: int, out: object, *, dicom_seg: bool = False) -> str:
     """The line a predict run ends with, in-process or on Beam: how many of its cases were
     written, and as what (``mask(s)``, or ``DICOM SEG(s)`` with ``--output-format dicom-seg``)."""

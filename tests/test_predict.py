@@ -180,3 +180,57 @@ def test_an_internal_error_is_one_short_line():
     assert "\n" not in line and line.startswith("pancseg: error: internal error: ")
     assert len(line) < INTERNAL_MESSAGE_CHARS + 120
     assert "--debug" in line
+
+
+def _tree(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("runner", [None, "DirectRunner"])
+def test_outputs_never_replace_another_cases_input(
+    tiny_run, ts_ct_path, ts_dicom_dir, tmp_path, runner
+):
+    """Before any work, a run whose outputs would land on one of its inputs is refused: case
+    a's ``a_prob.nii.gz`` over the input of case a_prob (read only after it), a manifest's
+    label named like its mask, and an output folder inside a DICOM series folder."""
+    flags = [] if runner is None else ["--runner", runner]
+    for folder in ("one", "two", "labels"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "one" / "a.nii.gz").write_bytes(ts_ct_path.read_bytes())
+    (tmp_path / "two" / "a_prob.nii.gz").write_bytes(ts_ct_path.read_bytes())
+    (tmp_path / "labels" / "ct.nii.gz").write_bytes(ts_ct_path.read_bytes())
+    (tmp_path / "manifest.csv").write_text(
+        "case_id,image,label\nct,one/a.nii.gz,labels/ct.nii.gz\n"
+    )
+    series = tmp_path / "series"
+    series.mkdir()
+    for f in sorted(ts_dicom_dir.iterdir())[:3]:
+        (series / f.name).write_bytes(f.read_bytes())
+    before = _tree(tmp_path)
+
+    cases = [
+        (
+            ["one/a.nii.gz", "two/a_prob.nii.gz", "-o", "two", "--probabilities"],
+            "the output a_prob.nii.gz would overwrite the input a_prob.nii.gz",
+        ),
+        (
+            ["manifest.csv", "-o", "labels"],
+            "the output ct.nii.gz would overwrite the input case ct's label",
+        ),
+        (
+            ["series", "-o", "series/masks"],
+            "the output folder is inside the input DICOM series folder series",
+        ),
+    ]
+    for args, said in cases:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pancseg_tf.cli", "predict", str(tiny_run), *args, *flags],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=900,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip() == f"pancseg: error: {said}: choose another output folder"
+    assert _tree(tmp_path) == before  # nothing written, nothing replaced
+    assert not (tmp_path / "series" / "masks").exists()

@@ -124,6 +124,7 @@ def predict_with_beam(args: argparse.Namespace) -> int:
     from pancseg_tf.beam.pipeline import SUMMARY_NAME, CaseTask, build_pipeline
     from pancseg_tf.predict_io import (
         check_dicom_seg_inputs,
+        check_outputs_spare_inputs,
         segmenter_options_from_args,
         written_summary,
     )
@@ -138,6 +139,12 @@ def predict_with_beam(args: argparse.Namespace) -> int:
         # Here, before the model is looked at or a worker starts; each worker reads its series'
         # headers from the series itself (ReadCase), nothing of them is shipped from here.
         check_dicom_seg_inputs([(task.case_id, task.source) for task in tasks])
+    check_outputs_spare_inputs(
+        [(task.case_id, task.source) for task in tasks],
+        args.output,
+        probabilities=args.probabilities,
+        dicom_seg=dicom_seg,
+    )
     model = _check_model(args.model)
     out = str(args.output)
     if not files.is_remote(out):

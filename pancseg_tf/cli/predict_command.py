@@ -32,6 +32,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from pancseg_tf.io.cohorts import check_case_id
     from pancseg_tf.predict_io import (
         check_dicom_seg_inputs,
+        check_outputs_spare_inputs,
         hide_found_paths,
         load_case_volume,
         load_dicom_case,
@@ -55,6 +56,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise PancsegError("no input volumes found")
     if dicom_seg:
         check_dicom_seg_inputs(items)
+    check_outputs_spare_inputs(
+        items, args.output, probabilities=args.probabilities, dicom_seg=dicom_seg
+    )
     options = segmenter_options_from_args(args)
     import_tensorflow_quietly()
     from pancseg_tf.inference import Segmenter

@@ -93,22 +93,18 @@ def _model_body_box(plan: Any) -> list[int]:
     return out
 
 
-def _check_same_grid(image: Any, label_affine: np.ndarray) -> None:
+def _check_same_grid(image: Any, label: Any) -> None:
     """Raises when the label's voxels are not where the image's are (by half a voxel or more).
 
     A label on another grid would teach the model the wrong voxels; an affine that differs only
-    by float rounding (NIfTI stores float32) passes.
+    by float rounding (NIfTI stores float32, another tool may round otherwise) passes. The rule
+    is `pancseg_tf.io.grid.label_grid_problem`, the one ``pancseg evaluate`` applies too.
     """
-    corners = np.array(
-        [[i, j, k, 1.0] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=np.float64
-    )
-    corners[:, :3] *= np.asarray(image.shape, np.float64) - 1
-    gap = np.abs(corners @ (np.asarray(label_affine) - image.affine).T)[:, :3].max()
-    if gap > 0.5 * min(image.spacing):
-        raise PancsegError(
-            f"the label's affine puts it up to {gap:.1f} mm away from the image's voxels: "
-            "the label is not on the image's grid"
-        )
+    from pancseg_tf.io.grid import label_grid_problem
+
+    problem = label_grid_problem(image, label)
+    if problem is not None:
+        raise PancsegError(f"the label is not on the image's grid: {problem}")
 
 
 def _label_array(label: Any) -> np.ndarray:
@@ -149,7 +145,7 @@ def prepare_case(case: Any, config: Config) -> tuple[bytes, dict[str, Any]]:
             f"label shape {tuple(label.shape)} differs from the image's {image.shape}"
         )
     if hasattr(label_volume, "affine"):
-        _check_same_grid(image, label_volume.affine)
+        _check_same_grid(image, label_volume)
     del label_volume
     plan = plan_geometry(
         image, spacing_mm=p.spacing_mm, slice_spacing_mm=p.slice_spacing_mm, size=tuple(p.size)

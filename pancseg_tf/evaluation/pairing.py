@@ -3,8 +3,10 @@ reading one case's masks (and image) on the ground truth's grid.
 
 Predictions are ``<case>.nii.gz`` (or ``.nii``) files; ``<case>_prob.nii.gz`` probability maps
 beside them are not masks. The truth is a folder of label files paired by file name, or a cohort
-(`pancseg_tf.io.discover_cohort`) paired by case id. A prediction must lie on its truth's grid
-(same shape, corners within `GRID_TOLERANCE_MM`) and hold only 0 and 1.
+(`pancseg_tf.io.discover_cohort`) paired by case id. A prediction must hold only 0 and 1 and lie
+on the grid it was written on (`check_prediction_grid`, with the rules of `pancseg_tf.io.grid`):
+strictly on the case's image where the image is known (and the truth on the image's grid by
+prepare's rule), else on the truth's grid by prepare's rule (warned beyond `GRID_TOLERANCE_MM`).
 
 Plain numpy / nibabel; nothing here imports TensorFlow.
 """
@@ -20,6 +22,7 @@ import numpy as np
 
 from pancseg_tf.errors import PancsegError
 from pancseg_tf.io.cohorts import check_case_id, nifti_stem
+from pancseg_tf.io.grid import GRID_TOLERANCE_MM, grid_gap_mm, label_grid_problem, same_grid
 from pancseg_tf.io.volume import Volume
 
 log = logging.getLogger("pancseg_tf.evaluation")
@@ -29,6 +32,7 @@ __all__ = [
     "CaseMasks",
     "Truth",
     "axial_axis",
+    "check_prediction_grid",
     "find_ground_truth",
     "find_images",
     "find_predictions",
@@ -38,9 +42,6 @@ __all__ = [
     "voxel_volume_mm3",
     "without_path",
 ]
-
-# Two grids are the same when every corner voxel of the volume lands within this many mm.
-GRID_TOLERANCE_MM = 1e-4
 
 _PROBABILITY_SUFFIX = "_prob"  # pancseg predict --probabilities writes <case>_prob.nii.gz
 
@@ -201,13 +202,14 @@ def read_case(
 
     The pancreas is the truth's own label values where its cohort states them (a manifest's
     ``label_values`` cell, as `pancseg prepare` reads them), else ``gt_labels`` (None: every
-    non-zero value). The image comes from ``images`` or else the truth's cohort; one that
-    cannot be read or lies on another grid is left out with a warning (it never changes a
-    metric). Messages name files by their last part only (folders may name a patient or a date).
+    non-zero value). The image comes from ``images`` or else the truth's cohort, and the grids
+    are checked with it (`check_prediction_grid`); an image that cannot be read is left out with
+    a warning (the prediction is then checked against the truth alone). The image never changes
+    a metric. Messages name files by their last part only (folders may name a patient or a date).
 
     Raises:
-        PancsegError: a file cannot be read; the prediction is not on the truth's grid or is not
-            binary.
+        PancsegError: a file cannot be read; the prediction is not on the grid it was written on
+            (`check_prediction_grid`) or is not binary.
     """
     from pancseg_tf.io.nifti import read_nifti
     from pancseg_tf.preprocessing.labels import map_labels
@@ -217,12 +219,18 @@ def read_case(
         pred = read_nifti(pred_path, modality=truth.modality or "ct")
     except PancsegError as error:
         raise PancsegError(without_path(str(error), truth.label, pred_path)) from None
-    mismatch = same_grid(pred, gt)
-    if mismatch is not None:
-        raise PancsegError(
-            f"the prediction is not on the ground truth's grid: {mismatch}; expected the mask "
-            "pancseg predict writes on the input's own grid"
-        )
+
+    image = None
+    image_path = images.get(case, truth.image)
+    if image_path is not None:
+        from pancseg_tf.io.read import read_volume
+
+        try:
+            image = read_volume(image_path, modality=truth.modality)
+        except PancsegError as error:
+            log.warning("case %s: image not shown: %s", case, without_path(str(error), image_path))
+    show_image = check_prediction_grid(case, pred, gt, image)
+
     pred_mask = binary_mask(pred)
     values = truth.label_values if truth.label_values is not None else gt_labels
     gt_mask = map_labels(gt.array, values).astype(bool, copy=False)
@@ -236,51 +244,76 @@ def read_case(
         )
 
     image_array, modality = None, truth.modality
-    image_path = images.get(case, truth.image)
-    if image_path is not None:
-        from pancseg_tf.io.read import read_volume
-
-        try:
-            image = read_volume(image_path, modality=truth.modality)
-        except PancsegError as error:
-            log.warning("case %s: image not shown: %s", case, without_path(str(error), image_path))
-        else:
-            problem = same_grid(image, gt)
-            if problem is None:
-                image_array = image.array
-                if modality is None:
-                    # Only display depends on it: air in HU is about -1000, MRI is never negative.
-                    modality = "ct" if float(image_array.min()) < -500 else "mri"
-            else:
-                log.warning("case %s: image not shown, it is on another grid: %s", case, problem)
+    if image is not None and show_image:
+        image_array = image.array
+        if modality is None:
+            # Only display depends on it: air in HU is about -1000, MRI is never negative.
+            modality = "ct" if float(image_array.min()) < -500 else "mri"
     return CaseMasks(gt, gt_mask, pred_mask, image_array, modality)
 
 
-def _grid_difference_mm(a: Volume, b: Volume) -> float:
-    """Largest distance in mm between where the two affines put the volume's corner voxels."""
-    corners = np.array(
-        [
-            [i, j, k, 1.0]
-            for i in (0, a.shape[0] - 1)
-            for j in (0, a.shape[1] - 1)
-            for k in (0, a.shape[2] - 1)
-        ]
-    ).T
-    moved = (a.affine - b.affine) @ corners
-    return float(np.linalg.norm(moved[:3], axis=0).max())
+_PREDICT_GRID = "expected the mask pancseg predict writes on the input's own grid"
 
 
-def same_grid(a: Volume, b: Volume) -> str | None:
-    """None when ``a`` and ``b`` share a grid, else why not (no paths in it)."""
-    if a.shape != b.shape:
-        return f"shape {a.shape} differs from {b.shape}"
-    difference = _grid_difference_mm(a, b)
-    if difference > GRID_TOLERANCE_MM:
-        return (
-            f"affines differ: the volume's corners are up to {difference:.4g} mm apart "
-            f"(tolerance {GRID_TOLERANCE_MM:g} mm)"
+def check_prediction_grid(case: str, pred: Volume, gt: Volume, image: Volume | None) -> bool:
+    """Checks that the prediction lies on the grid it was written on; whether to show the image.
+
+    With the case's image (a cohort's, or ``--images``): the prediction must be on the image's
+    grid strictly (`same_grid`: ``pancseg predict`` writes there), and the truth on the image's
+    grid by prepare's rule (`label_grid_problem`: ``pancseg prepare`` trained on that pair). A
+    prediction that is instead strictly on the truth's own grid (another tool wrote it there)
+    is scored too; the image is then shown only when on the truth's grid by prepare's rule.
+    Without an image: the prediction must be on the truth's grid by prepare's rule, and a gap
+    beyond `GRID_TOLERANCE_MM` is warned once, in mm. Either way the masks are scored voxel by
+    voxel on the truth's grid, as prepare trains and ``pancseg cv`` scores.
+
+    Args:
+        case: the case id, for the warning.
+        pred: the predicted mask as read.
+        gt: the ground truth as read.
+        image: the case's image, or None when it is not known or could not be read.
+
+    Returns:
+        Whether ``image`` (when given) lies on the truth's grid and can be shown under it.
+
+    Raises:
+        PancsegError: the prediction is of another shape or half a voxel or more from the grid it
+            was written on, or the truth is so far from its image; no paths in the message.
+    """
+    on_truth = same_grid(pred, gt)
+    if image is not None:
+        on_image = same_grid(pred, image)
+        if on_image is None:
+            label_problem = label_grid_problem(image, gt)
+            if label_problem is not None:
+                raise PancsegError(
+                    f"the ground truth is not on its image's grid: {label_problem}; the "
+                    "prediction is on the image's grid, so the two do not compare voxel by voxel"
+                )
+            return True
+        if on_truth is None:
+            problem = label_grid_problem(image, gt)
+            if problem is not None:
+                log.warning("case %s: image not shown, it is on another grid: %s", case, problem)
+            return problem is None
+        raise PancsegError(
+            f"the prediction is not on its image's grid: {on_image}; {_PREDICT_GRID}"
         )
-    return None
+    if on_truth is None:
+        return False
+    problem = label_grid_problem(gt, pred)
+    if problem is not None:
+        raise PancsegError(
+            f"the prediction is not on the ground truth's grid: {problem}; {_PREDICT_GRID}"
+        )
+    log.warning(
+        "case %s: the prediction's voxels are up to %.3g mm from the ground truth's (tolerance "
+        "%g mm, under half a voxel): scored voxel by voxel, as prepare trains on such a label",
+        case,
+        grid_gap_mm(gt.affine, pred.affine, gt.shape),
+        GRID_TOLERANCE_MM,
+    )
+    return False
 
 
 def binary_mask(pred: Volume) -> np.ndarray:

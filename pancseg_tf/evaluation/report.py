@@ -88,8 +88,8 @@ log = logging.getLogger("pancseg_tf.evaluation")
 
 PathLike = str | os.PathLike
 
-# GRID_TOLERANCE_MM and REPORT_KEYS live in `pairing` and `tables`; they stay importable from
-# here, where the command and the tests take them.
+# GRID_TOLERANCE_MM (from `pancseg_tf.io.grid`, through `pairing`) and REPORT_KEYS (`tables`)
+# stay importable from here, where the command and the tests take them.
 __all__ = ["GRID_TOLERANCE_MM", "REPORT_KEYS", "evaluate_predictions"]
 
 
@@ -201,13 +201,20 @@ def evaluate_predictions(
     Pairing: a prediction ``PRED/<case>.nii.gz`` (or ``.nii``; ``<case>_prob.nii.gz``
     probability maps are ignored) goes with ``GT/<case>.nii.gz`` (or ``.nii``) when ``gt`` is a
     folder of label files, or with the cohort case of that id when ``gt`` is a cohort. A
-    prediction must lie on its truth's grid (same shape, corners within `GRID_TOLERANCE_MM`) and
-    hold only 0 and 1. Distances use the truth's voxel spacing, volumes its voxel volume (|det| of
-    the affine, right on a gantry-tilted grid too); slice consistency runs along the voxel axis
+    prediction must hold only 0 and 1 and lie on the grid it was written on
+    (`pancseg_tf.evaluation.pairing.check_prediction_grid`): where the case's image is known (a
+    cohort, or ``images``), strictly on the image's grid (corners within `GRID_TOLERANCE_MM`),
+    with the truth on the image's grid by ``pancseg prepare``'s rule (corners less than half a
+    voxel away); with a label folder alone, on the truth's grid by that same rule, a gap beyond
+    `GRID_TOLERANCE_MM` warned per case in mm. The masks are compared voxel by voxel on the
+    truth's grid, as prepare trains and ``pancseg cv`` scores; half a voxel or more away, the
+    case fails. Distances use the truth's voxel spacing, volumes its voxel volume (|det| of the
+    affine, right on a gantry-tilted grid too); slice consistency runs along the voxel axis
     closest to the body's long axis.
 
     Args:
-        pred: folder of predicted masks, each ``(I, J, K)`` uint8 {0, 1} on its truth's grid.
+        pred: folder of predicted masks, each ``(I, J, K)`` uint8 {0, 1} on its image's grid
+            (or its truth's).
         gt: a folder of label maps named like the predictions, or a cohort (MSD / nnU-Net
             folder, NIH Pancreas-CT download, CSV manifest or its folder) whose labelled cases
             are paired by case id.

@@ -302,29 +302,34 @@ def test_grid_mismatch_and_non_binary_fail_their_case_only(tmp_path):
     save(tmp_path / "gt" / "shape.nii.gz", box())
     save(tmp_path / "pred" / "shape.nii.gz", box(shape=(24, 20, 13)))
     moved = AFFINE.copy()
-    moved[0, 3] = 0.01  # 0.01 mm: beyond the 1e-4 mm tolerance
+    moved[0, 3] = 0.8  # one voxel along i: not the truth's voxels
     save(tmp_path / "gt" / "affine.nii.gz", box())
     save(tmp_path / "pred" / "affine.nii.gz", box(), moved)
     within = AFFINE.copy()
     within[1, 3] = 2e-5  # within the tolerance: the same grid
     save(tmp_path / "gt" / "close.nii.gz", box())
     save(tmp_path / "pred" / "close.nii.gz", box(), within)
+    rounded = AFFINE.copy()
+    rounded[0, 3] = 0.01  # 0.01 mm, under half a voxel: the voxels prepare trains on (warned)
+    save(tmp_path / "gt" / "rounded.nii.gz", box())
+    save(tmp_path / "pred" / "rounded.nii.gz", box(), rounded)
     save(tmp_path / "gt" / "values.nii.gz", box())
     save(tmp_path / "pred" / "values.nii.gz", box() * 2)
     save(tmp_path / "gt" / "broken.nii.gz", box())
     (tmp_path / "pred" / "broken.nii.gz").write_bytes(b"not gzip at all")
     summary = evaluate_predictions(tmp_path / "pred", tmp_path / "gt", tmp_path / "out")
 
-    assert summary["evaluated"] == ["close", "good"]
+    assert summary["evaluated"] == ["close", "good", "rounded"]
     reasons = {entry["case"]: entry["reason"] for entry in summary["failed"]}
     assert sorted(reasons) == ["affine", "broken", "shape", "values"]
     assert "shape (24, 20, 13) differs from (24, 20, 12)" in reasons["shape"]
-    assert "affines differ" in reasons["affine"] and "0.01 mm" in reasons["affine"]
+    assert "affines differ" in reasons["affine"] and "0.8 mm" in reasons["affine"]
+    assert "half a voxel (0.4 mm)" in reasons["affine"]
     assert "values [2]" in reasons["values"]
     assert "broken.nii.gz" in reasons["broken"]
     # Reasons name files, never the folders they sit in.
     assert str(tmp_path) not in json.dumps(summary)
-    assert sorted(read_metrics(tmp_path / "out")) == ["close", "good"]
+    assert sorted(read_metrics(tmp_path / "out")) == ["close", "good", "rounded"]
     page = (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
     md = (tmp_path / "out" / "summary.md").read_text(encoding="utf-8")
     for case in reasons:

@@ -19,6 +19,7 @@ import numpy as np
 
 from pancseg_tf.atomic import fsync_file, fsync_folder, replacing
 from pancseg_tf.errors import PancsegError
+from pancseg_tf.io.grid import grid_gap_mm
 from pancseg_tf.io.volume import (
     MM_PER_UNIT,
     MODALITIES,
@@ -242,11 +243,7 @@ def _other_qform(
     """
     if qform is None:
         return None
-    ni, nj, nk = (n - 1 for n in shape[:3])
-    corners = np.array(
-        [[i, j, k, 1.0] for i in (0, ni) for j in (0, nj) for k in (0, nk)], dtype=np.float64
-    )
-    gap = float(np.abs(corners @ (qform - sform).T)[:, :3].max())
+    gap = grid_gap_mm(qform, sform, shape)
     if gap <= FORMS_AGREE_MM:
         return None
     log.warning(

@@ -162,6 +162,33 @@ def test_mri_given_to_a_ct_model_warns(tiny_run, tmp_path):
     assert "trained on CT" in proc.stderr and "MRI" in proc.stderr
 
 
+def test_an_mri_model_takes_an_mri_nifti_without_a_warning(tiny_run, ts_ct_path, tmp_path):
+    """A NIfTI file carries no modality, so its intensities decide: an MRI model given an MRI
+    NIfTI says nothing, given a CT in HU it warns (the reader's default modality, "ct", is no
+    statement about the file)."""
+    import shutil
+
+    from pancseg_tf.config import load_config
+    from pancseg_tf.synthetic import make_cohort
+
+    run = tmp_path / "mri_run"
+    shutil.copytree(tiny_run, run)
+    save_config(
+        apply_overrides(load_config(run / "config.yaml"), ["preprocess.modality=mri"]),
+        run / "config.yaml",
+    )
+    cohort = make_cohort(tmp_path / "mri", cases=1, modality="mri", seed=2, shape=(64, 64, 12))
+    image = next((cohort / "imagesTr").glob("*.nii.gz"))
+
+    proc = pancseg("predict", run, image, "-o", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    assert "trained on" not in proc.stderr, proc.stderr
+
+    proc = pancseg("predict", run, ts_ct_path, "-o", tmp_path / "out_ct")
+    assert proc.returncode == 0, proc.stderr
+    assert "the model was trained on MRI but ct_3mm.nii.gz looks CT (HU)" in proc.stderr
+
+
 def test_an_internal_error_is_one_short_line():
     """TensorFlow's own error for an array that does not bind to a tf.function prints the whole
     array; the command line's internal-error line keeps type and start, on one line."""

@@ -67,9 +67,13 @@ def check_modality(volume: Volume, modality: str) -> bool:
     A NIfTI file carries no modality, so the intensity range decides: CT in Hounsfield units
     has air near -1000 HU, MRI has no negative values to speak of.
     """
+    from pancseg_tf.io.nifti import NIFTI_SUFFIXES
+
     low = float(np.min(volume.array))
     looks_ct = low < -500.0
-    if volume.modality != modality or (modality == "ct") != looks_ct:
+    # A NIfTI volume's modality is the reader's default or a cohort's word, not the file's.
+    stated = not str(volume.source).lower().endswith(NIFTI_SUFFIXES)
+    if (stated and volume.modality != modality) or (modality == "ct") != looks_ct:
         seen = "CT (HU)" if looks_ct else "not CT in HU (MRI?)"
         log.warning(
             "the model was trained on %s but %s looks %s (minimum %.0f): check the input",

@@ -7,8 +7,9 @@ Shared by the in-process loop (`pancseg_tf.cli`) and the Apache Beam pipeline
 - `predict_inputs`: what each input names (a NIfTI file, a DICOM series folder, a folder of
   NIfTI files, an MSD / NIH cohort or a CSV manifest) as ``(case name, source)`` pairs;
 - `segmenter_options`: the command's flags as `Segmenter.from_path` keyword arguments;
-- `load_case_volume` and `write_case`: one case read, and its mask (and probabilities) written
-  atomically on the input's own grid, whole or not at all;
+- `load_case_volume` and `write_case`: one case read (``--series`` / ``--allow-uneven`` for a
+  DICOM series, checked against the inputs by `check_series_inputs`), and its mask (and
+  probabilities) written atomically on the input's own grid, whole or not at all;
 - `check_dicom_seg_inputs` and `load_dicom_case`: the same for ``--output-format dicom-seg``,
   whose mask `write_case` writes as a DICOM Segmentation of the case's series;
 - `hide_found_paths`: an error message without the folders a cohort was found in.
@@ -143,15 +144,58 @@ def segmenter_options_from_args(args: Any) -> dict[str, Any]:
     )
 
 
-def load_case_volume(source: object):
+def load_case_volume(source: object, *, series: int | None = None, allow_uneven: bool = False):
     """The `Volume` of one case: a cohort `Case`'s image, or a NIfTI file / DICOM series folder.
+
+    Args:
+        source: a `predict_inputs` source (or a local copy of a remote one).
+        series: the SeriesNumber to read from a DICOM series folder (``--series``); a NIfTI file
+            and a cohort `Case` (whose image is the series its cohort's layout names) ignore it.
+        allow_uneven: read a DICOM series with a missing slice or uneven spacing at its mean
+            spacing (``--allow-uneven``), a cohort's DICOM image included.
 
     Raises:
         PancsegError: what `pancseg_tf.io.read_volume` raises.
     """
     from pancseg_tf.io import read_volume
 
-    return source.load_image() if hasattr(source, "load_image") else read_volume(source)
+    if hasattr(source, "load_image"):
+        return source.load_image(allow_uneven=allow_uneven)
+    return read_volume(source, series=series, allow_uneven=allow_uneven)
+
+
+def _is_series_folder(source: object) -> bool:
+    """True for a DICOM series folder input, local or remote (not a cohort `Case`)."""
+    if hasattr(source, "image"):
+        return False
+    if isinstance(source, (str, os.PathLike)):
+        source = pathlib.Path(source)
+    return bool(source.is_dir())
+
+
+def check_series_inputs(items: list[tuple[str, object]], series: int | None) -> None:
+    """Refuses ``--series`` before any model loads when no input is a DICOM series folder: it
+    would pick nothing (a NIfTI file and a cohort's cases ignore it), which a user who typed it
+    should hear. The in-process command and the Beam launcher call it alike.
+
+    Args:
+        items: `predict_inputs`'s ``(case name, source)`` pairs (a source may be a
+            `pancseg_tf.beam.files.RemoteSource`).
+        series: ``--series``, or None.
+
+    Raises:
+        PancsegError: naming the first input, when ``series`` is given and none is a series
+            folder.
+    """
+    if series is None or not items or any(_is_series_folder(s) for _, s in items):
+        return
+    name, source = items[0]
+    image = getattr(source, "image", None)
+    shown = f"case {name}" if image is not None else pathlib.Path(str(source)).name
+    raise PancsegError(
+        f"--series {series} picks a series in a DICOM series folder input, and no input is one "
+        f"(first: {shown}); NIfTI files and a cohort's cases are read as they are: drop --series"
+    )
 
 
 def check_dicom_seg_inputs(items: list[tuple[str, object]]) -> None:
@@ -185,11 +229,20 @@ def check_dicom_seg_inputs(items: list[tuple[str, object]]) -> None:
     import_highdicom()
 
 
-def load_dicom_case(source: object) -> tuple[Any, list]:
+def load_dicom_case(
+    source: object, *, series: int | None = None, allow_uneven: bool = False
+) -> tuple[Any, list]:
     """A case's DICOM series as ``(volume, slice headers)``, for `write_case` to write its SEG.
 
     A cohort `Case` keeps its modality, as `Case.load_image` does. The headers hold patient and
     study fields: for the SEG only, never for a message or a log.
+
+    Args:
+        source: a DICOM series folder, or a cohort `Case` whose image is one.
+        series, allow_uneven: as `load_case_volume` (a `Case` ignores ``series``). With
+            ``allow_uneven`` the volume of a series with a missing slice holds the slices there
+            are, at their mean spacing, and ``headers[k]`` is still the slice of
+            ``array[:, :, k]``: the SEG places each frame on its own source slice.
 
     Raises:
         PancsegError: what `pancseg_tf.io.dicom.read_dicom_series_with_headers` raises.
@@ -198,7 +251,11 @@ def load_dicom_case(source: object) -> tuple[Any, list]:
 
     from pancseg_tf.io.dicom import read_dicom_series_with_headers
 
-    volume, headers = read_dicom_series_with_headers(getattr(source, "image", source))
+    if hasattr(source, "image"):
+        series = None  # the cohort's layout chose the case's series
+    volume, headers = read_dicom_series_with_headers(
+        getattr(source, "image", source), series=series, allow_uneven=allow_uneven
+    )
     modality = getattr(source, "modality", None)
     if modality is not None and modality != volume.modality:
         volume = dataclasses.replace(volume, modality=modality)

@@ -8,6 +8,8 @@ skipped, so a rerun writes only what is missing; a case that fails is listed wit
 reason in ``OUT/failures.tsv`` while the others are written; ``OUT/summary.json`` counts them.
 With ``--output-format dicom-seg`` each DICOM series input gives ``OUT/<case>.dcm``, the DICOM
 SEG the in-process command writes (its inputs refused alike, before any worker starts).
+``--series`` and ``--allow-uneven`` reach each worker's read of a DICOM series, as they do the
+in-process command's.
 
 This module imports Apache Beam only when a pipeline is run: ``pip install "pancseg-tf[beam]"``.
 """
@@ -99,8 +101,14 @@ def _check_model(model: str) -> str:
     return os.path.abspath(model)
 
 
-def predict_with_beam(args: argparse.Namespace) -> int:
+def predict_with_beam(args: argparse.Namespace, *, read_options: dict | None = None) -> int:
     """``pancseg predict`` with ``--runner``: builds and runs the pipeline, prints the summary.
+
+    Args:
+        args: ``pancseg predict``'s parsed arguments.
+        read_options: how each worker reads a DICOM series input, ``series`` and
+            ``allow_uneven`` (`pancseg_tf.cli.options.dicom_options`); default: the series with
+            most slices, evenly spaced.
 
     Returns:
         0 when every case is written (or was already), 1 when some failed.
@@ -108,8 +116,8 @@ def predict_with_beam(args: argparse.Namespace) -> int:
     Raises:
         PancsegError: Beam is not installed, a bad option, no input, an input the output format
             cannot take (a NIfTI file for a DICOM SEG, or highdicom missing: the in-process
-            command's line), a model that is not there, or a pipeline that failed as a whole
-            (nothing ran: status 2).
+            command's line), ``--series`` without a DICOM series folder input, a model that is
+            not there, or a pipeline that failed as a whole (nothing ran: status 2).
     """
     if importlib.util.find_spec("apache_beam") is None:
         raise PancsegError('--runner needs Apache Beam: pip install "pancseg-tf[beam]"')
@@ -125,6 +133,7 @@ def predict_with_beam(args: argparse.Namespace) -> int:
     from pancseg_tf.predict_io import (
         check_dicom_seg_inputs,
         check_outputs_spare_inputs,
+        check_series_inputs,
         segmenter_options_from_args,
         written_summary,
     )
@@ -134,6 +143,8 @@ def predict_with_beam(args: argparse.Namespace) -> int:
     tasks = [CaseTask(name, source) for name, source in files.expand_inputs(args.inputs)]
     if not tasks:
         raise PancsegError("no input volumes found")
+    read_options = dict(read_options or {})
+    check_series_inputs([(task.case_id, task.source) for task in tasks], read_options.get("series"))
     dicom_seg = args.output_format == "dicom-seg"
     if dicom_seg:
         # Here, before the model is looked at or a worker starts; each worker reads its series'
@@ -164,6 +175,7 @@ def predict_with_beam(args: argparse.Namespace) -> int:
         unsafe=args.unsafe,
         probabilities=args.probabilities,
         dicom_seg=dicom_seg,
+        read_options=read_options,
     )
     try:
         pipeline.run().wait_until_finish()

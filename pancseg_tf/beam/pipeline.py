@@ -13,10 +13,12 @@ a record with its id and a one-line reason, and the other cases are written. Mes
 input by its last component, as the command line does (`pancseg_tf.messages`), a cohort's
 found folders as ``<image>``: the failures file names no path beyond the case.
 
-With ``dicom_seg`` (``--output-format dicom-seg``), ReadCase also reads the series' slice
-headers, on the worker from the case's own files (`pancseg_tf.predict_io.load_dicom_case`), and
-WriteCase writes the mask as a DICOM SEG, ``<case>.dcm`` (`pancseg_tf.predict_io.write_case`
-with those headers): the in-process command's SEG, built by the same code.
+ReadCase reads a DICOM series with the command's ``--series`` and ``--allow-uneven``
+(``read_options``). With ``dicom_seg`` (``--output-format dicom-seg``), it also reads the
+series' slice headers, on the worker from the case's own files
+(`pancseg_tf.predict_io.load_dicom_case`), and WriteCase writes the mask as a DICOM SEG,
+``<case>.dcm`` (`pancseg_tf.predict_io.write_case` with those headers): the in-process
+command's SEG, built by the same code.
 """
 
 from __future__ import annotations
@@ -105,13 +107,21 @@ class ReadCase(beam.DoFn):
     cannot be read (or whose name cannot name a file) to ``failed``.
 
     With ``dicom_seg`` the case is read with its slice headers (`load_dicom_case`, here on the
-    worker, from the staged series), and its output is ``<case>.dcm``.
+    worker, from the staged series), and its output is ``<case>.dcm``. ``read_options``
+    (``series``, ``allow_uneven``: ``--series``, ``--allow-uneven``) go to either reader.
     """
 
-    def __init__(self, out: str, probabilities: bool, dicom_seg: bool = False) -> None:
+    def __init__(
+        self,
+        out: str,
+        probabilities: bool,
+        dicom_seg: bool = False,
+        read_options: dict | None = None,
+    ) -> None:
         self.out = out
         self.probabilities = probabilities
         self.dicom_seg = dicom_seg
+        self.read_options = dict(read_options or {})
 
     def process(self, task: CaseTask):
         from pancseg_tf.io.cohorts import check_case_id
@@ -128,9 +138,9 @@ class ReadCase(beam.DoFn):
             headers = None
             with files.staged_case(task.source) as local:
                 if self.dicom_seg:
-                    volume, headers = load_dicom_case(local)
+                    volume, headers = load_dicom_case(local, **self.read_options)
                 else:
-                    volume = load_case_volume(local)
+                    volume = load_case_volume(local, **self.read_options)
         except Exception as err:  # noqa: BLE001 - a failed case goes to the failures output
             reason = failure_reason(err, task, local)
             yield beam.pvalue.TaggedOutput(FAILED, _record(task.case_id, FAILED, reason))
@@ -200,6 +210,7 @@ def build_pipeline(
     unsafe: bool = False,
     probabilities: bool = False,
     dicom_seg: bool = False,
+    read_options: dict | None = None,
 ) -> None:
     """Adds the prediction to ``pipeline`` (see the module's diagram).
 
@@ -214,11 +225,12 @@ def build_pipeline(
         probabilities: also write ``<case>_prob.nii.gz``.
         dicom_seg: write each mask as a DICOM SEG, ``<case>.dcm`` (every source a DICOM series,
             checked by the caller with `pancseg_tf.predict_io.check_dicom_seg_inputs`).
+        read_options: ``series`` and ``allow_uneven`` for each worker's read of a DICOM series
+            (`pancseg_tf.predict_io.load_case_volume` / `load_dicom_case`).
     """
     cases = pipeline | "Cases" >> beam.Create(tasks)
-    read = cases | "Read" >> beam.ParDo(ReadCase(out, probabilities, dicom_seg)).with_outputs(
-        SKIPPED, FAILED, main="volumes"
-    )
+    reader = ReadCase(out, probabilities, dicom_seg, read_options)
+    read = cases | "Read" >> beam.ParDo(reader).with_outputs(SKIPPED, FAILED, main="volumes")
     handler = SegmenterHandler(model, unsafe=unsafe, options=options)
     segmented = read.volumes | "Segment" >> RunInference(handler)
     written = segmented | "Write" >> beam.ParDo(WriteCase(out, probabilities)).with_outputs(

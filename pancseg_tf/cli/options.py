@@ -1,6 +1,9 @@
 """Option groups several ``pancseg`` commands share: each declared once, and read once.
 
-- `add_volume_flags` / `volume_options`: how to read one volume (info, convert, query);
+- `add_dicom_flags` / `dicom_options`: which DICOM series to read and whether one with a gap
+  may be read (predict, and through `add_volume_flags` info, convert, query);
+- `add_volume_flags` / `volume_options`: how to read one volume (info, convert, query): the
+  DICOM flags and ``--modality``;
 - `add_config_arguments` / `config_from_args`: a training config and its overrides
   (prepare, train, cv);
 - `add_model_arguments`: how to load a trained model (predict, export);
@@ -18,20 +21,35 @@ from typing import Any
 MODALITIES = ("ct", "mri")
 
 
-def add_volume_flags(p: argparse.ArgumentParser) -> None:
-    """``--series``, ``--allow-uneven`` and ``--modality`` (read by `volume_options`)."""
+def add_dicom_flags(p: argparse.ArgumentParser) -> None:
+    """``--series`` and ``--allow-uneven`` (read by `dicom_options`): how a DICOM series folder
+    is read, for every such input of the command; a NIfTI file ignores both."""
     p.add_argument(
         "--series",
         type=int,
         default=None,
         metavar="NUMBER",
-        help="DICOM SeriesNumber to read when a folder holds several (default: most slices)",
+        help="the DICOM SeriesNumber to read from each DICOM series folder input (default: the "
+        "series with most slices, when a folder holds several); a folder without it fails; "
+        "NIfTI inputs ignore it",
     )
     p.add_argument(
         "--allow-uneven",
         action="store_true",
-        help="read a DICOM series with a missing slice or uneven spacing instead of failing",
+        help="read a DICOM series with a missing slice or uneven spacing, at its mean spacing "
+        "(warned), instead of failing",
     )
+
+
+def dicom_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`add_dicom_flags`'s flags as the ``series`` / ``allow_uneven`` keyword arguments of
+    `pancseg_tf.io.read_volume` and of `pancseg_tf.predict_io`'s readers."""
+    return {"series": args.series, "allow_uneven": args.allow_uneven}
+
+
+def add_volume_flags(p: argparse.ArgumentParser) -> None:
+    """`add_dicom_flags` and ``--modality`` (read by `volume_options`)."""
+    add_dicom_flags(p)
     p.add_argument(
         "--modality",
         choices=MODALITIES,
@@ -42,7 +60,7 @@ def add_volume_flags(p: argparse.ArgumentParser) -> None:
 
 def volume_options(args: argparse.Namespace) -> dict[str, Any]:
     """`add_volume_flags`'s flags as keyword arguments of `pancseg_tf.io.read_volume`."""
-    return {"modality": args.modality, "series": args.series, "allow_uneven": args.allow_uneven}
+    return {"modality": args.modality, **dicom_options(args)}
 
 
 def add_config_arguments(p: argparse.ArgumentParser, config_help: str) -> None:

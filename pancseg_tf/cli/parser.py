@@ -15,6 +15,7 @@ from pancseg_tf.cli.evaluate_command import cmd_evaluate
 from pancseg_tf.cli.options import (
     add_cohort_arguments,
     add_config_arguments,
+    add_dicom_flags,
     add_model_arguments,
     add_training_arguments,
     add_volume_flags,
@@ -205,7 +206,10 @@ def _add_predict(sub) -> None:
             "to the input's own grid. Writes OUT/<case>.nii.gz (uint8). Exit status 0 when all "
             "cases are written, 1 when some failed, 2 when nothing could run. A full disk "
             "stops the run (status 2 if no mask was written yet); a case is written whole "
-            "(mask and probabilities) or not at all."
+            "(mask and probabilities) or not at all. --series and --allow-uneven apply to every "
+            "DICOM series folder input, in this process or with --runner; a cohort's cases are "
+            "read as the cohort lays them out (--allow-uneven applies to its DICOM series, "
+            "--series to none)."
         ),
     )
     p.add_argument("model", help="a run folder or a .keras model (a stage-1 CNN works too)")
@@ -252,6 +256,7 @@ def _add_predict(sub) -> None:
         action="store_true",
         help="test-time augmentation: average over in-plane shifts and scales (5x the time)",
     )
+    add_dicom_flags(p)
     add_model_arguments(p)
     p.add_argument(
         "--runner",

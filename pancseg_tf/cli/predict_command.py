@@ -13,6 +13,7 @@ import pathlib
 import time
 
 from pancseg_tf.cli.errors import storage_full_error
+from pancseg_tf.cli.options import dicom_options
 from pancseg_tf.errors import PancsegError
 from pancseg_tf.quiet_tensorflow import import_tensorflow_quietly
 
@@ -33,6 +34,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from pancseg_tf.predict_io import (
         check_dicom_seg_inputs,
         check_outputs_spare_inputs,
+        check_series_inputs,
         hide_found_paths,
         load_case_volume,
         load_dicom_case,
@@ -42,18 +44,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
         written_summary,
     )
 
+    read_options = dicom_options(args)  # --series, --allow-uneven
     if args.runner is not None:
-        # Inputs may be globs or gs:// there; a DICOM SEG is checked and written by the same
-        # predict_io functions as below.
+        # Inputs may be globs or gs:// there; a DICOM SEG is checked and written, and each case
+        # read with these options, by the same predict_io functions as below.
         from pancseg_tf.beam import predict_with_beam
 
-        return predict_with_beam(args)
+        return predict_with_beam(args, read_options=read_options)
     dicom_seg = args.output_format == "dicom-seg"
     if args.pipeline_option:
         raise PancsegError("--pipeline-option needs --runner (a Beam runner to pass it to)")
     items = predict_inputs(args.inputs)
     if not items:
         raise PancsegError("no input volumes found")
+    check_series_inputs(items, read_options["series"])
     if dicom_seg:
         check_dicom_seg_inputs(items)
     check_outputs_spare_inputs(
@@ -73,9 +77,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             case = check_case_id(name)  # a file name inside the output folder
             headers = None
             if dicom_seg:
-                volume, headers = load_dicom_case(source)
+                volume, headers = load_dicom_case(source, **read_options)
             else:
-                volume = load_case_volume(source)
+                volume = load_case_volume(source, **read_options)
             result = segmenter.segment(volume)
             # A case is written whole or not at all: no mask without the probabilities asked for.
             write_case(result, volume, out, case, probabilities=args.probabilities, headers=headers)

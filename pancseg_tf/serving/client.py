@@ -686,7 +686,8 @@ def query_file(
         server: ``HOST:PORT``.
         rest: use the REST API instead of gRPC.
         model, version: which served model (``version=None``: the latest).
-        modality, series, allow_uneven: as ``pancseg predict``'s reading flags.
+        modality, series, allow_uneven: as `pancseg_tf.io.read_volume`'s (``--modality``,
+            and ``--series`` / ``--allow-uneven``, the DICOM flags ``pancseg predict`` takes too).
         timeout_s, retries, max_request_bytes, max_response_bytes: see `ServingClient`.
 
     Returns:

@@ -439,3 +439,33 @@ def test_context_window_makes_prediction_run_in_chunks_of_it():
     assert one_pass.chunk is None
     with pytest.raises(PancsegError, match="context_window must be an integer >= 2"):
         build(context_window=1)
+
+
+def test_paper_yaml_trains_the_papers_design():
+    """`--config paper` builds, through the trainer's own builders, the `paper` presets (the
+    32-filter depth-5 CNN, a ConvLSTM of 8 filters a direction at full resolution) whose
+    ConvLSTM reads the CNN's one-channel probability map and nothing else: with the ConvLSTM's
+    weights zeroed the output no longer depends on the image. Built on a 64 x 64 plane (the
+    design does not depend on it; 512 x 512 would only cost time)."""
+    from pancseg_tf.config import apply_overrides, load_config
+    from pancseg_tf.training.recipe import build_contextual
+
+    cfg = load_config("paper")
+    assert cfg.model.preset == "paper" and cfg.data.window == 5
+    keras.utils.set_random_seed(3)
+    model = build_contextual(apply_overrides(cfg, ["preprocess.size=[64, 64]"]))
+    cnn = model.slice_cnn
+    assert (cnn.base_filters, cnn.depth, cnn.get_layer("bottleneck_conv2").filters) == (32, 5, 512)
+    assert (model.lstm_filters, model.lstm_resolution, model.context_window) == (8, 1, 5)
+    lstm = model.sequence_context.get_layer("context_lstm")
+    assert lstm.forward_layer.cell.kernel.shape[2] == 1  # one input channel: the probability
+
+    activate_context(model)
+    a, _ = windows(1, 5, size=64, seed=1)
+    b, _ = windows(1, 5, size=64, seed=2)
+    assert np.abs(numpy(model(a)["prob"]) - numpy(model(b)["prob"])).max() > 1e-3
+    for weight in lstm.weights:
+        weight.assign(np.zeros(weight.shape, np.float32))
+    out_a, out_b = numpy(model(a)["prob"]), numpy(model(b)["prob"])
+    np.testing.assert_array_equal(out_a, out_b)
+    assert np.ptp(out_a) == 0.0

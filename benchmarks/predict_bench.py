@@ -249,6 +249,7 @@ def compare_one_pass(
 
     from pancseg_tf.evaluation.metrics import dice
     from pancseg_tf.inference import Segmenter, finish_segmentation
+    from pancseg_tf.inference.chunks import run_in_tiles
     from pancseg_tf.io.cohorts import discover_cohort
     from pancseg_tf.preprocessing.labels import map_labels
 
@@ -272,7 +273,10 @@ def compare_one_pass(
             mask = finish_segmentation(plan, prob, threshold=0.5, postprocess=True).mask
             row[f"dsc_chunk_{chunk or 'one_pass'}"] = float(dice(mask, gt))
         start, cpu = time.perf_counter(), time.process_time()
-        prob = naive_windows(base.model, image, window)
+        # The same tiles as Segmenter, where a body is wider than the model's plane.
+        prob = run_in_tiles(
+            image, base.preprocess.size, lambda tile: naive_windows(base.model, tile, window)
+        )
         row["seconds_naive_windows"] = time.perf_counter() - start
         row["cpu_seconds_naive_windows"] = time.process_time() - cpu
         mask = finish_segmentation(plan, prob, threshold=0.5, postprocess=True).mask

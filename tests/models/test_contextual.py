@@ -159,18 +159,23 @@ def test_nothing_goes_around_the_recurrent_layers():
         # seeded: with some initial CNNs the two windows' outputs differ by less than 1e-3
         # before the zeroing (a CI run read 0.00045), which would make the check meaningless
         keras.utils.set_random_seed(3)
-        model = build(**kwargs)
-        activate_context(model)
-        lstm = model.sequence_context.get_layer("context_lstm")
-        assert lstm.forward_layer.cell.kernel.shape[2] == 1  # one input channel
-        a, _ = windows(1, 5, seed=1)
-        b, _ = windows(1, 5, seed=2)
-        assert np.abs(numpy(model(a)["prob"]) - numpy(model(b)["prob"])).max() > 1e-3
-        for weight in lstm.weights:
-            weight.assign(np.zeros(weight.shape, np.float32))
-        out_a, out_b = numpy(model(a)["prob"]), numpy(model(b)["prob"])
-        np.testing.assert_array_equal(out_a, out_b)
-        assert np.ptp(out_a) == 0.0
+        assert_only_the_recurrence_reaches_the_output(build(**kwargs))
+
+
+def assert_only_the_recurrence_reaches_the_output(model, size: int = 32) -> None:
+    """The ConvLSTM reads one channel; with context active two images give different outputs,
+    and with the ConvLSTM's weights zeroed the same constant output."""
+    activate_context(model)
+    lstm = model.sequence_context.get_layer("context_lstm")
+    assert lstm.forward_layer.cell.kernel.shape[2] == 1  # one input channel: the probability
+    a, _ = windows(1, 5, size=size, seed=1)
+    b, _ = windows(1, 5, size=size, seed=2)
+    assert np.abs(numpy(model(a)["prob"]) - numpy(model(b)["prob"])).max() > 1e-3
+    for weight in lstm.weights:
+        weight.assign(np.zeros(weight.shape, np.float32))
+    out_a, out_b = numpy(model(a)["prob"]), numpy(model(b)["prob"])
+    np.testing.assert_array_equal(out_a, out_b)
+    assert np.ptp(out_a) == 0.0
 
 
 def test_the_model_starts_as_the_cnn():
@@ -457,15 +462,4 @@ def test_paper_yaml_trains_the_papers_design():
     cnn = model.slice_cnn
     assert (cnn.base_filters, cnn.depth, cnn.get_layer("bottleneck_conv2").filters) == (32, 5, 512)
     assert (model.lstm_filters, model.lstm_resolution, model.context_window) == (8, 1, 5)
-    lstm = model.sequence_context.get_layer("context_lstm")
-    assert lstm.forward_layer.cell.kernel.shape[2] == 1  # one input channel: the probability
-
-    activate_context(model)
-    a, _ = windows(1, 5, size=64, seed=1)
-    b, _ = windows(1, 5, size=64, seed=2)
-    assert np.abs(numpy(model(a)["prob"]) - numpy(model(b)["prob"])).max() > 1e-3
-    for weight in lstm.weights:
-        weight.assign(np.zeros(weight.shape, np.float32))
-    out_a, out_b = numpy(model(a)["prob"]), numpy(model(b)["prob"])
-    np.testing.assert_array_equal(out_a, out_b)
-    assert np.ptp(out_a) == 0.0
+    assert_only_the_recurrence_reaches_the_output(model, size=64)

@@ -140,21 +140,19 @@ def predict_with_beam(args: argparse.Namespace, *, read_options: dict | None = N
 
     options = segmenter_options_from_args(args)
     beam_options = pipeline_options(args.runner, args.pipeline_option, debug=args.debug)
-    tasks = [CaseTask(name, source) for name, source in files.expand_inputs(args.inputs)]
-    if not tasks:
+    items = files.expand_inputs(args.inputs)  # (case name, source), checked below
+    if not items:
         raise PancsegError("no input volumes found")
+    tasks = [CaseTask(name, source) for name, source in items]
     read_options = dict(read_options or {})
-    check_series_inputs([(task.case_id, task.source) for task in tasks], read_options.get("series"))
+    check_series_inputs(items, read_options.get("series"))
     dicom_seg = args.output_format == "dicom-seg"
     if dicom_seg:
         # Here, before the model is looked at or a worker starts; each worker reads its series'
         # headers from the series itself (ReadCase), nothing of them is shipped from here.
-        check_dicom_seg_inputs([(task.case_id, task.source) for task in tasks])
+        check_dicom_seg_inputs(items)
     check_outputs_spare_inputs(
-        [(task.case_id, task.source) for task in tasks],
-        args.output,
-        probabilities=args.probabilities,
-        dicom_seg=dicom_seg,
+        items, args.output, probabilities=args.probabilities, dicom_seg=dicom_seg
     )
     model = _check_model(args.model)
     out = str(args.output)

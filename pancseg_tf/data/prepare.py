@@ -128,6 +128,7 @@ def prepare_case(case: Any, config: Config) -> tuple[bytes, dict[str, Any]]:
             (another shape, or an affine half a voxel or more away), or the case's modality is
             not the configured one.
     """
+    from pancseg_tf.io.cohorts import pancreas_values
     from pancseg_tf.preprocessing.geometry import plan_geometry
     from pancseg_tf.preprocessing.labels import map_labels
 
@@ -150,8 +151,8 @@ def prepare_case(case: Any, config: Config) -> tuple[bytes, dict[str, Any]]:
     plan = plan_geometry(
         image, spacing_mm=p.spacing_mm, slice_spacing_mm=p.slice_spacing_mm, size=tuple(p.size)
     ).covering_body()
-    case_values = getattr(case, "label_values", None)
-    label_values = p.label_values if case_values is None else case_values
+    case_values = getattr(case, "label_values", None)  # recorded in the index below
+    label_values = pancreas_values(case, p.label_values)
     original_label = map_labels(label, label_values, require_present=True)
     del label
     outside, total = plan.label_outside_field(original_label)

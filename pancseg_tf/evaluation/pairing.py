@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from pancseg_tf.errors import PancsegError
-from pancseg_tf.io.cohorts import check_case_id, nifti_stem
+from pancseg_tf.io.cohorts import check_case_id, nifti_stem, pancreas_values
 from pancseg_tf.io.grid import GRID_TOLERANCE_MM, grid_gap_mm, label_grid_problem, same_grid
 from pancseg_tf.io.volume import Volume
 
@@ -232,7 +232,7 @@ def read_case(
     show_image = check_prediction_grid(case, pred, gt, image)
 
     pred_mask = binary_mask(pred)
-    values = truth.label_values if truth.label_values is not None else gt_labels
+    values = pancreas_values(truth, gt_labels)
     gt_mask = map_labels(gt.array, values).astype(bool, copy=False)
     if not gt_mask.any() and values not in (None, "nonzero") and gt.array.any():
         found = np.unique(gt.array[gt.array != 0])[:10].tolist()

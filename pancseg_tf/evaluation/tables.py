@@ -24,6 +24,7 @@ __all__ = [
     "counts_line",
     "json_safe",
     "metrics_csv",
+    "missing",
     "statistic",
     "summary_json",
     "summary_md",
@@ -156,9 +157,15 @@ def metrics_csv(rows: Sequence[tuple[str, Mapping[str, object]]]) -> bytes:
     return buffer.getvalue().encode("utf-8")
 
 
+def missing(value: object) -> bool:
+    """True for a statistic that has no value: None (read back from strict JSON) or NaN
+    (`summarize` over no cases)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def statistic(value: object, scale: float, decimals: int) -> str:
-    """``value * scale`` with ``decimals`` digits, or ``n/a`` for None or NaN."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    """``value * scale`` with ``decimals`` digits, or ``n/a`` for None or NaN (`missing`)."""
+    if missing(value):
         return "n/a"
     return f"{float(value) * scale:.{decimals}f}"
 

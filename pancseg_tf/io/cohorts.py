@@ -103,6 +103,15 @@ class Case:
         return read_nifti(self.label, modality=self.modality)
 
 
+def pancreas_values(case: object, default):
+    """The label values that mean pancreas in ``case``'s label: its own ``label_values`` (a
+    manifest's cell) where set, else ``default`` (the config's ``preprocess.label_values``, or
+    ``evaluate --gt-labels``). One rule for `pancseg prepare`, ``cv`` and ``evaluate``; any
+    object with or without ``label_values`` (a `Case`, an evaluation truth)."""
+    own = getattr(case, "label_values", None)
+    return default if own is None else own
+
+
 # === Entry point ===
 
 

@@ -46,6 +46,7 @@ import numpy as np
 from pancseg_tf.atomic import replacing, write_text
 from pancseg_tf.config import Config, apply_overrides
 from pancseg_tf.errors import PancsegError
+from pancseg_tf.evaluation.tables import missing
 
 log = logging.getLogger("pancseg_tf.training.cv")
 
@@ -474,6 +475,7 @@ def segment_and_score(
     from pancseg_tf.evaluation.pairing import axial_axis, voxel_volume_mm3
     from pancseg_tf.inference import Segmenter, load_model, postprocess_mask
     from pancseg_tf.io import write_nifti
+    from pancseg_tf.io.cohorts import pancreas_values
     from pancseg_tf.preprocessing.labels import map_labels
 
     segmenter = Segmenter(
@@ -487,8 +489,9 @@ def segment_and_score(
     for case in cases:
         volume = case.load_image()
         # A manifest case's own label values, as prepare trained on them; else the config's.
-        values = cfg.preprocess.label_values if case.label_values is None else case.label_values
-        truth = map_labels(case.load_label().array, values)
+        truth = map_labels(
+            case.load_label().array, pancreas_values(case, cfg.preprocess.label_values)
+        )
         result = segmenter.segment(volume)
         write_nifti(result.mask, volume, pred_dir / f"{case.case_id}.nii.gz", dtype="uint8")
         row: dict[str, Any] = {"case": case.case_id}
@@ -571,20 +574,15 @@ def write_summary(out: pathlib.Path) -> dict[str, Any]:
     return summary
 
 
-def _missing(value: Any) -> bool:
-    """None (a statistic read back from JSON) or NaN (`summarize` over no values) alike."""
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
 def _pct(stats: dict[str, Any] | None) -> str:
-    if not stats or _missing(stats.get("mean")):
+    if not stats or missing(stats.get("mean")):
         return "-"
     std = stats.get("std")
-    return f"{100 * stats['mean']:.1f} ± {0.0 if _missing(std) else 100 * std:.1f}"
+    return f"{100 * stats['mean']:.1f} ± {0.0 if missing(std) else 100 * std:.1f}"
 
 
 def _range(stats: dict[str, Any] | None) -> str:
-    if not stats or _missing(stats.get("min")):
+    if not stats or missing(stats.get("min")):
         return "-"
     return f"{100 * stats['min']:.1f} - {100 * stats['max']:.1f}"
 
@@ -630,7 +628,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         for stage, entry in exp["stages"].items():
             o = entry["overall"]
             consistency = o["slice_consistency"]
-            cons = "-" if _missing(consistency.get("mean")) else f"{consistency['mean']:.3f}"
+            cons = "-" if missing(consistency.get("mean")) else f"{consistency['mean']:.3f}"
             lines.append(
                 f"| {LOSS_TITLES.get(loss, loss)} | {STAGE_TITLES.get(stage, stage)} | "
                 f"{entry['num_cases']} | {_pct(o['dsc'])} | {_pct(o['ji'])} | "
